@@ -1,0 +1,349 @@
+//! The plain-Rust reference executor: f32 everywhere, written for clarity first and kept fast
+//! enough to be pleasant (rows are spread over threads natively through rayon).
+//!
+//! Numerics follow transformers' eager PyTorch path: norms and softmax in f32, RoPE tables computed
+//! from f32 inverse frequencies, exact erf GELU.
+
+use crate::backend::{AttnMask, Backend, Heads, Rope};
+use crate::config::Activation;
+
+#[derive(Debug, Clone, Default)]
+pub struct CpuBackend;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CpuTensor {
+    pub data: Vec<f32>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl CpuTensor {
+    fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.cols..(i + 1) * self.cols]
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CpuWeight {
+    pub data: Vec<f32>,
+    pub shape: Vec<usize>,
+}
+
+/// Per layer: keys and values, `[slots, kv_dim]` each, grown on demand.
+#[derive(Debug, Clone)]
+pub struct CpuCache {
+    kv_dim: usize,
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+}
+
+/// Run `f(row_index, row)` over the rows of `out` (each `width` long), in parallel natively.
+fn for_rows(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    if width == 0 {
+        return;
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use rayon::prelude::*;
+        out.par_chunks_mut(width).enumerate().for_each(|(i, r)| f(i, r));
+    }
+    #[cfg(target_arch = "wasm32")]
+    out.chunks_mut(width).enumerate().for_each(|(i, r)| f(i, r));
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight independent accumulators let the compiler vectorise without reassociating freely.
+    let mut acc = [0f32; 8];
+    let chunks = a.len() / 8;
+    for c in 0..chunks {
+        for l in 0..8 {
+            acc[l] += a[c * 8 + l] * b[c * 8 + l];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for i in chunks * 8..a.len() {
+        s += a[i] * b[i];
+    }
+    s
+}
+
+pub fn activation(x: f32, act: Activation) -> f32 {
+    match act {
+        Activation::Gelu => 0.5 * x * (1.0 + libm::erff(x / std::f32::consts::SQRT_2)),
+        Activation::GeluTanh => {
+            let c = (2.0f32 / std::f32::consts::PI).sqrt();
+            0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh())
+        }
+        Activation::QuickGelu => x / (1.0 + (-1.702 * x).exp()),
+        Activation::Silu => x / (1.0 + (-x).exp()),
+        Activation::Relu => x.max(0.0),
+    }
+}
+
+/// `softmax` in place over `xs`, ignoring entries equal to `-inf`.
+pub fn softmax_in_place(xs: &mut [f32]) {
+    let max = xs.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for x in xs.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x;
+    }
+    for x in xs.iter_mut() {
+        *x /= sum;
+    }
+}
+
+/// Inverse frequencies as transformers computes them (in f32).
+pub fn rope_inv_freq(head_dim: usize, rope: Rope) -> Vec<f32> {
+    (0..head_dim / 2)
+        .map(|i| {
+            let exponent = (2 * i) as f32 / head_dim as f32;
+            let inv = 1.0 / (rope.theta as f32).powf(exponent);
+            (inv as f64 / rope.linear_factor) as f32
+        })
+        .collect()
+}
+
+impl CpuBackend {
+    fn map(&self, x: &CpuTensor, f: impl Fn(f32) -> f32) -> CpuTensor {
+        CpuTensor { data: x.data.iter().map(|&v| f(v)).collect(), rows: x.rows, cols: x.cols }
+    }
+
+    /// Attention of `n` queries over `keys` rows, where `visible(i, j)` says whether query `i` sees
+    /// key row `j`. q: `[n, q_heads*d]`, keys/values: `[m, kv_heads*d]`.
+    fn attend(
+        &self,
+        q: &CpuTensor,
+        keys: &[f32],
+        values: &[f32],
+        m: usize,
+        heads: Heads,
+        visible: impl Fn(usize, usize) -> bool + Sync + Send,
+    ) -> CpuTensor {
+        let d = heads.head_dim;
+        let group = heads.q_heads / heads.kv_heads;
+        let kv_dim = heads.kv_heads * d;
+        let scale = 1.0 / (d as f32).sqrt();
+        let mut out = vec![0f32; q.rows * heads.q_heads * d];
+        // One output row per (query, head).
+        for_rows(&mut out, d, |row, o| {
+            let (i, h) = (row / heads.q_heads, row % heads.q_heads);
+            let kvh = h / group;
+            let qv = &q.data[i * q.cols + h * d..i * q.cols + (h + 1) * d];
+            let mut scores: Vec<f32> = (0..m)
+                .map(|j| {
+                    if visible(i, j) {
+                        dot(qv, &keys[j * kv_dim + kvh * d..j * kv_dim + (kvh + 1) * d]) * scale
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                })
+                .collect();
+            softmax_in_place(&mut scores);
+            for (j, &p) in scores.iter().enumerate() {
+                if p != 0.0 {
+                    let vv = &values[j * kv_dim + kvh * d..j * kv_dim + (kvh + 1) * d];
+                    for (o, v) in o.iter_mut().zip(vv) {
+                        *o += p * v;
+                    }
+                }
+            }
+        });
+        CpuTensor { data: out, rows: q.rows, cols: heads.q_heads * d }
+    }
+}
+
+impl Backend for CpuBackend {
+    type Tensor = CpuTensor;
+    type Weight = CpuWeight;
+    type Cache = CpuCache;
+
+    fn weight(&self, data: Vec<f32>, shape: &[usize]) -> CpuWeight {
+        CpuWeight { data, shape: shape.to_vec() }
+    }
+
+    fn tensor(&self, data: Vec<f32>, rows: usize, cols: usize) -> CpuTensor {
+        debug_assert_eq!(data.len(), rows * cols);
+        CpuTensor { data, rows, cols }
+    }
+
+    fn dims(&self, x: &CpuTensor) -> (usize, usize) {
+        (x.rows, x.cols)
+    }
+
+    async fn read(&self, x: &CpuTensor) -> Vec<f32> {
+        x.data.clone()
+    }
+
+    fn linear(&self, x: &CpuTensor, w: &CpuWeight, b: Option<&CpuWeight>) -> CpuTensor {
+        let (out_dim, in_dim) = (w.shape[0], w.shape[1]);
+        debug_assert_eq!(x.cols, in_dim);
+        // Work on the transposed output [out, n] so each thread streams one weight row once.
+        let mut t = vec![0f32; out_dim * x.rows];
+        for_rows(&mut t, x.rows, |j, col| {
+            let wr = &w.data[j * in_dim..(j + 1) * in_dim];
+            let bias = b.map(|b| b.data[j]).unwrap_or(0.0);
+            for (i, c) in col.iter_mut().enumerate() {
+                *c = dot(x.row(i), wr) + bias;
+            }
+        });
+        let mut data = vec![0f32; x.rows * out_dim];
+        for j in 0..out_dim {
+            for i in 0..x.rows {
+                data[i * out_dim + j] = t[j * x.rows + i];
+            }
+        }
+        CpuTensor { data, rows: x.rows, cols: out_dim }
+    }
+
+    fn layer_norm(&self, x: &CpuTensor, w: &CpuWeight, b: &CpuWeight, eps: f32) -> CpuTensor {
+        let mut data = x.data.clone();
+        for_rows(&mut data, x.cols, |_, r| {
+            let n = r.len() as f32;
+            let mean = r.iter().sum::<f32>() / n;
+            let var = r.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+            let inv = 1.0 / (var + eps).sqrt();
+            for (k, v) in r.iter_mut().enumerate() {
+                *v = (*v - mean) * inv * w.data[k] + b.data[k];
+            }
+        });
+        CpuTensor { data, rows: x.rows, cols: x.cols }
+    }
+
+    fn rms_norm(&self, x: &CpuTensor, w: &CpuWeight, eps: f32) -> CpuTensor {
+        let mut data = x.data.clone();
+        for_rows(&mut data, x.cols, |_, r| {
+            let ms = r.iter().map(|v| v * v).sum::<f32>() / r.len() as f32;
+            let inv = 1.0 / (ms + eps).sqrt();
+            for (k, v) in r.iter_mut().enumerate() {
+                *v = w.data[k] * (*v * inv);
+            }
+        });
+        CpuTensor { data, rows: x.rows, cols: x.cols }
+    }
+
+    fn activate(&self, x: &CpuTensor, act: Activation) -> CpuTensor {
+        self.map(x, |v| activation(v, act))
+    }
+
+    fn gated(&self, gate: &CpuTensor, up: &CpuTensor, act: Activation) -> CpuTensor {
+        let data = gate.data.iter().zip(&up.data).map(|(&g, &u)| activation(g, act) * u).collect();
+        CpuTensor { data, rows: gate.rows, cols: gate.cols }
+    }
+
+    fn add(&self, a: &CpuTensor, b: &CpuTensor) -> CpuTensor {
+        let data = a.data.iter().zip(&b.data).map(|(x, y)| x + y).collect();
+        CpuTensor { data, rows: a.rows, cols: a.cols }
+    }
+
+    fn add_weight(&self, x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
+        let data = x.data.iter().zip(&w.data).map(|(x, y)| x + y).collect();
+        CpuTensor { data, rows: x.rows, cols: x.cols }
+    }
+
+    fn embed(&self, table: &CpuWeight, ids: &[u32]) -> CpuTensor {
+        let dim = table.shape[1];
+        let mut data = Vec::with_capacity(ids.len() * dim);
+        for &id in ids {
+            let id = id as usize;
+            data.extend_from_slice(&table.data[id * dim..(id + 1) * dim]);
+        }
+        CpuTensor { data, rows: ids.len(), cols: dim }
+    }
+
+    fn prepend_row(&self, x: &CpuTensor, row: &CpuWeight) -> CpuTensor {
+        let mut data = row.data.clone();
+        data.extend_from_slice(&x.data);
+        CpuTensor { data, rows: x.rows + 1, cols: x.cols }
+    }
+
+    fn slice_rows(&self, x: &CpuTensor, start: usize, end: usize) -> CpuTensor {
+        CpuTensor { data: x.data[start * x.cols..end * x.cols].to_vec(), rows: end - start, cols: x.cols }
+    }
+
+    fn concat_cols(&self, parts: &[&CpuTensor]) -> CpuTensor {
+        let rows = parts.first().map(|p| p.rows).unwrap_or(0);
+        let cols: usize = parts.iter().map(|p| p.cols).sum();
+        let mut data = Vec::with_capacity(rows * cols);
+        for i in 0..rows {
+            for p in parts {
+                data.extend_from_slice(p.row(i));
+            }
+        }
+        CpuTensor { data, rows, cols }
+    }
+
+    fn scatter_rows(&self, dst: &CpuTensor, rows: &[usize], src: &CpuTensor) -> CpuTensor {
+        let mut out = dst.clone();
+        for (i, &r) in rows.iter().enumerate() {
+            out.data[r * dst.cols..(r + 1) * dst.cols].copy_from_slice(src.row(i));
+        }
+        out
+    }
+
+    fn rope(&self, x: &CpuTensor, positions: &[u32], heads: usize, head_dim: usize, rope: Rope) -> CpuTensor {
+        let inv_freq = rope_inv_freq(head_dim, rope);
+        let half = head_dim / 2;
+        let mut data = x.data.clone();
+        for_rows(&mut data, x.cols, |i, r| {
+            let pos = positions[i] as f32;
+            for f in 0..half {
+                let angle = pos * inv_freq[f];
+                let (sin, cos) = (angle.sin(), angle.cos());
+                for h in 0..heads {
+                    let base = h * head_dim;
+                    let (a, b) = (r[base + f], r[base + f + half]);
+                    r[base + f] = a * cos - b * sin;
+                    r[base + f + half] = b * cos + a * sin;
+                }
+            }
+        });
+        CpuTensor { data, rows: x.rows, cols: x.cols }
+    }
+
+    fn attention(&self, q: &CpuTensor, k: &CpuTensor, v: &CpuTensor, heads: Heads) -> CpuTensor {
+        self.attend(q, &k.data, &v.data, k.rows, heads, |_, _| true)
+    }
+
+    fn new_cache(&self, layers: usize, kv_dim: usize, capacity: usize) -> CpuCache {
+        CpuCache {
+            kv_dim,
+            k: (0..layers).map(|_| Vec::with_capacity(capacity * kv_dim)).collect(),
+            v: (0..layers).map(|_| Vec::with_capacity(capacity * kv_dim)).collect(),
+        }
+    }
+
+    fn cached_attention(
+        &self,
+        cache: &mut CpuCache,
+        layer: usize,
+        start: usize,
+        q: &CpuTensor,
+        k: &CpuTensor,
+        v: &CpuTensor,
+        mask: &AttnMask,
+        heads: Heads,
+    ) -> CpuTensor {
+        let kv_dim = cache.kv_dim;
+        let n = k.rows;
+        for (store, new) in [(&mut cache.k[layer], k), (&mut cache.v[layer], v)] {
+            store.resize((start + n) * kv_dim, 0.0);
+            store[start * kv_dim..].copy_from_slice(&new.data);
+        }
+        let (keys, values) = (&cache.k[layer], &cache.v[layer]);
+        self.attend(q, keys, values, start + n, heads, |i, j| j < start || mask.allows(i, j - start))
+    }
+
+    fn compact_cache(&self, cache: &mut CpuCache, from: &[usize], to_start: usize) {
+        let d = cache.kv_dim;
+        for store in cache.k.iter_mut().chain(cache.v.iter_mut()) {
+            for (i, &src) in from.iter().enumerate() {
+                let dst = to_start + i;
+                if src != dst {
+                    store.copy_within(src * d..(src + 1) * d, dst * d);
+                }
+            }
+            store.truncate((to_start + from.len()) * d);
+        }
+    }
+}

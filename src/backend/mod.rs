@@ -1,0 +1,108 @@
+//! The op set the model needs, and the executors that implement it.
+//!
+//! The model (`model`, `vision::tower`, `projector`, `text::decoder`) is written once against the
+//! [`Backend`] trait; backends implement ops, never models. `cpu` is the plain-Rust reference used
+//! by tests and as the fallback; the WGSL engine implements the same trait.
+//!
+//! Tensors are row-major matrices `[rows, cols]`: one row per token. Weights are uploaded once.
+
+pub mod cpu;
+
+use crate::config::Activation;
+
+/// Which new tokens each new token may attend to. Every new token always sees the whole cached
+/// prefix; the mask only governs attention among the tokens of the current forward pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttnMask {
+    /// Token i sees new tokens 0..=i (prefill, plain decoding).
+    Causal,
+    /// `allowed[i * n + j]`: token i sees new token j (a speculation tree: ancestors and itself).
+    Tree { n: usize, allowed: Vec<bool> },
+}
+
+impl AttnMask {
+    pub fn allows(&self, i: usize, j: usize) -> bool {
+        match self {
+            AttnMask::Causal => j <= i,
+            AttnMask::Tree { n, allowed } => allowed[i * n + j],
+        }
+    }
+}
+
+/// Shapes of the attention heads of one layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heads {
+    pub q_heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// Rotary position embedding parameters (rotate-half convention, as in transformers' Llama).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rope {
+    pub theta: f64,
+    /// Linear scaling: positions are divided by this factor.
+    pub linear_factor: f64,
+}
+
+/// An executor of the model's ops.
+#[allow(async_fn_in_trait)]
+pub trait Backend {
+    /// Activations `[rows, cols]`.
+    type Tensor;
+    /// A constant uploaded once (matrix `[out, in]` or vector).
+    type Weight;
+    /// Key/value storage for every decoder layer.
+    type Cache;
+
+    /// Upload a weight given as f32 (already widened) with its logical shape.
+    fn weight(&self, data: Vec<f32>, shape: &[usize]) -> Self::Weight;
+    /// Upload activations from the host.
+    fn tensor(&self, data: Vec<f32>, rows: usize, cols: usize) -> Self::Tensor;
+    /// `(rows, cols)` of a tensor.
+    fn dims(&self, x: &Self::Tensor) -> (usize, usize);
+    /// Copy a tensor back to the host (asynchronous on the GPU; immediate on the CPU).
+    async fn read(&self, x: &Self::Tensor) -> Vec<f32>;
+
+    /// `x W^T + b` for `W: [out, in]`.
+    fn linear(&self, x: &Self::Tensor, w: &Self::Weight, b: Option<&Self::Weight>) -> Self::Tensor;
+    fn layer_norm(&self, x: &Self::Tensor, w: &Self::Weight, b: &Self::Weight, eps: f32) -> Self::Tensor;
+    fn rms_norm(&self, x: &Self::Tensor, w: &Self::Weight, eps: f32) -> Self::Tensor;
+    fn activate(&self, x: &Self::Tensor, act: Activation) -> Self::Tensor;
+    /// `act(gate) * up` (SwiGLU).
+    fn gated(&self, gate: &Self::Tensor, up: &Self::Tensor, act: Activation) -> Self::Tensor;
+    fn add(&self, a: &Self::Tensor, b: &Self::Tensor) -> Self::Tensor;
+    /// `x + w` for a weight of the same shape as `x` (learned position embeddings).
+    fn add_weight(&self, x: &Self::Tensor, w: &Self::Weight) -> Self::Tensor;
+    /// Rows of an embedding table `[vocab, dim]`.
+    fn embed(&self, table: &Self::Weight, ids: &[u32]) -> Self::Tensor;
+    /// Put a weight row (e.g. CLIP's class embedding) before the rows of `x`.
+    fn prepend_row(&self, x: &Self::Tensor, row: &Self::Weight) -> Self::Tensor;
+    fn slice_rows(&self, x: &Self::Tensor, start: usize, end: usize) -> Self::Tensor;
+    /// Concatenate along columns (same row count).
+    fn concat_cols(&self, parts: &[&Self::Tensor]) -> Self::Tensor;
+    /// `dst` with `dst[rows[i]] = src[i]`.
+    fn scatter_rows(&self, dst: &Self::Tensor, rows: &[usize], src: &Self::Tensor) -> Self::Tensor;
+    /// Apply RoPE to `x: [n, heads * head_dim]` at the given positions.
+    fn rope(&self, x: &Self::Tensor, positions: &[u32], heads: usize, head_dim: usize, rope: Rope) -> Self::Tensor;
+    /// Bidirectional multi-head attention over the rows of one sequence (vision tower).
+    fn attention(&self, q: &Self::Tensor, k: &Self::Tensor, v: &Self::Tensor, heads: Heads) -> Self::Tensor;
+
+    fn new_cache(&self, layers: usize, kv_dim: usize, capacity: usize) -> Self::Cache;
+    /// Write `k, v` (`[n, kv_heads * head_dim]`) of `layer` at cache slots `start..start + n`, then
+    /// attend from each new query over slots `0..start` and the new tokens allowed by `mask`.
+    #[allow(clippy::too_many_arguments)]
+    fn cached_attention(
+        &self,
+        cache: &mut Self::Cache,
+        layer: usize,
+        start: usize,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        mask: &AttnMask,
+        heads: Heads,
+    ) -> Self::Tensor;
+    /// Copy cache slots `from[i]` to `to_start + i` in every layer (keep an accepted tree path).
+    fn compact_cache(&self, cache: &mut Self::Cache, from: &[usize], to_start: usize);
+}

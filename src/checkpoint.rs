@@ -1,0 +1,115 @@
+//! A whole LLaVA checkpoint directory as Hugging Face publishes it: `config.json`, safetensors
+//! weights (single or sharded), `tokenizer.json` (+ `tokenizer_config.json`, chat template),
+//! `preprocessor_config.json`, optional `generation_config.json`; checked for consistency before any
+//! weight is uploaded, so a bad file is reported by name and nothing already loaded is disturbed.
+
+use crate::config::LlavaConfig;
+use crate::error::{Error, Result};
+use crate::text::tokenizer::TextTokenizer;
+use crate::vision::preprocess::ImageProcessor;
+use crate::weights::WeightStore;
+
+pub struct Checkpoint {
+    /// Directory or URL the files came from (for messages).
+    pub source: String,
+    pub config: LlavaConfig,
+    pub weights: WeightStore,
+    pub tokenizer: TextTokenizer,
+    pub processor: ImageProcessor,
+    /// The text that stands for one image in prompts (`image_token` of processor_config.json).
+    pub image_token: String,
+}
+
+impl Checkpoint {
+    /// Assemble and cross-check the parts. `processor_config_json` is the optional
+    /// `processor_config.json`; `generation_config_json` the optional `generation_config.json`.
+    pub fn from_parts(
+        source: &str,
+        config: LlavaConfig,
+        weights: WeightStore,
+        mut tokenizer: TextTokenizer,
+        processor: ImageProcessor,
+        processor_config_json: Option<&str>,
+        generation_config_json: Option<&str>,
+    ) -> Result<Self> {
+        let image_token = processor_config_json
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
+            .and_then(|v| v.get("image_token").and_then(|s| s.as_str()).map(String::from))
+            .unwrap_or_else(|| "<image>".to_string());
+        match tokenizer.token_id(&image_token) {
+            None => {
+                return Err(Error::file(
+                    tokenizer.name(),
+                    format!("the tokenizer has no {image_token} token, so images cannot be placed in prompts"),
+                ))
+            }
+            Some(id) if id != config.image_token_index => {
+                return Err(Error::file(
+                    tokenizer.name(),
+                    format!(
+                        "{image_token} is token {id}, but config.json says image_token_index {}",
+                        config.image_token_index
+                    ),
+                ))
+            }
+            Some(_) => {}
+        }
+        let (h, w) = processor.output_size();
+        let side = config.vision.image_size;
+        if (h, w) != (side, side) {
+            return Err(Error::file(
+                format!("{source}/preprocessor_config.json"),
+                format!("produces {h}x{w} images, but the vision tower expects {side}x{side}"),
+            ));
+        }
+        // EOS ids: the tokenizer's, config.json's and generation_config.json's all end a caption.
+        let mut eos = config.text.eos_token_ids.clone();
+        if let Some(v) = generation_config_json.and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok()) {
+            match v.get("eos_token_id") {
+                Some(serde_json::Value::Number(n)) => eos.extend(n.as_u64().map(|n| n as u32)),
+                Some(serde_json::Value::Array(a)) => eos.extend(a.iter().filter_map(|x| x.as_u64()).map(|n| n as u32)),
+                _ => {}
+            }
+        }
+        tokenizer.set_extra_eos(&eos);
+        Ok(Checkpoint { source: source.to_string(), config, weights, tokenizer, processor, image_token })
+    }
+
+    /// Open a checkpoint directory.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open(dir: &std::path::Path) -> Result<Self> {
+        let read = |name: &str| -> Result<String> {
+            let path = dir.join(name);
+            std::fs::read_to_string(&path).map_err(|e| Error::file(path.display(), e))
+        };
+        let optional = |name: &str| -> Option<String> { std::fs::read_to_string(dir.join(name)).ok() };
+        if !dir.is_dir() {
+            return Err(Error::file(dir.display(), "not a checkpoint directory"));
+        }
+        let config_path = dir.join("config.json");
+        let config = LlavaConfig::from_json(&read("config.json")?, &config_path.display().to_string())?;
+        let tokenizer = TextTokenizer::load(dir)?;
+        let pp_path = dir.join("preprocessor_config.json");
+        let processor = ImageProcessor::from_json(&read("preprocessor_config.json")?, &pp_path.display().to_string())?;
+        let weights = WeightStore::open_dir(dir)?;
+        Self::from_parts(
+            &dir.display().to_string(),
+            config,
+            weights,
+            tokenizer,
+            processor,
+            optional("processor_config.json").as_deref(),
+            optional("generation_config.json").as_deref(),
+        )
+    }
+
+    /// Token ids for a literal prompt (containing the image token once per image).
+    pub fn prompt_ids(&self, prompt: &str) -> Result<Vec<u32>> {
+        self.tokenizer.encode_prompt(prompt, &self.image_token, self.config.num_image_tokens())
+    }
+
+    /// The prompt used when the user gives none: the checkpoint's chat template, else LLaVA-1.5's.
+    pub fn default_prompt(&self, user_text: &str) -> Result<String> {
+        self.tokenizer.chat_prompt(user_text)
+    }
+}

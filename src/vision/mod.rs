@@ -1,0 +1,3 @@
+//! Vision stage: image preprocessing and the vision tower.
+pub mod preprocess;
+pub mod tower;

@@ -1,0 +1,255 @@
+//! Safetensors weights of a LLaVA checkpoint: one `model.safetensors` or shards listed in
+//! `model.safetensors.index.json`, in f32, f16 or bf16 (widened to f32 here; WGSL has no bf16).
+//!
+//! Parsing and validation of each file (header length, JSON, offsets, overlaps) is done by the
+//! `safetensors` crate; this module adds the checks that need the model: every tensor the config
+//! implies exists, with the shape the config implies. Both tensor-name styles that transformers has
+//! written (`language_model.model.*` and `model.language_model.*`) are accepted.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use half::{bf16, f16};
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::{Error, Result};
+
+/// Bytes of one safetensors file, owned (wasm: downloaded) or memory-mapped (native).
+pub type FileBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    F16,
+    BF16,
+}
+
+impl DType {
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F16 | DType::BF16 => 2,
+        }
+    }
+}
+
+/// Where one tensor lives.
+#[derive(Debug, Clone)]
+struct Entry {
+    file: usize,
+    dtype: DType,
+    shape: Vec<usize>,
+    start: usize,
+    end: usize,
+}
+
+/// A borrowed, typed view of one tensor's raw bytes.
+pub struct RawTensor<'a> {
+    pub dtype: DType,
+    pub shape: &'a [usize],
+    pub bytes: &'a [u8],
+}
+
+/// All tensors of a checkpoint, indexed by name, without copying their data.
+pub struct WeightStore {
+    files: Vec<(String, FileBytes)>,
+    entries: HashMap<String, Entry>,
+    /// Safetensors `__metadata__` of the first file (quantized checkpoints name their scheme here).
+    pub metadata: HashMap<String, String>,
+}
+
+impl WeightStore {
+    /// Index the given safetensors files (name used in errors, bytes).
+    pub fn from_files(files: Vec<(String, FileBytes)>) -> Result<Self> {
+        let mut entries = HashMap::new();
+        let mut metadata = HashMap::new();
+        for (index, (name, bytes)) in files.iter().enumerate() {
+            let data: &[u8] = (**bytes).as_ref();
+            let (_, meta) = SafeTensors::read_metadata(data)
+                .map_err(|e| Error::file(name, format!("not a valid safetensors file: {e}")))?;
+            if index == 0 {
+                if let Some(m) = meta.metadata() {
+                    metadata = m.clone();
+                }
+            }
+            let st = SafeTensors::deserialize(data)
+                .map_err(|e| Error::file(name, format!("not a valid safetensors file: {e}")))?;
+            for (tensor_name, view) in st.tensors() {
+                let dtype = match view.dtype() {
+                    Dtype::F32 => DType::F32,
+                    Dtype::F16 => DType::F16,
+                    Dtype::BF16 => DType::BF16,
+                    other => {
+                        return Err(Error::file(
+                            name,
+                            format!("tensor {tensor_name} has unsupported dtype {other:?} (expected F32, F16 or BF16)"),
+                        ))
+                    }
+                };
+                // The view borrows `data`; its offset inside the file is pointer arithmetic.
+                let start = view.data().as_ptr() as usize - data.as_ptr() as usize;
+                let end = start + view.data().len();
+                let entry = Entry { file: index, dtype, shape: view.shape().to_vec(), start, end };
+                if entries.insert(tensor_name.clone(), entry).is_some() {
+                    return Err(Error::file(name, format!("tensor {tensor_name} appears in more than one shard")));
+                }
+            }
+        }
+        Ok(WeightStore { files, entries, metadata })
+    }
+
+    /// Open a checkpoint directory: `model.safetensors`, or the shards named by
+    /// `model.safetensors.index.json`. Files are memory-mapped.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open_dir(dir: &std::path::Path) -> Result<Self> {
+        let index_path = dir.join("model.safetensors.index.json");
+        let names = if index_path.exists() {
+            let text = std::fs::read_to_string(&index_path)
+                .map_err(|e| Error::file(index_path.display(), e))?;
+            shard_names(&text, &index_path.display().to_string())?
+        } else {
+            vec!["model.safetensors".to_string()]
+        };
+        let mut files = Vec::new();
+        for name in names {
+            let path = dir.join(&name);
+            let file = std::fs::File::open(&path).map_err(|e| {
+                Error::file(path.display(), format!("cannot open weights: {e}"))
+            })?;
+            // SAFETY: the map is read-only; a checkpoint changed on disk while we run is outside
+            // what we promise (as for every mmap-based loader).
+            let map = unsafe { memmap2::Mmap::map(&file) }
+                .map_err(|e| Error::file(path.display(), format!("cannot map: {e}")))?;
+            files.push((path.display().to_string(), Arc::new(map) as FileBytes));
+        }
+        Self::from_files(files)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(|s| s.as_str())
+    }
+
+    /// The file a tensor comes from, or the first file (for messages about missing tensors).
+    fn file_of(&self, name: &str) -> &str {
+        let index = self.entries.get(name).map(|e| e.file).unwrap_or(0);
+        self.files.get(index).map(|f| f.0.as_str()).unwrap_or("weights")
+    }
+
+    pub fn raw(&self, name: &str) -> Result<RawTensor<'_>> {
+        let e = self
+            .entries
+            .get(name)
+            .ok_or_else(|| Error::file(self.file_of(name), format!("missing tensor {name}")))?;
+        let data: &[u8] = (*self.files[e.file].1).as_ref();
+        Ok(RawTensor { dtype: e.dtype, shape: &e.shape, bytes: &data[e.start..e.end] })
+    }
+
+    /// A tensor widened to f32, after checking it has exactly the expected shape.
+    pub fn f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let raw = self.raw(name)?;
+        if raw.shape != shape {
+            return Err(Error::file(
+                self.file_of(name),
+                format!("tensor {name} has shape {:?}, but config.json implies {shape:?}", raw.shape),
+            ));
+        }
+        Ok(widen(raw.dtype, raw.bytes))
+    }
+}
+
+/// Decode little-endian f32/f16/bf16 bytes to f32 (byte slices need not be aligned).
+pub fn widen(dtype: DType, bytes: &[u8]) -> Vec<f32> {
+    match dtype {
+        DType::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        DType::F16 => {
+            bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+        }
+        DType::BF16 => {
+            bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+        }
+    }
+}
+
+/// Shard file names from `model.safetensors.index.json`, in first-seen order, checked to be plain
+/// file names (an index must not point outside the checkpoint directory).
+pub fn shard_names(index_json: &str, file: &str) -> Result<Vec<String>> {
+    let v: serde_json::Value =
+        serde_json::from_str(index_json).map_err(|e| Error::file(file, format!("invalid JSON: {e}")))?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| Error::file(file, "missing \"weight_map\" object"))?;
+    let mut names: Vec<String> = Vec::new();
+    for (tensor, shard) in map {
+        let shard = shard
+            .as_str()
+            .ok_or_else(|| Error::file(file, format!("weight_map entry for {tensor} is not a file name")))?;
+        if shard.is_empty() || shard.contains(['/', '\\']) || shard.starts_with('.') {
+            return Err(Error::file(file, format!("weight_map names an invalid shard file \"{shard}\"")));
+        }
+        if !names.iter().any(|n| n == shard) {
+            names.push(shard.to_string());
+        }
+    }
+    if names.is_empty() {
+        return Err(Error::file(file, "weight_map is empty"));
+    }
+    Ok(names)
+}
+
+/// The prefixes under which one checkpoint stores each part of the model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameStyle {
+    pub vision: String,
+    pub projector: String,
+    pub text: String,
+    pub lm_head: String,
+}
+
+impl NameStyle {
+    /// Detect the naming style from the tensor names present.
+    pub fn detect(store: &WeightStore) -> NameStyle {
+        let has = |prefix: &str| store.names().any(|n| n.starts_with(prefix));
+        let (vision, projector, text, lm_head) = if has("model.language_model.") {
+            ("model.vision_tower.", "model.multi_modal_projector.", "model.language_model.", "lm_head.weight")
+        } else if has("language_model.model.") {
+            ("vision_tower.", "multi_modal_projector.", "language_model.model.", "language_model.lm_head.weight")
+        } else {
+            // A bare LlavaModel (no LM head wrapper): `language_model.layers.*`.
+            ("vision_tower.", "multi_modal_projector.", "language_model.", "lm_head.weight")
+        };
+        NameStyle {
+            vision: vision.into(),
+            projector: projector.into(),
+            text: text.into(),
+            lm_head: lm_head.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_index_rejects_paths_outside_the_checkpoint() {
+        let bad = r#"{"weight_map": {"a": "../../etc/passwd"}}"#;
+        let err = shard_names(bad, "idx.json").unwrap_err().to_string();
+        assert!(err.starts_with("idx.json: weight_map names an invalid shard"), "{err}");
+        let ok = r#"{"metadata": {}, "weight_map": {"a": "m-1.safetensors", "b": "m-2.safetensors", "c": "m-1.safetensors"}}"#;
+        assert_eq!(shard_names(ok, "idx.json").unwrap(), vec!["m-1.safetensors", "m-2.safetensors"]);
+    }
+
+    #[test]
+    fn widening_matches_half() {
+        let vals = [1.5f32, -2.25, 65504.0];
+        let f16_bytes: Vec<u8> = vals.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect();
+        assert_eq!(widen(DType::F16, &f16_bytes), vals);
+        let bf_bytes: Vec<u8> = [1.5f32, -2.25].iter().flat_map(|v| bf16::from_f32(*v).to_le_bytes()).collect();
+        assert_eq!(widen(DType::BF16, &bf_bytes), vec![1.5, -2.25]);
+    }
+}

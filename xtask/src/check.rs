@@ -1,0 +1,223 @@
+//! `cargo xtask test`: the whole local/CI check, as an ordered list of steps.
+//!
+//! Each step prints a banner, is timed, and the run stops at the first failing step with a non-zero
+//! exit; a summary line ends the run either way. The order is cheapest-first (fmt before clippy
+//! before tests) so a formatting slip fails in seconds, not minutes.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::{cargo, prereq};
+
+/// One step of the check: either a command line or an in-process action (the prerequisites).
+enum Action {
+    Cargo(Vec<&'static str>),
+    Prereqs,
+}
+
+struct Step {
+    name: &'static str,
+    action: Action,
+}
+
+impl Step {
+    fn cargo(name: &'static str, args: &[&'static str]) -> Step {
+        Step {
+            name,
+            action: Action::Cargo(args.to_vec()),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match &self.action {
+            Action::Cargo(args) => format!("cargo {}", args.join(" ")),
+            Action::Prereqs => "install missing build prerequisites".to_string(),
+        }
+    }
+
+    fn execute(&self, root: &Path) -> Result<(), String> {
+        match &self.action {
+            Action::Prereqs => prereq::ensure_build_prereqs(),
+            Action::Cargo(args) => {
+                let mut cmd = cargo();
+                cmd.args(args).current_dir(root);
+                run_status(&mut cmd)
+            }
+        }
+    }
+}
+
+/// The steps of `cargo xtask test`, in order. `nextest` picks cargo-nextest when it is installed.
+fn steps(nextest: bool) -> Vec<Step> {
+    let mut steps = vec![
+        Step {
+            name: "prerequisites",
+            action: Action::Prereqs,
+        },
+        Step::cargo("fmt", &["fmt", "--all", "--", "--check"]),
+        Step::cargo(
+            "clippy",
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        ),
+    ];
+    if nextest {
+        // nextest does not run doctests, so they get their own step.
+        steps.push(Step::cargo(
+            "tests",
+            &["nextest", "run", "--workspace", "--no-tests=warn"],
+        ));
+        steps.push(Step::cargo("doctests", &["test", "--workspace", "--doc"]));
+    } else {
+        steps.push(Step::cargo("tests", &["test", "--workspace"]));
+    }
+    steps.push(Step::cargo(
+        "wasm build",
+        &[
+            "build",
+            "--package",
+            "spec-llava",
+            "--lib",
+            "--target",
+            prereq::WASM_TARGET,
+        ],
+    ));
+    steps
+}
+
+/// Runs every step in order; returns an error naming the first step that failed.
+pub fn run_all(root: &Path) -> Result<(), String> {
+    let steps = steps(has_nextest());
+    let total = steps.len();
+    let start = Instant::now();
+    for (i, step) in steps.iter().enumerate() {
+        println!(
+            "\n==> [{}/{total}] {}: {}",
+            i + 1,
+            step.name,
+            step.describe()
+        );
+        let step_start = Instant::now();
+        let outcome = step.execute(root);
+        let took = step_start.elapsed();
+        match outcome {
+            Ok(()) => println!("==> {} ok ({})", step.name, seconds(took)),
+            Err(msg) => {
+                println!("==> {} FAILED ({}): {msg}", step.name, seconds(took));
+                let summary = format!(
+                    "FAILED at step {}/{total} `{}` after {}",
+                    i + 1,
+                    step.name,
+                    seconds(start.elapsed())
+                );
+                println!("\nxtask test: {summary}");
+                return Err(summary);
+            }
+        }
+    }
+    println!(
+        "\nxtask test: all {total} steps passed in {}",
+        seconds(start.elapsed())
+    );
+    Ok(())
+}
+
+fn has_nextest() -> bool {
+    quiet_success(cargo().args(["nextest", "--version"]))
+}
+
+/// Runs a command with inherited output; a non-zero exit becomes an error with the exit status.
+pub fn run_status(cmd: &mut Command) -> Result<(), String> {
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot start {:?}: {e}", cmd.get_program()))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{} exited with {status}", render(cmd)))
+    }
+}
+
+/// Whether a command runs and exits 0, with its output discarded (for presence checks).
+pub fn quiet_success(cmd: &mut Command) -> bool {
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn render(cmd: &Command) -> String {
+    let mut words = vec![cmd.get_program().to_string_lossy().into_owned()];
+    words.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
+    words.join(" ")
+}
+
+fn seconds(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(steps: &[Step]) -> Vec<&str> {
+        steps.iter().map(|s| s.name).collect()
+    }
+
+    #[test]
+    fn steps_run_cheapest_first_and_end_with_the_wasm_build() {
+        assert_eq!(
+            names(&steps(false)),
+            ["prerequisites", "fmt", "clippy", "tests", "wasm build"]
+        );
+        assert_eq!(
+            names(&steps(true)),
+            [
+                "prerequisites",
+                "fmt",
+                "clippy",
+                "tests",
+                "doctests",
+                "wasm build"
+            ]
+        );
+        let all = steps(true);
+        assert_eq!(
+            all[5].describe(),
+            "cargo build --package spec-llava --lib --target wasm32-unknown-unknown"
+        );
+        assert_eq!(
+            all[2].describe(),
+            "cargo clippy --workspace --all-targets -- -D warnings"
+        );
+    }
+
+    #[test]
+    fn run_status_reports_the_failing_command() {
+        let err = run_status(Command::new("false").arg("x")).unwrap_err();
+        assert_eq!(err, "false x exited with exit status: 1");
+        assert!(run_status(&mut Command::new("true")).is_ok());
+        assert!(run_status(&mut Command::new("/nonexistent/xtask-cmd"))
+            .unwrap_err()
+            .starts_with("cannot start"));
+    }
+
+    #[test]
+    fn quiet_success_distinguishes_exit_codes() {
+        assert!(quiet_success(&mut Command::new("true")));
+        assert!(!quiet_success(&mut Command::new("false")));
+        assert!(!quiet_success(&mut Command::new("/nonexistent/xtask-cmd")));
+    }
+
+    #[test]
+    fn seconds_have_one_decimal() {
+        assert_eq!(seconds(Duration::from_millis(12_345)), "12.3s");
+    }
+}

@@ -1,0 +1,226 @@
+//! Developer commands for spec-llava, run as `cargo xtask <command>` (alias in `.cargo/config.toml`).
+//!
+//! Follows the cargo-xtask convention: a plain binary in the workspace, std only, so it compiles in
+//! seconds and needs nothing installed beyond rustup/cargo. Commands:
+//! - `test`: install missing prerequisites, then fmt, clippy, tests and the wasm build (see `check`).
+//! - `serve [--port P]`: static file server for the web app on 127.0.0.1 (see `serve`).
+//! - `scenes --count N --seed S --out DIR`: render procedural scenes with the `spec-llava` CLI.
+//! - `setup [--browser]`: install prerequisites only (`--browser` adds the browser-test tools).
+
+mod check;
+mod prereq;
+mod serve;
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  test                                 prerequisites, fmt, clippy, tests, wasm build
+  serve [--port P]                     serve the web app on http://127.0.0.1:P (default 8080)
+  scenes --count N --seed S --out DIR  render procedural scenes (spec-llava scenes)
+  setup [--browser]                    install missing prerequisites only";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("xtask: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[String]) -> Result<(), String> {
+    let root = repo_root();
+    let Some((command, rest)) = args.split_first() else {
+        return Err(format!("no command given\n{USAGE}"));
+    };
+    match command.as_str() {
+        "test" => {
+            no_more_args(rest)?;
+            check::run_all(&root)
+        }
+        "serve" => {
+            let opts = Flags::parse(rest, &["--port"], &[])?;
+            let port = match opts.value("--port") {
+                Some(p) => p
+                    .parse::<u16>()
+                    .map_err(|_| format!("--port: not a port: {p}"))?,
+                None => 8080,
+            };
+            prepare_app(&root)?;
+            serve::serve(&root, port).map_err(|e| format!("serve: {e}"))
+        }
+        "scenes" => scenes(&root, rest),
+        "setup" => {
+            let opts = Flags::parse(rest, &[], &["--browser"])?;
+            prereq::ensure_build_prereqs()?;
+            if opts.switch("--browser") {
+                prereq::ensure_browser_prereqs(&root)?;
+            }
+            Ok(())
+        }
+        "help" | "--help" | "-h" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => Err(format!("unknown command `{other}`\n{USAGE}")),
+    }
+}
+
+/// The workspace root: the parent of this crate's manifest directory, so the commands work from
+/// any current directory.
+fn repo_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+/// Builds what the page loads before serving it.
+///
+/// Today the page is static (`index.html`, `web/`), so there is nothing to build. The web-app work
+/// adds its steps here: `cargo build --release --target wasm32-unknown-unknown`, `wasm-bindgen
+/// --target web` into a served folder (add that folder to `serve::PUBLIC`), then `wasm-opt` from
+/// npm binaryen (see `prereq::ensure_browser_prereqs`).
+fn prepare_app(root: &Path) -> Result<(), String> {
+    let index = root.join("index.html");
+    if !index.is_file() {
+        return Err(format!("{} is missing", index.display()));
+    }
+    Ok(())
+}
+
+/// `cargo xtask scenes`: forwards the given flags to `spec-llava scenes`, which owns the defaults.
+fn scenes(root: &Path, args: &[String]) -> Result<(), String> {
+    let opts = Flags::parse(args, &["--count", "--seed", "--out"], &[])?;
+    let mut cmd = cargo();
+    cmd.args(["run", "--release", "--bin", "spec-llava", "--", "scenes"]);
+    for (flag, value) in &opts.values {
+        let valid = match flag.as_str() {
+            "--count" => value.parse::<u32>().is_ok(),
+            "--seed" => value.parse::<u64>().is_ok(),
+            _ => true,
+        };
+        if !valid {
+            return Err(format!("{flag}: not a non-negative integer: {value}"));
+        }
+        cmd.args([flag, value]);
+    }
+    cmd.current_dir(root);
+    check::run_status(&mut cmd)
+}
+
+/// The cargo that launched us (so nested builds use the same toolchain), else `cargo` on PATH.
+fn cargo() -> Command {
+    Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn no_more_args(rest: &[String]) -> Result<(), String> {
+    match rest.first() {
+        Some(arg) => Err(format!("unexpected argument `{arg}`\n{USAGE}")),
+        None => Ok(()),
+    }
+}
+
+/// Parsed `--flag value`, `--flag=value` and bare `--switch` arguments, in the order given.
+#[derive(Debug, Default, PartialEq)]
+struct Flags {
+    values: Vec<(String, String)>,
+    switches: Vec<String>,
+}
+
+impl Flags {
+    fn parse(args: &[String], valued: &[&str], switches: &[&str]) -> Result<Flags, String> {
+        let mut flags = Flags::default();
+        let mut iter = args.iter();
+        while let Some(arg) = iter.next() {
+            let (name, inline) = match arg.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_string())),
+                None => (arg.as_str(), None),
+            };
+            if valued.contains(&name) {
+                let value = match inline {
+                    Some(v) => v,
+                    None => iter
+                        .next()
+                        .cloned()
+                        .ok_or_else(|| format!("{name} needs a value"))?,
+                };
+                flags.values.retain(|(n, _)| n != name);
+                flags.values.push((name.to_string(), value));
+            } else if switches.contains(&name) && inline.is_none() {
+                flags.switches.push(name.to_string());
+            } else {
+                return Err(format!("unexpected argument `{arg}`\n{USAGE}"));
+            }
+        }
+        Ok(flags)
+    }
+
+    fn value(&self, name: &str) -> Option<&str> {
+        self.values
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn switch(&self, name: &str) -> bool {
+        self.switches.iter().any(|s| s == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(args: &[&str]) -> Vec<String> {
+        args.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn flags_accept_separate_and_inline_values() {
+        let flags = Flags::parse(
+            &strings(&["--count", "4", "--seed=7", "--browser"]),
+            &["--count", "--seed"],
+            &["--browser"],
+        )
+        .unwrap();
+        assert_eq!(flags.value("--count"), Some("4"));
+        assert_eq!(flags.value("--seed"), Some("7"));
+        assert_eq!(flags.value("--out"), None);
+        assert!(flags.switch("--browser"));
+    }
+
+    #[test]
+    fn flags_keep_the_last_repeat() {
+        let flags =
+            Flags::parse(&strings(&["--port", "1", "--port", "2"]), &["--port"], &[]).unwrap();
+        assert_eq!(flags.values, vec![("--port".to_string(), "2".to_string())]);
+    }
+
+    #[test]
+    fn flags_reject_unknown_and_missing_values() {
+        let err = Flags::parse(&strings(&["--bogus"]), &["--port"], &[]).unwrap_err();
+        assert!(err.starts_with("unexpected argument `--bogus`"), "{err}");
+        let err = Flags::parse(&strings(&["--port"]), &["--port"], &[]).unwrap_err();
+        assert_eq!(err, "--port needs a value");
+        let err = Flags::parse(&strings(&["--browser=1"]), &[], &["--browser"]).unwrap_err();
+        assert!(err.starts_with("unexpected argument"), "{err}");
+    }
+
+    #[test]
+    fn scenes_rejects_a_non_integer_count_before_running_cargo() {
+        let err = scenes(Path::new("."), &strings(&["--count", "many"])).unwrap_err();
+        assert_eq!(err, "--count: not a non-negative integer: many");
+    }
+
+    #[test]
+    fn repo_root_holds_the_workspace_manifest() {
+        let manifest = std::fs::read_to_string(repo_root().join("Cargo.toml")).unwrap();
+        assert!(manifest.contains("[workspace]"));
+    }
+}
