@@ -42,9 +42,15 @@ pub fn decode_rgb(bytes: &[u8], name: &str, max_pixels: u64) -> Result<RgbImage>
     };
     let fmt = format_name(format);
     let mut limits = Limits::default();
-    limits.max_alloc = Some(max_pixels.saturating_mul(MAX_BYTES_PER_PIXEL).saturating_add(1 << 20));
+    limits.max_alloc = Some(
+        max_pixels
+            .saturating_mul(MAX_BYTES_PER_PIXEL)
+            .saturating_add(1 << 20),
+    );
     reader.limits(limits);
-    let mut decoder = reader.into_decoder().map_err(|e| fail(decode_message(&e, fmt)))?;
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(|e| fail(decode_message(&e, fmt)))?;
 
     let (w, h) = decoder.dimensions();
     let pixels = u64::from(w) * u64::from(h);
@@ -57,7 +63,15 @@ pub fn decode_rgb(bytes: &[u8], name: &str, max_pixels: u64) -> Result<RgbImage>
         )));
     }
     // A broken EXIF block should not make a readable image unreadable: decode it upright.
-    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    // JPEG decoders fill a cut-off scan with gray and succeed; PIL says "image file is truncated".
+    if format == ImageFormat::Jpeg && !jpeg_has_end(bytes) {
+        return Err(fail(
+            "truncated JPEG file (no end-of-image marker after the image data)".into(),
+        ));
+    }
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| fail(decode_message(&e, fmt)))?;
     img.apply_orientation(orientation);
     Ok(to_rgb(img))
@@ -87,6 +101,45 @@ fn to_rgb(img: DynamicImage) -> RgbImage {
         }
         // Gray is replicated, alpha dropped (no compositing), palette already expanded by the decoder.
         other => other.to_rgb8(),
+    }
+}
+
+/// Walks the JPEG marker segments (skipping APPn blocks, which may hold a whole thumbnail JPEG,
+/// and entropy-coded scan data) and reports whether the end-of-image marker is reached.
+fn jpeg_has_end(bytes: &[u8]) -> bool {
+    let mut pos = 2; // after SOI
+    loop {
+        // A marker is 0xFF (possibly repeated as fill) and a code.
+        while bytes.get(pos) == Some(&0xFF) && bytes.get(pos + 1) == Some(&0xFF) {
+            pos += 1;
+        }
+        let (Some(0xFF), Some(&code)) = (bytes.get(pos), bytes.get(pos + 1)) else {
+            return false;
+        };
+        pos += 2;
+        match code {
+            0xD9 => return true,
+            0x01 | 0xD0..=0xD7 => continue, // markers without a length
+            _ => {}
+        }
+        let Some(len) = bytes
+            .get(pos..pos + 2)
+            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+        else {
+            return false;
+        };
+        pos += len;
+        if code == 0xDA {
+            // Scan data: 0xFF is stuffed as FF 00 and restarts are FF D0-D7; anything else ends it.
+            loop {
+                match (bytes.get(pos), bytes.get(pos + 1)) {
+                    (Some(0xFF), Some(0x00 | 0xD0..=0xD7)) => pos += 2,
+                    (Some(0xFF), Some(_)) => break,
+                    (Some(_), _) => pos += 1,
+                    (None, _) => return false,
+                }
+            }
+        }
     }
 }
 
@@ -123,7 +176,12 @@ fn decode_message(e: &ImageError, fmt: &str) -> String {
         ImageError::Limits(l) => format!("{fmt} image is too large to decode: {l}"),
         ImageError::Unsupported(u) => format!("unsupported {fmt} variant: {u}"),
         other => {
-            let text = other.to_string();
+            // Some decoders put line breaks in their messages; keep ours on one line.
+            let text = other
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
             if looks_truncated(&text) {
                 format!("truncated {fmt} file: {text}")
             } else {
@@ -136,7 +194,15 @@ fn decode_message(e: &ImageError, fmt: &str) -> String {
 /// Decoders report premature ends in their own words.
 fn looks_truncated(text: &str) -> bool {
     let t = text.to_ascii_lowercase();
-    ["eof", "end of file", "unexpected end", "no more bytes", "truncated", "not enough data"]
-        .iter()
-        .any(|s| t.contains(s))
+    [
+        "eof",
+        "end of file",
+        "unexpected end",
+        "no more bytes",
+        "truncated",
+        "enough data",
+        "enough bytes",
+    ]
+    .iter()
+    .any(|s| t.contains(s))
 }

@@ -16,7 +16,7 @@ use crate::weights::{NameStyle, WeightStore};
 
 pub struct LlavaModel<B: Backend> {
     pub config: LlavaConfig,
-    vision: VisionTower<B>,
+    pub vision: VisionTower<B>,
     projector: Projector<B>,
     pub text: Decoder<B>,
 }

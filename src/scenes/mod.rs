@@ -184,9 +184,9 @@ impl Size {
     /// Radius range in pixels (inclusive low, exclusive high).
     fn radius_range(self) -> (f32, f32) {
         match self {
-            Size::Small => (4.4, 5.0),
-            Size::Medium => (6.3, 6.9),
-            Size::Large => (8.2, 8.8),
+            Size::Small => (5.0, 5.6),
+            Size::Medium => (6.8, 7.4),
+            Size::Large => (8.6, 9.2),
         }
     }
 }
@@ -356,7 +356,7 @@ impl BackgroundColour {
         match self {
             BackgroundColour::Gray => [128, 128, 128],
             BackgroundColour::Beige => [222, 204, 165],
-            BackgroundColour::Teal => [10, 120, 120],
+            BackgroundColour::Teal => [16, 132, 128],
             BackgroundColour::Navy => [28, 36, 92],
         }
     }

@@ -278,6 +278,15 @@ impl TextTokenizer {
         })
     }
 
+    /// Token ids for plain text with the tokenizer's special tokens (transformers' `tokenizer(text)`).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let encoding = self
+            .inner
+            .encode(text, true)
+            .map_err(|e| Error::file(&self.name, format!("cannot encode text: {e}")))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
     /// Token ids for a prompt, the way `LlavaProcessor` makes them: each `image_token` in the text
     /// is replaced by `num_image_tokens` copies, then the text is encoded with special tokens.
     ///
@@ -299,7 +308,9 @@ impl TextTokenizer {
             )));
         }
         if num_image_tokens == 0 {
-            return Err(Error::invalid("the number of image tokens must be at least 1"));
+            return Err(Error::invalid(
+                "the number of image tokens must be at least 1",
+            ));
         }
         let expanded = prompt.replace(image_token, &image_token.repeat(num_image_tokens));
         let starts_with_bos = self
@@ -330,7 +341,9 @@ impl TextTokenizer {
     /// (`add_generation_prompt=True`); without a template, `USER: <image>\n{user_text} ASSISTANT:`.
     pub fn chat_prompt(&self, user_text: &str) -> Result<String> {
         let Some(env) = &self.template else {
-            return Ok(format!("{FALLBACK_PROMPT_PREFIX}{user_text}{FALLBACK_PROMPT_SUFFIX}"));
+            return Ok(format!(
+                "{FALLBACK_PROMPT_PREFIX}{user_text}{FALLBACK_PROMPT_SUFFIX}"
+            ));
         };
         let template = env
             .get_template(TEMPLATE_NAME)
@@ -470,10 +483,13 @@ fn template_from_config(
         None | Some(Json::Null) => Ok(None),
         Some(Json::String(source)) => Ok(Some(source.clone())),
         Some(Json::Array(list)) => {
-            let default = list.iter().find(|entry| {
-                entry.get("name").and_then(Json::as_str) == Some("default")
-            });
-            match default.and_then(|entry| entry.get("template")).and_then(Json::as_str) {
+            let default = list
+                .iter()
+                .find(|entry| entry.get("name").and_then(Json::as_str) == Some("default"));
+            match default
+                .and_then(|entry| entry.get("template"))
+                .and_then(Json::as_str)
+            {
                 Some(source) => Ok(Some(source.to_string())),
                 None => Err(Error::file(
                     name,
@@ -504,7 +520,10 @@ fn special_token(
 fn token_content(value: &Json) -> Option<String> {
     match value {
         Json::String(s) => Some(s.clone()),
-        Json::Object(map) => map.get("content").and_then(Json::as_str).map(str::to_string),
+        Json::Object(map) => map
+            .get("content")
+            .and_then(Json::as_str)
+            .map(str::to_string),
         _ => None,
     }
 }
@@ -570,19 +589,20 @@ fn rebuild_llama_post_processor(
     eos: &Option<String>,
     name: &str,
 ) -> Result<()> {
-    let flag = |key: &str, default: bool| config.get(key).and_then(Json::as_bool).unwrap_or(default);
+    let flag =
+        |key: &str, default: bool| config.get(key).and_then(Json::as_bool).unwrap_or(default);
     let add_bos = flag("add_bos_token", true);
     let add_eos = flag("add_eos_token", false);
     let mut single = Vec::new();
     let mut pair = Vec::new();
     let mut specials = serde_json::Map::new();
     let mut special = |slot: &str, text: &Option<String>, type_id: u32, out: &mut Vec<Json>| {
-        let text = text
-            .as_deref()
-            .ok_or_else(|| Error::file(name, format!("{slot} is on but the config has no {slot}")))?;
-        let id = inner
-            .token_to_id(text)
-            .ok_or_else(|| Error::file(name, format!("{slot} `{text}` is not in the vocabulary")))?;
+        let text = text.as_deref().ok_or_else(|| {
+            Error::file(name, format!("{slot} is on but the config has no {slot}"))
+        })?;
+        let id = inner.token_to_id(text).ok_or_else(|| {
+            Error::file(name, format!("{slot} `{text}` is not in the vocabulary"))
+        })?;
         specials.insert(
             text.to_string(),
             serde_json::json!({"id": text, "ids": [id], "tokens": [text]}),
@@ -910,7 +930,10 @@ mod tests {
             rewrite_generation_tags(src),
             "a{% if true %}b{%- endif -%} c {%+ if true %}{% if x %}{% endif %}"
         );
-        assert_eq!(rewrite_generation_tags("{% generations %}"), "{% generations %}");
+        assert_eq!(
+            rewrite_generation_tags("{% generations %}"),
+            "{% generations %}"
+        );
         assert_eq!(rewrite_generation_tags("x {% y"), "x {% y");
     }
 

@@ -97,20 +97,31 @@ impl ImageProcessor {
         let clip = kind == ProcessorKind::Clip;
         let size = match &raw.size {
             None if clip => ResizeTo::ShortestEdge(224),
-            None => ResizeTo::Exact { height: 224, width: 224 },
+            None => ResizeTo::Exact {
+                height: 224,
+                width: 224,
+            },
             Some(v) => parse_size(v, clip).map_err(|m| fail(format!("size: {m}")))?,
         };
         if !clip && matches!(size, ResizeTo::ShortestEdge(_)) {
-            return Err(fail("size: SiglipImageProcessor needs {height, width}".into()));
+            return Err(fail(
+                "size: SiglipImageProcessor needs {height, width}".into(),
+            ));
         }
         let crop_size = match &raw.crop_size {
             None => (224, 224),
             Some(v) => match parse_size(v, false).map_err(|m| fail(format!("crop_size: {m}")))? {
                 ResizeTo::Exact { height, width } => (height, width),
-                ResizeTo::ShortestEdge(_) => return Err(fail("crop_size needs {height, width}".into())),
+                ResizeTo::ShortestEdge(_) => {
+                    return Err(fail("crop_size needs {height, width}".into()))
+                }
             },
         };
-        let (mean, std) = if clip { (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD) } else { ([0.5; 3], [0.5; 3]) };
+        let (mean, std) = if clip {
+            (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+        } else {
+            ([0.5; 3], [0.5; 3])
+        };
         let proc = ImageProcessor {
             kind,
             do_resize: raw.do_resize.unwrap_or(true),
@@ -160,7 +171,11 @@ impl ImageProcessor {
             ResizeTo::Exact { height, width } => (height, width),
             ResizeTo::ShortestEdge(target) => {
                 // transformers' get_resize_output_image_size(default_to_square=False).
-                let (short, long) = if width <= height { (width, height) } else { (height, width) };
+                let (short, long) = if width <= height {
+                    (width, height)
+                } else {
+                    (height, width)
+                };
                 let new_long = ((target * long) as f64 / short as f64) as usize;
                 if width <= height {
                     (new_long, target)
@@ -175,13 +190,21 @@ impl ImageProcessor {
     pub fn preprocess(&self, img: &RgbImage) -> Result<Vec<f32>> {
         let (w, h) = (img.width() as usize, img.height() as usize);
         if w == 0 || h == 0 {
-            return Err(Error::invalid(format!("cannot preprocess an empty {w}x{h} image")));
+            return Err(Error::invalid(format!(
+                "cannot preprocess an empty {w}x{h} image"
+            )));
         }
-        let mut pixels = Pixels { data: img.as_raw().clone(), width: w, height: h };
+        let mut pixels = Pixels {
+            data: img.as_raw().clone(),
+            width: w,
+            height: h,
+        };
         if self.do_resize {
             let (out_h, out_w) = self.resize_size(w, h);
             if out_h == 0 || out_w == 0 {
-                return Err(Error::invalid(format!("resizing {w}x{h} gives an empty image")));
+                return Err(Error::invalid(format!(
+                    "resizing {w}x{h} gives an empty image"
+                )));
             }
             pixels = resize(pixels, out_w, out_h, self.resample);
         }
@@ -221,7 +244,10 @@ impl ImageProcessor {
 }
 
 fn processor_kind(raw: &RawConfig) -> std::result::Result<ProcessorKind, String> {
-    let name = raw.image_processor_type.as_deref().or(raw.feature_extractor_type.as_deref());
+    let name = raw
+        .image_processor_type
+        .as_deref()
+        .or(raw.feature_extractor_type.as_deref());
     match name {
         Some("CLIPImageProcessor" | "CLIPImageProcessorFast" | "CLIPFeatureExtractor") => Ok(ProcessorKind::Clip),
         Some("SiglipImageProcessor" | "SiglipImageProcessorFast") => Ok(ProcessorKind::Siglip),
@@ -239,14 +265,25 @@ fn parse_size(v: &Value, int_is_shortest_edge: bool) -> std::result::Result<Resi
         return Ok(if int_is_shortest_edge {
             ResizeTo::ShortestEdge(n)
         } else {
-            ResizeTo::Exact { height: n, width: n }
+            ResizeTo::Exact {
+                height: n,
+                width: n,
+            }
         });
     }
-    let field = |k: &str| v.get(k).map(|x| int(x).ok_or(format!("{k} must be a positive integer, got {x}")));
+    let field = |k: &str| {
+        v.get(k)
+            .map(|x| int(x).ok_or(format!("{k} must be a positive integer, got {x}")))
+    };
     match (field("shortest_edge"), field("height"), field("width")) {
         (Some(s), _, _) => Ok(ResizeTo::ShortestEdge(s?)),
-        (None, Some(h), Some(w)) => Ok(ResizeTo::Exact { height: h?, width: w? }),
-        _ => Err(format!("expected an integer, {{shortest_edge}} or {{height, width}}, got {v}")),
+        (None, Some(h), Some(w)) => Ok(ResizeTo::Exact {
+            height: h?,
+            width: w?,
+        }),
+        _ => Err(format!(
+            "expected an integer, {{shortest_edge}} or {{height, width}}, got {v}"
+        )),
     }
 }
 
@@ -258,7 +295,11 @@ fn parse_resample(code: i64) -> std::result::Result<Resample, String> {
         3 => Resample::Bicubic,
         4 => Resample::Box,
         5 => Resample::Hamming,
-        _ => return Err(format!("unsupported resample {code} (PIL filters are 0..=5)")),
+        _ => {
+            return Err(format!(
+                "unsupported resample {code} (PIL filters are 0..=5)"
+            ))
+        }
     })
 }
 
@@ -292,17 +333,29 @@ fn resize(src: Pixels, out_w: usize, out_h: usize, filter: Resample) -> Pixels {
     if filter == Resample::Nearest {
         return resize_nearest(&src, out_w, out_h);
     }
-    // Like PIL: each axis is resampled only when its size changes; horizontal first.
-    let mut img = src;
-    if img.width != out_w {
-        let taps = Taps::new(img.width, out_w, filter);
-        img = resample_pass(&img, &taps, true);
+    // Like PIL, each axis is resampled only when its size changes. The pass order matters (the
+    // intermediate is rounded to 8 bits): Pillow 13 goes vertical first when the height shrinks
+    // by more than twice as many pixels as the width does (python-pillow/Pillow#9549; we
+    // measured the exact rule on Pillow 13.0.0), horizontal first otherwise, as older Pillow always did.
+    let (in_w, in_h) = (src.width as i64, src.height as i64);
+    let vertical_first = (out_h as i64) < in_h && 2 * (in_w - out_w as i64) < in_h - out_h as i64;
+    let horizontal = |img: Pixels| {
+        if img.width == out_w {
+            return img;
+        }
+        resample_pass(&img, &Taps::new(img.width, out_w, filter), true)
+    };
+    let vertical = |img: Pixels| {
+        if img.height == out_h {
+            return img;
+        }
+        resample_pass(&img, &Taps::new(img.height, out_h, filter), false)
+    };
+    if vertical_first {
+        horizontal(vertical(src))
+    } else {
+        vertical(horizontal(src))
     }
-    if img.height != out_h {
-        let taps = Taps::new(img.height, out_h, filter);
-        img = resample_pass(&img, &taps, false);
-    }
-    img
 }
 
 /// PIL resizes with NEAREST through its affine "scale" transform: the source coordinate is
@@ -313,7 +366,9 @@ fn resize_nearest(src: &Pixels, out_w: usize, out_h: usize) -> Pixels {
         let mut pos = step * 0.5;
         (0..out_size)
             .map(|_| {
-                let i = (pos >= 0.0).then_some(pos as usize).filter(|&i| i < in_size);
+                let i = (pos >= 0.0)
+                    .then_some(pos as usize)
+                    .filter(|&i| i < in_size);
                 pos += step;
                 i
             })
@@ -329,7 +384,11 @@ fn resize_nearest(src: &Pixels, out_w: usize, out_h: usize) -> Pixels {
             }
         }
     }
-    Pixels { data, width: out_w, height: out_h }
+    Pixels {
+        data,
+        width: out_w,
+        height: out_h,
+    }
 }
 
 /// PIL's fixed-point precision for 8-bit resampling: 32 bits minus 8 for the value and 2 for
@@ -358,8 +417,9 @@ impl Taps {
             // C's (int) truncates toward zero; the bounds are then clamped to the image.
             let xmin = ((center - support + 0.5) as i64).max(0);
             let xmax = ((center + support + 0.5) as i64).min(in_size as i64);
-            let w: Vec<f64> =
-                (xmin..xmax).map(|x| filter_weight(filter, (x as f64 - center + 0.5) * inv)).collect();
+            let w: Vec<f64> = (xmin..xmax)
+                .map(|x| filter_weight(filter, (x as f64 - center + 0.5) * inv))
+                .collect();
             let total: f64 = w.iter().sum();
             let fixed = w
                 .iter()
@@ -378,8 +438,11 @@ impl Taps {
 
 /// One separable pass, rounding each result to 8 bits as PIL does between the passes.
 fn resample_pass(src: &Pixels, taps: &Taps, horizontal: bool) -> Pixels {
-    let (out_w, out_h) =
-        if horizontal { (taps.first.len(), src.height) } else { (src.width, taps.first.len()) };
+    let (out_w, out_h) = if horizontal {
+        (taps.first.len(), src.height)
+    } else {
+        (src.width, taps.first.len())
+    };
     let mut data = vec![0u8; out_w * out_h * 3];
     for y in 0..out_h {
         for x in 0..out_w {
@@ -402,7 +465,11 @@ fn resample_pass(src: &Pixels, taps: &Taps, horizontal: bool) -> Pixels {
             }
         }
     }
-    Pixels { data, width: out_w, height: out_h }
+    Pixels {
+        data,
+        width: out_w,
+        height: out_h,
+    }
 }
 
 fn filter_support(filter: Resample) -> f64 {
@@ -416,7 +483,13 @@ fn filter_support(filter: Resample) -> f64 {
 
 /// PIL's filter kernels (bicubic with a = -0.5), evaluated in f64 in PIL's operation order.
 fn filter_weight(filter: Resample, x: f64) -> f64 {
-    let sinc = |x: f64| if x == 0.0 { 1.0 } else { (x * std::f64::consts::PI).sin() / (x * std::f64::consts::PI) };
+    let sinc = |x: f64| {
+        if x == 0.0 {
+            1.0
+        } else {
+            (x * std::f64::consts::PI).sin() / (x * std::f64::consts::PI)
+        }
+    };
     match filter {
         Resample::Nearest | Resample::Box => f64::from(u8::from(x > -0.5 && x <= 0.5)),
         Resample::Bilinear => (1.0 - x.abs()).max(0.0),
@@ -478,7 +551,11 @@ fn center_crop(src: &Pixels, crop_h: usize, crop_w: usize) -> Pixels {
             }
         }
     }
-    Pixels { data, width: crop_w, height: crop_h }
+    Pixels {
+        data,
+        width: crop_w,
+        height: crop_h,
+    }
 }
 
 #[cfg(test)]
@@ -487,7 +564,11 @@ mod tests {
 
     #[test]
     fn sparse_clip_config_takes_class_defaults() {
-        let p = ImageProcessor::from_json(r#"{"image_processor_type": "CLIPImageProcessor"}"#, "p.json").unwrap();
+        let p = ImageProcessor::from_json(
+            r#"{"image_processor_type": "CLIPImageProcessor"}"#,
+            "p.json",
+        )
+        .unwrap();
         assert_eq!(p.size, ResizeTo::ShortestEdge(224));
         assert_eq!(p.crop_size, (224, 224));
         assert_eq!(p.resample, Resample::Bicubic);
@@ -498,9 +579,18 @@ mod tests {
 
     #[test]
     fn siglip_defaults_and_int_forms() {
-        let p = ImageProcessor::from_json(r#"{"image_processor_type": "SiglipImageProcessor", "size": 384, "image_mean": 0.5}"#, "s.json")
-            .unwrap();
-        assert_eq!(p.size, ResizeTo::Exact { height: 384, width: 384 });
+        let p = ImageProcessor::from_json(
+            r#"{"image_processor_type": "SiglipImageProcessor", "size": 384, "image_mean": 0.5}"#,
+            "s.json",
+        )
+        .unwrap();
+        assert_eq!(
+            p.size,
+            ResizeTo::Exact {
+                height: 384,
+                width: 384
+            }
+        );
         assert_eq!((p.image_mean, p.image_std), ([0.5; 3], [0.5; 3]));
         assert!(!p.do_center_crop);
         assert_eq!(p.output_size(), (384, 384));
@@ -509,15 +599,32 @@ mod tests {
     #[test]
     fn bad_configs_name_the_file() {
         for (json, needle) in [
-            (r#"{"image_processor_type": "LlavaNextImageProcessor"}"#, "LlavaNextImageProcessor"),
+            (
+                r#"{"image_processor_type": "LlavaNextImageProcessor"}"#,
+                "LlavaNextImageProcessor",
+            ),
             (r#"{}"#, "no image_processor_type"),
-            (r#"{"image_processor_type": "CLIPImageProcessor", "resample": 9}"#, "resample 9"),
-            (r#"{"image_processor_type": "CLIPImageProcessor", "size": {"longest_edge": 3}}"#, "size"),
-            (r#"{"image_processor_type": "CLIPImageProcessor", "do_center_crop": false}"#, "fixed size"),
-            (r#"{"image_processor_type": "CLIPImageProcessor", "image_std": [1, 2]}"#, "image_std"),
+            (
+                r#"{"image_processor_type": "CLIPImageProcessor", "resample": 9}"#,
+                "resample 9",
+            ),
+            (
+                r#"{"image_processor_type": "CLIPImageProcessor", "size": {"longest_edge": 3}}"#,
+                "size",
+            ),
+            (
+                r#"{"image_processor_type": "CLIPImageProcessor", "do_center_crop": false}"#,
+                "fixed size",
+            ),
+            (
+                r#"{"image_processor_type": "CLIPImageProcessor", "image_std": [1, 2]}"#,
+                "image_std",
+            ),
             ("not json", "invalid JSON"),
         ] {
-            let msg = ImageProcessor::from_json(json, "cfg/preprocessor_config.json").unwrap_err().to_string();
+            let msg = ImageProcessor::from_json(json, "cfg/preprocessor_config.json")
+                .unwrap_err()
+                .to_string();
             assert!(msg.starts_with("cfg/preprocessor_config.json: "), "{msg}");
             assert!(msg.contains(needle), "{msg} should mention {needle}");
         }
@@ -525,7 +632,11 @@ mod tests {
 
     #[test]
     fn shortest_edge_rounds_the_long_side_down() {
-        let p = ImageProcessor::from_json(r#"{"image_processor_type": "CLIPImageProcessor", "size": 32}"#, "p").unwrap();
+        let p = ImageProcessor::from_json(
+            r#"{"image_processor_type": "CLIPImageProcessor", "size": 32}"#,
+            "p",
+        )
+        .unwrap();
         assert_eq!(p.resize_size(45, 70), (49, 32)); // 32 * 70 / 45 = 49.78
         assert_eq!(p.resize_size(640, 480), (32, 42)); // 42.67
         assert_eq!(p.resize_size(32, 32), (32, 32));
@@ -537,7 +648,10 @@ mod tests {
             let taps = Taps::new(i, o, Resample::Bicubic);
             for k in &taps.weights {
                 let sum: i32 = k.iter().sum();
-                assert!((sum - (1 << PRECISION_BITS)).abs() <= k.len() as i32, "{i}->{o}: {sum}");
+                assert!(
+                    (sum - (1 << PRECISION_BITS)).abs() <= k.len() as i32,
+                    "{i}->{o}: {sum}"
+                );
             }
         }
     }
@@ -545,7 +659,11 @@ mod tests {
     #[test]
     fn center_crop_pads_a_small_image_like_transformers() {
         // 1x3 image into a 4-wide crop: pad = ceil(3/2)... here width 3 -> 4 puts it at column 1.
-        let src = Pixels { data: vec![10, 10, 10, 20, 20, 20, 30, 30, 30], width: 3, height: 1 };
+        let src = Pixels {
+            data: vec![10, 10, 10, 20, 20, 20, 30, 30, 30],
+            width: 3,
+            height: 1,
+        };
         let out = center_crop(&src, 1, 4);
         assert_eq!(out.data, vec![0, 0, 0, 10, 10, 10, 20, 20, 20, 30, 30, 30]);
         let out = center_crop(&src, 1, 2);

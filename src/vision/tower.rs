@@ -27,6 +27,9 @@ pub struct VisionTower<B: Backend> {
     class_embedding: Option<B::Weight>,
     position_embedding: B::Weight,
     pre_norm: Option<(B::Weight, B::Weight)>,
+    /// SigLIP only, and only when the last layer is run: transformers (4.57, the pinned reference)
+    /// reports `hidden_states[-1]` of `SiglipVisionModel` after `post_layernorm`.
+    post_norm: Option<(B::Weight, B::Weight)>,
     layers: Vec<EncoderLayer<B>>,
 }
 
@@ -87,6 +90,14 @@ impl<B: Backend> VisionTower<B> {
             ),
             VisionKind::Siglip => (Some(load(b, store, &format!("{emb}patch_embedding.bias"), &[d])?), None, None),
         };
+        let post_norm = if cfg.kind == VisionKind::Siglip && depth == cfg.num_hidden_layers {
+            Some((
+                load(b, store, &format!("{p}post_layernorm.weight"), &[d])?,
+                load(b, store, &format!("{p}post_layernorm.bias"), &[d])?,
+            ))
+        } else {
+            None
+        };
         let position_embedding =
             load(b, store, &format!("{emb}position_embedding.weight"), &[cfg.num_positions(), d])?;
         let mut layers = Vec::with_capacity(depth);
@@ -109,7 +120,7 @@ impl<B: Backend> VisionTower<B> {
                 fc2: load_linear(b, store, &format!("{l}mlp.fc2"), d, cfg.intermediate_size)?,
             });
         }
-        Ok(VisionTower { cfg: cfg.clone(), patch_w, patch_b, class_embedding, position_embedding, pre_norm, layers })
+        Ok(VisionTower { cfg: cfg.clone(), patch_w, patch_b, class_embedding, position_embedding, pre_norm, post_norm, layers })
     }
 
     /// Hidden states `0..=depth` (0 = embeddings) for pixel values `[3, H, W]`; `keep[i]` says
@@ -148,6 +159,9 @@ impl<B: Backend> VisionTower<B> {
             h = b.add(&h, &b.linear(&x, &layer.fc2.0, Some(&layer.fc2.1)));
         }
         if keep.contains(&self.layers.len()) {
+            if let Some((w, bias)) = &self.post_norm {
+                h = b.layer_norm(&h, w, bias, cfg.layer_norm_eps);
+            }
             out.push((self.layers.len(), h));
         }
         out

@@ -789,6 +789,17 @@ def load_processor(spec: dict, ckpt: Path) -> LlavaProcessor:
     return proc
 
 
+def check_raw_tokenizer(tokenizer_json: Path, records: list[dict]) -> None:
+    """The Rust side uses the `tokenizers` library directly: it must agree with transformers."""
+    raw = Tokenizer.from_file(str(tokenizer_json))
+    for i, rec in enumerate(records):
+        expanded = rec["prompt"].replace("<image>", "<image>" * rec["n_image_tokens"])
+        if raw.encode(expanded).ids != rec["input_ids"]:
+            raise AssertionError(f"case {i}: raw tokenizers encoding differs from the processor's")
+        if raw.decode(rec["greedy_tokens"], skip_special_tokens=True) != rec["text"]:
+            raise AssertionError(f"case {i}: raw tokenizers decoding differs from transformers'")
+
+
 def find_seed(spec: dict, fixture_dir: Path) -> tuple[int, LlavaForConditionalGeneration]:
     processor = make_processor(spec)
     for attempt in range(MAX_SEED_TRIES):
@@ -850,6 +861,7 @@ def make_fixture(spec: dict, root: Path) -> dict:
         records, tensors, problems = run_cases(
             loaded, processor, out, spec["cases"], spec["eos_ids"], spec["pad_id"]
         )
+        check_raw_tokenizer(ckpt / "tokenizer.json", records)
     if problems:
         raise AssertionError(f"{spec['name']}: re-loaded checkpoint fails the checks: {problems}")
     # The re-loaded checkpoint must reproduce the in-memory model (weights were dtype-exact).

@@ -48,14 +48,20 @@ impl Step {
     }
 }
 
-/// The steps of `cargo xtask test`, in order. `nextest` picks cargo-nextest when it is installed.
-fn steps(nextest: bool) -> Vec<Step> {
+/// The steps of `cargo xtask test`, in order. `nextest` picks cargo-nextest when it is installed;
+/// `plain` keeps rustfmt's diff free of colour escapes (rustfmt ignores `CARGO_TERM_COLOR`).
+fn steps(nextest: bool, plain: bool) -> Vec<Step> {
+    let fmt: &[&str] = if plain {
+        &["fmt", "--all", "--", "--check", "--color", "never"]
+    } else {
+        &["fmt", "--all", "--", "--check"]
+    };
     let mut steps = vec![
         Step {
             name: "prerequisites",
             action: Action::Prereqs,
         },
-        Step::cargo("fmt", &["fmt", "--all", "--", "--check"]),
+        Step::cargo("fmt", fmt),
         Step::cargo(
             "clippy",
             &[
@@ -94,7 +100,8 @@ fn steps(nextest: bool) -> Vec<Step> {
 
 /// Runs every step in order; returns an error naming the first step that failed.
 pub fn run_all(root: &Path) -> Result<(), String> {
-    let steps = steps(has_nextest());
+    let plain = std::env::var_os("CARGO_TERM_COLOR").is_some_and(|c| c == "never");
+    let steps = steps(has_nextest(), plain);
     let total = steps.len();
     let start = Instant::now();
     for (i, step) in steps.iter().enumerate() {
@@ -111,19 +118,19 @@ pub fn run_all(root: &Path) -> Result<(), String> {
             Ok(()) => println!("==> {} ok ({})", step.name, seconds(took)),
             Err(msg) => {
                 println!("==> {} FAILED ({}): {msg}", step.name, seconds(took));
-                let summary = format!(
-                    "FAILED at step {}/{total} `{}` after {}",
+                println!();
+                // main prints this as the summary line.
+                return Err(format!(
+                    "test FAILED at step {}/{total} `{}` after {}",
                     i + 1,
                     step.name,
                     seconds(start.elapsed())
-                );
-                println!("\nxtask test: {summary}");
-                return Err(summary);
+                ));
             }
         }
     }
     println!(
-        "\nxtask test: all {total} steps passed in {}",
+        "\nxtask: test passed, all {total} steps in {}",
         seconds(start.elapsed())
     );
     Ok(())
@@ -153,8 +160,11 @@ pub fn quiet_success(cmd: &mut Command) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// The command line, with the program's directory left out (cargo's is a long toolchain path).
 fn render(cmd: &Command) -> String {
-    let mut words = vec![cmd.get_program().to_string_lossy().into_owned()];
+    let program = Path::new(cmd.get_program());
+    let program = program.file_name().unwrap_or(program.as_os_str());
+    let mut words = vec![program.to_string_lossy().into_owned()];
     words.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
     words.join(" ")
 }
@@ -174,11 +184,11 @@ mod tests {
     #[test]
     fn steps_run_cheapest_first_and_end_with_the_wasm_build() {
         assert_eq!(
-            names(&steps(false)),
+            names(&steps(false, false)),
             ["prerequisites", "fmt", "clippy", "tests", "wasm build"]
         );
         assert_eq!(
-            names(&steps(true)),
+            names(&steps(true, false)),
             [
                 "prerequisites",
                 "fmt",
@@ -188,7 +198,7 @@ mod tests {
                 "wasm build"
             ]
         );
-        let all = steps(true);
+        let all = steps(true, false);
         assert_eq!(
             all[5].describe(),
             "cargo build --package spec-llava --lib --target wasm32-unknown-unknown"
@@ -197,12 +207,19 @@ mod tests {
             all[2].describe(),
             "cargo clippy --workspace --all-targets -- -D warnings"
         );
+        assert_eq!(all[1].describe(), "cargo fmt --all -- --check");
+        assert_eq!(
+            steps(false, true)[1].describe(),
+            "cargo fmt --all -- --check --color never"
+        );
     }
 
     #[test]
     fn run_status_reports_the_failing_command() {
         let err = run_status(Command::new("false").arg("x")).unwrap_err();
         assert_eq!(err, "false x exited with exit status: 1");
+        let err = run_status(Command::new("/bin/sh").args(["-c", "exit 3"])).unwrap_err();
+        assert_eq!(err, "sh -c exit 3 exited with exit status: 3");
         assert!(run_status(&mut Command::new("true")).is_ok());
         assert!(run_status(&mut Command::new("/nonexistent/xtask-cmd"))
             .unwrap_err()

@@ -464,7 +464,8 @@ mod tests {
             .windows(4)
             .position(|w| w == b"\r\n\r\n")
             .expect("response has a head");
-        let head = String::from_utf8(response[..split].to_vec()).unwrap();
+        // Keep the head's last CRLF so every header line ends with "\r\n".
+        let head = String::from_utf8(response[..split + 2].to_vec()).unwrap();
         (head, response[split + 4..].to_vec())
     }
 
