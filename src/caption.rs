@@ -6,9 +6,14 @@ use serde::Serialize;
 
 use crate::backend::Backend;
 use crate::checkpoint::Checkpoint;
+use crate::error::Error;
 use crate::error::Result;
 use crate::generate::{decode_plain, SamplingOptions};
 use crate::model::LlavaModel;
+use crate::spec::decode::{decode_speculative, SpecInputs, SpecResult};
+use crate::spec::events::RoundEvent;
+use crate::spec::SpecOptions;
+use crate::weights::NameStyle;
 
 /// What the user asks for; the defaults are what the CLI and the app use.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,7 +26,11 @@ pub struct CaptionRequest {
 
 impl Default for CaptionRequest {
     fn default() -> Self {
-        CaptionRequest { prompt: None, max_new_tokens: 64, sampling: SamplingOptions::default() }
+        CaptionRequest {
+            prompt: None,
+            max_new_tokens: 64,
+            sampling: SamplingOptions::default(),
+        }
     }
 }
 
@@ -43,11 +52,50 @@ pub struct Caption {
     #[serde(skip)]
     pub hit_eos: bool,
     pub timings_ms: Timings,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spec: Option<SpecSummary>,
+}
+
+/// Speculation statistics of one caption.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SpecSummary {
+    /// Target passes after prefill (one per round).
+    pub rounds: usize,
+    /// Mean tokens per target pass, bonus token included.
+    pub tau: f64,
+    /// Mean accepted draft tokens per target pass (bonus excluded).
+    pub tau_without_bonus: f64,
+    pub accepted_per_round: Vec<usize>,
+    pub draft_passes: usize,
+    /// Whether the draft reused the target's vision features (byte-identical towers).
+    pub shared_vision: bool,
+}
+
+impl SpecSummary {
+    fn new(r: &SpecResult, shared_vision: bool) -> Self {
+        let rounds = r.rounds.max(1) as f64;
+        let accepted: usize = r.accepted_per_round.iter().sum();
+        SpecSummary {
+            rounds: r.rounds,
+            tau: (accepted + r.rounds) as f64 / rounds,
+            tau_without_bonus: accepted as f64 / rounds,
+            accepted_per_round: r.accepted_per_round.clone(),
+            draft_passes: r.draft_passes,
+            shared_vision,
+        }
+    }
 }
 
 pub struct Captioner<B: Backend> {
     pub checkpoint: Checkpoint,
     pub model: LlavaModel<B>,
+}
+
+/// A draft model paired with a target: checked compatible once, with vision sharing decided once.
+pub struct Drafter<B: Backend> {
+    pub captioner: Captioner<B>,
+    /// The draft's vision tower and processor are identical to the target's: encode images once.
+    pub shared_vision: bool,
 }
 
 /// The user text of the default prompt.
@@ -68,7 +116,11 @@ impl<B: Backend> Captioner<B> {
     }
 
     /// Pixel values for an image, and their prompt ids.
-    pub fn prepare(&self, image: &image::RgbImage, req: &CaptionRequest) -> Result<(Vec<f32>, Vec<u32>)> {
+    pub fn prepare(
+        &self,
+        image: &image::RgbImage,
+        req: &CaptionRequest,
+    ) -> Result<(Vec<f32>, Vec<u32>)> {
         let pixels = self.checkpoint.processor.preprocess(image)?;
         let ids = self.checkpoint.prompt_ids(&self.prompt_text(req)?)?;
         Ok((pixels, ids))
@@ -88,9 +140,17 @@ impl<B: Backend> Captioner<B> {
         let features = self.model.encode_image(b, &pixels)?;
         let vision_ms = t1.elapsed().as_secs_f64() * 1e3;
         let eos = self.checkpoint.tokenizer.eos_ids();
-        let out =
-            decode_plain(b, &self.model, &ids, Some(&features), &eos, req.max_new_tokens, req.sampling, on_token)
-                .await?;
+        let out = decode_plain(
+            b,
+            &self.model,
+            &ids,
+            Some(&features),
+            &eos,
+            req.max_new_tokens,
+            req.sampling,
+            on_token,
+        )
+        .await?;
         let text = self.checkpoint.tokenizer.decode(&out.tokens)?;
         Ok(Caption {
             text,
@@ -104,6 +164,107 @@ impl<B: Backend> Captioner<B> {
                 decode_ms: out.decode_ms,
                 total_ms: t0.elapsed().as_secs_f64() * 1e3,
             },
+            spec: None,
+        })
+    }
+
+    /// Pair a draft with this target, refusing one that cannot speculate for it.
+    pub fn drafter(&self, draft: Captioner<B>) -> Result<Drafter<B>> {
+        self.check_draft(&draft)?;
+        let shared_vision = self.shares_vision_with(&draft);
+        Ok(Drafter {
+            captioner: draft,
+            shared_vision,
+        })
+    }
+
+    /// Refuse a draft that cannot speculate for this target.
+    pub fn check_draft(&self, draft: &Captioner<B>) -> Result<()> {
+        let (t, d) = (&self.checkpoint.tokenizer, &draft.checkpoint.tokenizer);
+        if !t.same_vocabulary(d) {
+            return Err(Error::invalid(format!(
+                "the draft's tokenizer ({}) differs from the target's ({}): speculative decoding needs identical vocabularies",
+                d.name(),
+                t.name()
+            )));
+        }
+        if draft.model.config.text.vocab_size != self.model.config.text.vocab_size {
+            return Err(Error::invalid(format!(
+                "the draft's vocabulary size {} differs from the target's {}",
+                draft.model.config.text.vocab_size, self.model.config.text.vocab_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether the draft's vision tower and image processor are identical to the target's, so the
+    /// image is encoded once.
+    pub fn shares_vision_with(&self, draft: &Captioner<B>) -> bool {
+        let (a, b) = (&self.checkpoint, &draft.checkpoint);
+        a.config.vision == b.config.vision
+            && a.config.vision_feature_layers == b.config.vision_feature_layers
+            && a.config.select_strategy == b.config.select_strategy
+            && a.processor == b.processor
+            && a.weights.fingerprint(&NameStyle::detect(&a.weights).vision)
+                == b.weights.fingerprint(&NameStyle::detect(&b.weights).vision)
+    }
+
+    /// Caption with speculative decoding: `draft` proposes trees, this model verifies them.
+    /// The output equals `caption`'s (greedy: token for token; sampling: in distribution).
+    pub async fn caption_speculative(
+        &self,
+        b: &B,
+        drafter: &Drafter<B>,
+        image: &image::RgbImage,
+        req: &CaptionRequest,
+        options: SpecOptions,
+        on_round: impl FnMut(&RoundEvent) -> bool,
+    ) -> Result<Caption> {
+        let (draft, shared_vision) = (&drafter.captioner, drafter.shared_vision);
+        let t0 = web_time::Instant::now();
+        let (pixels, ids) = self.prepare(image, req)?;
+        let draft_ids = draft.checkpoint.prompt_ids(&self.prompt_text(req)?)?;
+        let preprocess_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let t1 = web_time::Instant::now();
+        let (tf, df) = if shared_vision {
+            let v = self.model.vision_features(b, &pixels)?;
+            (self.model.project(b, &v), draft.model.project(b, &v))
+        } else {
+            let draft_pixels = draft.checkpoint.processor.preprocess(image)?;
+            (
+                self.model.encode_image(b, &pixels)?,
+                draft.model.encode_image(b, &draft_pixels)?,
+            )
+        };
+        let vision_ms = t1.elapsed().as_secs_f64() * 1e3;
+        let eos = self.checkpoint.tokenizer.eos_ids();
+        let tok = &self.checkpoint.tokenizer;
+        let inputs = SpecInputs {
+            target: &self.model,
+            draft: &draft.model,
+            target_ids: &ids,
+            draft_ids: &draft_ids,
+            target_features: Some(&tf),
+            draft_features: Some(&df),
+            eos: &eos,
+            max_new_tokens: req.max_new_tokens,
+            sampling: req.sampling,
+            options,
+        };
+        let out = decode_speculative(b, inputs, &|t| tok.token_text(t), on_round).await?;
+        Ok(Caption {
+            text: tok.decode(&out.tokens)?,
+            prompt_tokens: ids.len(),
+            hit_eos: out.hit_eos,
+            timings_ms: Timings {
+                preprocess_ms,
+                vision_ms,
+                prefill_ms: out.prefill_ms,
+                decode_ms: out.decode_ms,
+                total_ms: t0.elapsed().as_secs_f64() * 1e3,
+            },
+            spec: Some(SpecSummary::new(&out, shared_vision)),
+            tokens: out.tokens,
         })
     }
 }

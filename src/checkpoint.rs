@@ -34,7 +34,11 @@ impl Checkpoint {
     ) -> Result<Self> {
         let image_token = processor_config_json
             .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
-            .and_then(|v| v.get("image_token").and_then(|s| s.as_str()).map(String::from))
+            .and_then(|v| {
+                v.get("image_token")
+                    .and_then(|s| s.as_str())
+                    .map(String::from)
+            })
             .unwrap_or_else(|| "<image>".to_string());
         match tokenizer.token_id(&image_token) {
             None => {
@@ -64,15 +68,26 @@ impl Checkpoint {
         }
         // EOS ids: the tokenizer's, config.json's and generation_config.json's all end a caption.
         let mut eos = config.text.eos_token_ids.clone();
-        if let Some(v) = generation_config_json.and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok()) {
+        if let Some(v) =
+            generation_config_json.and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
+        {
             match v.get("eos_token_id") {
                 Some(serde_json::Value::Number(n)) => eos.extend(n.as_u64().map(|n| n as u32)),
-                Some(serde_json::Value::Array(a)) => eos.extend(a.iter().filter_map(|x| x.as_u64()).map(|n| n as u32)),
+                Some(serde_json::Value::Array(a)) => {
+                    eos.extend(a.iter().filter_map(|x| x.as_u64()).map(|n| n as u32))
+                }
                 _ => {}
             }
         }
         tokenizer.set_extra_eos(&eos);
-        Ok(Checkpoint { source: source.to_string(), config, weights, tokenizer, processor, image_token })
+        Ok(Checkpoint {
+            source: source.to_string(),
+            config,
+            weights,
+            tokenizer,
+            processor,
+            image_token,
+        })
     }
 
     /// Open a checkpoint directory.
@@ -82,15 +97,20 @@ impl Checkpoint {
             let path = dir.join(name);
             std::fs::read_to_string(&path).map_err(|e| Error::file(path.display(), e))
         };
-        let optional = |name: &str| -> Option<String> { std::fs::read_to_string(dir.join(name)).ok() };
+        let optional =
+            |name: &str| -> Option<String> { std::fs::read_to_string(dir.join(name)).ok() };
         if !dir.is_dir() {
             return Err(Error::file(dir.display(), "not a checkpoint directory"));
         }
         let config_path = dir.join("config.json");
-        let config = LlavaConfig::from_json(&read("config.json")?, &config_path.display().to_string())?;
+        let config =
+            LlavaConfig::from_json(&read("config.json")?, &config_path.display().to_string())?;
         let tokenizer = TextTokenizer::load(dir)?;
         let pp_path = dir.join("preprocessor_config.json");
-        let processor = ImageProcessor::from_json(&read("preprocessor_config.json")?, &pp_path.display().to_string())?;
+        let processor = ImageProcessor::from_json(
+            &read("preprocessor_config.json")?,
+            &pp_path.display().to_string(),
+        )?;
         let weights = WeightStore::open_dir(dir)?;
         Self::from_parts(
             &dir.display().to_string(),
@@ -105,7 +125,8 @@ impl Checkpoint {
 
     /// Token ids for a literal prompt (containing the image token once per image).
     pub fn prompt_ids(&self, prompt: &str) -> Result<Vec<u32>> {
-        self.tokenizer.encode_prompt(prompt, &self.image_token, self.config.num_image_tokens())
+        self.tokenizer
+            .encode_prompt(prompt, &self.image_token, self.config.num_image_tokens())
     }
 
     /// The prompt used when the user gives none: the checkpoint's chat template, else LLaVA-1.5's.

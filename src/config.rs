@@ -124,9 +124,13 @@ pub struct LlavaConfig {
 impl LlavaConfig {
     /// Parse `config.json` text. `file` names the file in error messages.
     pub fn from_json(text: &str, file: &str) -> Result<Self> {
-        let root: Value =
-            serde_json::from_str(text).map_err(|e| Error::file(file, format!("invalid JSON: {e}")))?;
-        let f = Fields { obj: &root, file, section: "" };
+        let root: Value = serde_json::from_str(text)
+            .map_err(|e| Error::file(file, format!("invalid JSON: {e}")))?;
+        let f = Fields {
+            obj: &root,
+            file,
+            section: "",
+        };
         if !root.is_object() {
             return Err(Error::file(file, "expected a JSON object"));
         }
@@ -160,8 +164,15 @@ impl LlavaConfig {
                 .map(|v| v.as_i64())
                 .collect::<Option<Vec<_>>>()
                 .filter(|v| !v.is_empty())
-                .ok_or_else(|| Error::file(file, "vision_feature_layer must be a list of integers"))?,
-            Some(_) => return Err(Error::file(file, "vision_feature_layer must be an integer or a list")),
+                .ok_or_else(|| {
+                    Error::file(file, "vision_feature_layer must be a list of integers")
+                })?,
+            Some(_) => {
+                return Err(Error::file(
+                    file,
+                    "vision_feature_layer must be an integer or a list",
+                ))
+            }
         };
         let n_states = vision.num_hidden_layers as i64 + 1;
         for &l in &layers {
@@ -186,8 +197,9 @@ impl LlavaConfig {
             }
         };
         let act = f.str_or("projector_hidden_act", "gelu")?;
-        let projector_hidden_act = Activation::parse(act)
-            .ok_or_else(|| Error::file(file, format!("unsupported projector_hidden_act \"{act}\"")))?;
+        let projector_hidden_act = Activation::parse(act).ok_or_else(|| {
+            Error::file(file, format!("unsupported projector_hidden_act \"{act}\""))
+        })?;
         let image_token_index = f
             .u64_opt("image_token_index")?
             .or(f.u64_opt("image_token_id")?)
@@ -201,15 +213,6 @@ impl LlavaConfig {
             vision,
             text,
         };
-        if cfg.image_token_index as usize >= cfg.text.vocab_size {
-            return Err(Error::file(
-                file,
-                format!(
-                    "image_token_index {} is outside the vocabulary ({} tokens)",
-                    cfg.image_token_index, cfg.text.vocab_size
-                ),
-            ));
-        }
         Ok(cfg)
     }
 
@@ -227,13 +230,23 @@ impl LlavaConfig {
         let n_states = self.vision.num_hidden_layers as i64 + 1;
         self.vision_feature_layers
             .iter()
-            .map(|&l| if l < 0 { (n_states + l) as usize } else { l as usize })
+            .map(|&l| {
+                if l < 0 {
+                    (n_states + l) as usize
+                } else {
+                    l as usize
+                }
+            })
             .collect()
     }
 }
 
 fn parse_vision(v: &Value, file: &str, absent: bool) -> Result<VisionConfig> {
-    let f = Fields { obj: v, file, section: "vision_config." };
+    let f = Fields {
+        obj: v,
+        file,
+        section: "vision_config.",
+    };
     let model_type = f.str_or("model_type", "clip_vision_model")?;
     let kind = match model_type {
         "clip_vision_model" | "clip" => VisionKind::Clip,
@@ -269,14 +282,23 @@ fn parse_vision(v: &Value, file: &str, absent: bool) -> Result<VisionConfig> {
         image_size: f.usize_or("image_size", image)?,
         patch_size: f.usize_or("patch_size", patch)?,
         hidden_act: Activation::parse(act_name).ok_or_else(|| {
-            Error::file(file, format!("unsupported vision_config.hidden_act \"{act_name}\""))
+            Error::file(
+                file,
+                format!("unsupported vision_config.hidden_act \"{act_name}\""),
+            )
         })?,
         layer_norm_eps: f.f64_or("layer_norm_eps", eps)? as f32,
     };
-    if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
-        return Err(Error::file(file, "vision_config.hidden_size is not a multiple of num_attention_heads"));
+    if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
+        return Err(Error::file(
+            file,
+            "vision_config.hidden_size is not a multiple of num_attention_heads",
+        ));
     }
-    if cfg.patch_size == 0 || cfg.image_size % cfg.patch_size != 0 || cfg.num_channels != 3 {
+    if cfg.patch_size == 0
+        || !cfg.image_size.is_multiple_of(cfg.patch_size)
+        || cfg.num_channels != 3
+    {
         return Err(Error::file(
             file,
             "vision_config: image_size must be a multiple of patch_size, with 3 channels",
@@ -286,7 +308,11 @@ fn parse_vision(v: &Value, file: &str, absent: bool) -> Result<VisionConfig> {
 }
 
 fn parse_text(v: &Value, file: &str, _absent: bool) -> Result<TextConfig> {
-    let f = Fields { obj: v, file, section: "text_config." };
+    let f = Fields {
+        obj: v,
+        file,
+        section: "text_config.",
+    };
     let model_type = f.str_or("model_type", "llama")?;
     let kind = match model_type {
         "llama" => TextKind::Llama,
@@ -305,13 +331,16 @@ fn parse_text(v: &Value, file: &str, _absent: bool) -> Result<TextConfig> {
     let hidden_size = f.usize_or("hidden_size", hidden)?;
     let heads = f.usize_or("num_attention_heads", 32)?;
     if heads == 0 {
-        return Err(Error::file(file, "text_config.num_attention_heads must be positive"));
+        return Err(Error::file(
+            file,
+            "text_config.num_attention_heads must be positive",
+        ));
     }
     let kv_heads = match f.u64_opt("num_key_value_heads")? {
         Some(n) => n as usize,
         None => heads,
     };
-    if kv_heads == 0 || heads % kv_heads != 0 {
+    if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
         return Err(Error::file(
             file,
             format!("text_config: {heads} attention heads cannot be grouped over {kv_heads} key/value heads"),
@@ -321,24 +350,39 @@ fn parse_text(v: &Value, file: &str, _absent: bool) -> Result<TextConfig> {
         Some(d) => d as usize,
         None => hidden_size / heads,
     };
-    if head_dim == 0 || head_dim % 2 != 0 {
-        return Err(Error::file(file, format!("text_config.head_dim {head_dim} must be even and positive")));
+    if head_dim == 0 || !head_dim.is_multiple_of(2) {
+        return Err(Error::file(
+            file,
+            format!("text_config.head_dim {head_dim} must be even and positive"),
+        ));
     }
     // RoPE: transformers 4.x writes rope_theta (+ rope_scaling); 5.x writes rope_parameters.
     let mut rope_theta = f.f64_or("rope_theta", 10000.0)?;
     let mut factor = 1.0;
     for key in ["rope_parameters", "rope_scaling"] {
-        let Some(params) = v.get(key).filter(|p| !p.is_null()) else { continue };
-        let p = Fields { obj: params, file, section: "text_config.rope_parameters." };
+        let Some(params) = v.get(key).filter(|p| !p.is_null()) else {
+            continue;
+        };
+        let p = Fields {
+            obj: params,
+            file,
+            section: "text_config.rope_parameters.",
+        };
         if let Some(t) = p.f64_opt("rope_theta")? {
             rope_theta = t;
         }
-        let rope_type = p.str_opt("rope_type")?.or(p.str_opt("type")?).unwrap_or("default");
+        let rope_type = p
+            .str_opt("rope_type")?
+            .or(p.str_opt("type")?)
+            .unwrap_or("default");
         match rope_type {
             "default" => {}
             "linear" => factor = p.f64_or("factor", 1.0)?,
             other => {
-                return Err(Error::file(file, format!("unsupported RoPE type \"{other}\" in text_config.{key}")))
+                return Err(Error::file(
+                    file,
+                    format!("unsupported RoPE type \"{other}\" in text_config.{key}"),
+                ))
             }
         }
     }
@@ -350,8 +394,17 @@ fn parse_text(v: &Value, file: &str, _absent: bool) -> Result<TextConfig> {
         },
         Some(Value::Null) => vec![],
         Some(Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|n| n as u32).collect(),
-        Some(_) => return Err(Error::file(file, "text_config.eos_token_id must be an integer or a list")),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|n| n as u32)
+            .collect(),
+        Some(_) => {
+            return Err(Error::file(
+                file,
+                "text_config.eos_token_id must be an integer or a list",
+            ))
+        }
     };
     let bos_default = match kind {
         TextKind::Llama => Some(1),
@@ -372,8 +425,12 @@ fn parse_text(v: &Value, file: &str, _absent: bool) -> Result<TextConfig> {
         max_position_embeddings: f.usize_or("max_position_embeddings", max_pos)?,
         attention_bias: kind == TextKind::Qwen2 || f.bool_or("attention_bias", false)?,
         mlp_bias: f.bool_or("mlp_bias", false)?,
-        hidden_act: Activation::parse(act_name)
-            .ok_or_else(|| Error::file(file, format!("unsupported text_config.hidden_act \"{act_name}\"")))?,
+        hidden_act: Activation::parse(act_name).ok_or_else(|| {
+            Error::file(
+                file,
+                format!("unsupported text_config.hidden_act \"{act_name}\""),
+            )
+        })?,
         tie_word_embeddings: f.bool_or("tie_word_embeddings", false)?,
         bos_token_id: f.u64_opt("bos_token_id")?.map(|n| n as u32).or(bos_default),
         eos_token_ids,
@@ -396,19 +453,28 @@ impl<'a> Fields<'a> {
         Error::file(self.file, format!("{}{key} must be {what}", self.section))
     }
     fn str_opt(&self, key: &str) -> Result<Option<&'a str>> {
-        self.get(key).map(|v| v.as_str().ok_or_else(|| self.bad(key, "a string"))).transpose()
+        self.get(key)
+            .map(|v| v.as_str().ok_or_else(|| self.bad(key, "a string")))
+            .transpose()
     }
     fn str_or(&self, key: &str, default: &'a str) -> Result<&'a str> {
         Ok(self.str_opt(key)?.unwrap_or(default))
     }
     fn u64_opt(&self, key: &str) -> Result<Option<u64>> {
-        self.get(key).map(|v| v.as_u64().ok_or_else(|| self.bad(key, "a non-negative integer"))).transpose()
+        self.get(key)
+            .map(|v| {
+                v.as_u64()
+                    .ok_or_else(|| self.bad(key, "a non-negative integer"))
+            })
+            .transpose()
     }
     fn usize_or(&self, key: &str, default: usize) -> Result<usize> {
         Ok(self.u64_opt(key)?.map(|n| n as usize).unwrap_or(default))
     }
     fn f64_opt(&self, key: &str) -> Result<Option<f64>> {
-        self.get(key).map(|v| v.as_f64().ok_or_else(|| self.bad(key, "a number"))).transpose()
+        self.get(key)
+            .map(|v| v.as_f64().ok_or_else(|| self.bad(key, "a number")))
+            .transpose()
     }
     fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
         Ok(self.f64_opt(key)?.unwrap_or(default))
@@ -446,15 +512,22 @@ mod tests {
             assert_eq!(cfg.text.rope_theta, 500000.0);
         }
         let c = r#"{"model_type":"llava","text_config":{"rope_scaling":{"rope_type":"yarn","factor":2.0}}}"#;
-        let err = LlavaConfig::from_json(c, "config.json").unwrap_err().to_string();
+        let err = LlavaConfig::from_json(c, "config.json")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("config.json") && err.contains("yarn"), "{err}");
     }
 
     #[test]
     fn unknown_model_type_names_the_file() {
         let err = LlavaConfig::from_json(r#"{"model_type":"blip"}"#, "x/config.json").unwrap_err();
-        assert_eq!(err.to_string(), "x/config.json: unsupported model_type \"blip\" (expected \"llava\")");
-        let err = LlavaConfig::from_json("{", "x/config.json").unwrap_err().to_string();
+        assert_eq!(
+            err.to_string(),
+            "x/config.json: unsupported model_type \"blip\" (expected \"llava\")"
+        );
+        let err = LlavaConfig::from_json("{", "x/config.json")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("x/config.json: invalid JSON"), "{err}");
     }
 

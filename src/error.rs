@@ -20,7 +20,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn file(file: impl Display, msg: impl Display) -> Self {
-        Error::File { file: file.to_string(), msg: msg.to_string() }
+        Error::File {
+            file: file.to_string(),
+            msg: msg.to_string(),
+        }
     }
     pub fn invalid(msg: impl Display) -> Self {
         Error::Invalid(msg.to_string())

@@ -22,17 +22,27 @@ pub struct SamplingOptions {
 
 impl Default for SamplingOptions {
     fn default() -> Self {
-        SamplingOptions { temperature: 0.0, top_p: 1.0, seed: 0 }
+        SamplingOptions {
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+        }
     }
 }
 
 impl SamplingOptions {
     pub fn validate(&self) -> Result<()> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return Err(Error::invalid(format!("temperature must be >= 0, got {}", self.temperature)));
+            return Err(Error::invalid(format!(
+                "temperature must be >= 0, got {}",
+                self.temperature
+            )));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(Error::invalid(format!("top-p must be in (0, 1], got {}", self.top_p)));
+            return Err(Error::invalid(format!(
+                "top-p must be in (0, 1], got {}",
+                self.top_p
+            )));
         }
         Ok(())
     }
@@ -68,7 +78,12 @@ pub fn sampling_distribution(logits: &[f32], opts: &SamplingOptions) -> Vec<f32>
                 break;
             }
         }
-        let total: f32 = p.iter().zip(&keep).filter(|(_, &k)| k).map(|(v, _)| v).sum();
+        let total: f32 = p
+            .iter()
+            .zip(&keep)
+            .filter(|(_, &k)| k)
+            .map(|(v, _)| v)
+            .sum();
         for (v, k) in p.iter_mut().zip(&keep) {
             *v = if *k { *v / total } else { 0.0 };
         }
@@ -100,7 +115,10 @@ pub struct Sampler {
 
 impl Sampler {
     pub fn new(opts: SamplingOptions) -> Self {
-        Sampler { opts, rng: StdRng::seed_from_u64(opts.seed) }
+        Sampler {
+            opts,
+            rng: StdRng::seed_from_u64(opts.seed),
+        }
     }
     pub fn options(&self) -> &SamplingOptions {
         &self.opts
@@ -147,11 +165,22 @@ pub async fn decode_plain<B: Backend>(
     let mut cache = model.text.new_cache(b, prompt_ids.len() + max_new_tokens);
     let x = model.embed_prompt(b, prompt_ids, image_features)?;
     let positions: Vec<u32> = (0..prompt_ids.len() as u32).collect();
-    let logits = model.forward(b, &mut cache, 0, x, &positions, &AttnMask::Causal, LogitRows::Last);
+    let logits = model.forward(
+        b,
+        &mut cache,
+        0,
+        x,
+        &positions,
+        &AttnMask::Causal,
+        LogitRows::Last,
+    );
     let mut logits = b.read(&logits).await;
     let prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
     let t1 = web_time::Instant::now();
-    let mut out = DecodeResult { prefill_ms, ..Default::default() };
+    let mut out = DecodeResult {
+        prefill_ms,
+        ..Default::default()
+    };
     let mut len = prompt_ids.len();
     while out.tokens.len() < max_new_tokens {
         let next = sampler.pick(&logits);
@@ -167,7 +196,15 @@ pub async fn decode_plain<B: Backend>(
             break;
         }
         let x = model.text.embed(b, &[next]);
-        let l = model.forward(b, &mut cache, len, x, &[len as u32], &AttnMask::Causal, LogitRows::Last);
+        let l = model.forward(
+            b,
+            &mut cache,
+            len,
+            x,
+            &[len as u32],
+            &AttnMask::Causal,
+            LogitRows::Last,
+        );
         logits = b.read(&l).await;
         len += 1;
     }
@@ -182,10 +219,17 @@ mod tests {
     #[test]
     fn top_p_keeps_the_nucleus() {
         let logits = [3.0f32, 2.0, 1.0, -5.0];
-        let opts = SamplingOptions { temperature: 1.0, top_p: 0.8, seed: 1 };
+        let opts = SamplingOptions {
+            temperature: 1.0,
+            top_p: 0.8,
+            seed: 1,
+        };
         let p = sampling_distribution(&logits, &opts);
         // softmax = [0.665, 0.245, 0.090, 0.0002]: 0.665 < 0.8, so two tokens are kept.
-        assert!(p[0] > 0.7 && p[1] > 0.2 && p[2] == 0.0 && p[3] == 0.0, "{p:?}");
+        assert!(
+            p[0] > 0.7 && p[1] > 0.2 && p[2] == 0.0 && p[3] == 0.0,
+            "{p:?}"
+        );
         assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
     }
 
@@ -197,10 +241,23 @@ mod tests {
     #[test]
     fn seeded_sampling_is_reproducible() {
         let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
-        let opts = SamplingOptions { temperature: 0.9, top_p: 0.95, seed: 42 };
-        let a: Vec<u32> = { let mut s = Sampler::new(opts); (0..20).map(|_| s.pick(&logits)).collect() };
-        let b: Vec<u32> = { let mut s = Sampler::new(opts); (0..20).map(|_| s.pick(&logits)).collect() };
+        let opts = SamplingOptions {
+            temperature: 0.9,
+            top_p: 0.95,
+            seed: 42,
+        };
+        let a: Vec<u32> = {
+            let mut s = Sampler::new(opts);
+            (0..20).map(|_| s.pick(&logits)).collect()
+        };
+        let b: Vec<u32> = {
+            let mut s = Sampler::new(opts);
+            (0..20).map(|_| s.pick(&logits)).collect()
+        };
         assert_eq!(a, b);
-        assert!(a.iter().any(|&t| t != a[0]), "sampling should not be constant: {a:?}");
+        assert!(
+            a.iter().any(|&t| t != a[0]),
+            "sampling should not be constant: {a:?}"
+        );
     }
 }

@@ -37,6 +37,12 @@ impl<B: Backend> LlavaModel<B> {
 
     /// Image features `[num_image_tokens, text_hidden]` for pixel values `[3, H, W]`.
     pub fn encode_image(&self, b: &B, pixels: &[f32]) -> Result<B::Tensor> {
+        Ok(self.project(b, &self.vision_features(b, pixels)?))
+    }
+
+    /// The selected vision hidden states (before the projector), `[num_image_tokens, D * layers]`.
+    /// Two models with byte-identical vision towers can share this (see [`Self::vision_fingerprint`]).
+    pub fn vision_features(&self, b: &B, pixels: &[f32]) -> Result<B::Tensor> {
         let v = &self.config.vision;
         let expected = v.num_channels * v.image_size * v.image_size;
         if pixels.len() != expected {
@@ -58,15 +64,29 @@ impl<B: Backend> LlavaModel<B> {
             })
             .collect();
         let refs: Vec<&B::Tensor> = selected.iter().collect();
-        let features = if refs.len() == 1 { b.slice_rows(refs[0], 0, b.dims(refs[0]).0) } else { b.concat_cols(&refs) };
-        Ok(self.projector.forward(b, &features))
+        Ok(match refs.as_slice() {
+            [one] => b.slice_rows(one, 0, b.dims(one).0),
+            many => b.concat_cols(many),
+        })
+    }
+
+    /// Project selected vision features into the text embedding space.
+    pub fn project(&self, b: &B, features: &B::Tensor) -> B::Tensor {
+        self.projector.forward(b, features)
     }
 
     /// Embeddings of `ids`, with image features written where `ids` holds the image token.
-    pub fn embed_prompt(&self, b: &B, ids: &[u32], image_features: Option<&B::Tensor>) -> Result<B::Tensor> {
+    pub fn embed_prompt(
+        &self,
+        b: &B,
+        ids: &[u32],
+        image_features: Option<&B::Tensor>,
+    ) -> Result<B::Tensor> {
         let vocab = self.config.text.vocab_size;
         if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
-            return Err(Error::invalid(format!("token id {bad} is outside the model's vocabulary ({vocab})")));
+            return Err(Error::invalid(format!(
+                "token id {bad} is outside the model's vocabulary ({vocab})"
+            )));
         }
         let image_rows: Vec<usize> = ids
             .iter()
@@ -77,7 +97,9 @@ impl<B: Backend> LlavaModel<B> {
         let x = self.text.embed(b, ids);
         match image_features {
             None if image_rows.is_empty() => Ok(x),
-            None => Err(Error::invalid("the prompt has image tokens but no image was given")),
+            None => Err(Error::invalid(
+                "the prompt has image tokens but no image was given",
+            )),
             Some(f) => {
                 let n = b.dims(f).0;
                 if n != image_rows.len() {

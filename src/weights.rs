@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 /// Bytes of one safetensors file, owned (wasm: downloaded) or memory-mapped (native).
 pub type FileBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DType {
     F32,
     F16,
@@ -89,13 +89,26 @@ impl WeightStore {
                 // The view borrows `data`; its offset inside the file is pointer arithmetic.
                 let start = view.data().as_ptr() as usize - data.as_ptr() as usize;
                 let end = start + view.data().len();
-                let entry = Entry { file: index, dtype, shape: view.shape().to_vec(), start, end };
+                let entry = Entry {
+                    file: index,
+                    dtype,
+                    shape: view.shape().to_vec(),
+                    start,
+                    end,
+                };
                 if entries.insert(tensor_name.clone(), entry).is_some() {
-                    return Err(Error::file(name, format!("tensor {tensor_name} appears in more than one shard")));
+                    return Err(Error::file(
+                        name,
+                        format!("tensor {tensor_name} appears in more than one shard"),
+                    ));
                 }
             }
         }
-        Ok(WeightStore { files, entries, metadata })
+        Ok(WeightStore {
+            files,
+            entries,
+            metadata,
+        })
     }
 
     /// Open a checkpoint directory: `model.safetensors`, or the shards named by
@@ -113,9 +126,8 @@ impl WeightStore {
         let mut files = Vec::new();
         for name in names {
             let path = dir.join(&name);
-            let file = std::fs::File::open(&path).map_err(|e| {
-                Error::file(path.display(), format!("cannot open weights: {e}"))
-            })?;
+            let file = std::fs::File::open(&path)
+                .map_err(|e| Error::file(path.display(), format!("cannot open weights: {e}")))?;
             // SAFETY: the map is read-only; a checkpoint changed on disk while we run is outside
             // what we promise (as for every mmap-based loader).
             let map = unsafe { memmap2::Mmap::map(&file) }
@@ -123,6 +135,27 @@ impl WeightStore {
             files.push((path.display().to_string(), Arc::new(map) as FileBytes));
         }
         Self::from_files(files)
+    }
+
+    /// A hash of every tensor under `prefix` (names without the prefix, dtypes, shapes, bytes):
+    /// equal fingerprints mean byte-identical weights, e.g. a draft sharing the target's tower.
+    pub fn fingerprint(&self, prefix: &str) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut names: Vec<&String> = self
+            .entries
+            .keys()
+            .filter(|n| n.starts_with(prefix))
+            .collect();
+        names.sort();
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for name in names {
+            let e = &self.entries[name];
+            name[prefix.len()..].hash(&mut h);
+            (e.dtype, &e.shape).hash(&mut h);
+            let data: &[u8] = (*self.files[e.file].1).as_ref();
+            data[e.start..e.end].hash(&mut h);
+        }
+        h.finish()
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -136,7 +169,10 @@ impl WeightStore {
     /// The file a tensor comes from, or the first file (for messages about missing tensors).
     fn file_of(&self, name: &str) -> &str {
         let index = self.entries.get(name).map(|e| e.file).unwrap_or(0);
-        self.files.get(index).map(|f| f.0.as_str()).unwrap_or("weights")
+        self.files
+            .get(index)
+            .map(|f| f.0.as_str())
+            .unwrap_or("weights")
     }
 
     pub fn raw(&self, name: &str) -> Result<RawTensor<'_>> {
@@ -145,7 +181,11 @@ impl WeightStore {
             .get(name)
             .ok_or_else(|| Error::file(self.file_of(name), format!("missing tensor {name}")))?;
         let data: &[u8] = (*self.files[e.file].1).as_ref();
-        Ok(RawTensor { dtype: e.dtype, shape: &e.shape, bytes: &data[e.start..e.end] })
+        Ok(RawTensor {
+            dtype: e.dtype,
+            shape: &e.shape,
+            bytes: &data[e.start..e.end],
+        })
     }
 
     /// A tensor widened to f32, after checking it has exactly the expected shape.
@@ -154,7 +194,10 @@ impl WeightStore {
         if raw.shape != shape {
             return Err(Error::file(
                 self.file_of(name),
-                format!("tensor {name} has shape {:?}, but config.json implies {shape:?}", raw.shape),
+                format!(
+                    "tensor {name} has shape {:?}, but config.json implies {shape:?}",
+                    raw.shape
+                ),
             ));
         }
         Ok(widen(raw.dtype, raw.bytes))
@@ -164,32 +207,43 @@ impl WeightStore {
 /// Decode little-endian f32/f16/bf16 bytes to f32 (byte slices need not be aligned).
 pub fn widen(dtype: DType, bytes: &[u8]) -> Vec<f32> {
     match dtype {
-        DType::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        DType::F16 => {
-            bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
-        }
-        DType::BF16 => {
-            bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
-        }
+        DType::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        DType::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        DType::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
     }
 }
 
 /// Shard file names from `model.safetensors.index.json`, in first-seen order, checked to be plain
 /// file names (an index must not point outside the checkpoint directory).
 pub fn shard_names(index_json: &str, file: &str) -> Result<Vec<String>> {
-    let v: serde_json::Value =
-        serde_json::from_str(index_json).map_err(|e| Error::file(file, format!("invalid JSON: {e}")))?;
+    let v: serde_json::Value = serde_json::from_str(index_json)
+        .map_err(|e| Error::file(file, format!("invalid JSON: {e}")))?;
     let map = v
         .get("weight_map")
         .and_then(|m| m.as_object())
         .ok_or_else(|| Error::file(file, "missing \"weight_map\" object"))?;
     let mut names: Vec<String> = Vec::new();
     for (tensor, shard) in map {
-        let shard = shard
-            .as_str()
-            .ok_or_else(|| Error::file(file, format!("weight_map entry for {tensor} is not a file name")))?;
+        let shard = shard.as_str().ok_or_else(|| {
+            Error::file(
+                file,
+                format!("weight_map entry for {tensor} is not a file name"),
+            )
+        })?;
         if shard.is_empty() || shard.contains(['/', '\\']) || shard.starts_with('.') {
-            return Err(Error::file(file, format!("weight_map names an invalid shard file \"{shard}\"")));
+            return Err(Error::file(
+                file,
+                format!("weight_map names an invalid shard file \"{shard}\""),
+            ));
         }
         if !names.iter().any(|n| n == shard) {
             names.push(shard.to_string());
@@ -215,12 +269,27 @@ impl NameStyle {
     pub fn detect(store: &WeightStore) -> NameStyle {
         let has = |prefix: &str| store.names().any(|n| n.starts_with(prefix));
         let (vision, projector, text, lm_head) = if has("model.language_model.") {
-            ("model.vision_tower.", "model.multi_modal_projector.", "model.language_model.", "lm_head.weight")
+            (
+                "model.vision_tower.",
+                "model.multi_modal_projector.",
+                "model.language_model.",
+                "lm_head.weight",
+            )
         } else if has("language_model.model.") {
-            ("vision_tower.", "multi_modal_projector.", "language_model.model.", "language_model.lm_head.weight")
+            (
+                "vision_tower.",
+                "multi_modal_projector.",
+                "language_model.model.",
+                "language_model.lm_head.weight",
+            )
         } else {
             // A bare LlavaModel (no LM head wrapper): `language_model.layers.*`.
-            ("vision_tower.", "multi_modal_projector.", "language_model.", "lm_head.weight")
+            (
+                "vision_tower.",
+                "multi_modal_projector.",
+                "language_model.",
+                "lm_head.weight",
+            )
         };
         NameStyle {
             vision: vision.into(),
@@ -239,17 +308,29 @@ mod tests {
     fn shard_index_rejects_paths_outside_the_checkpoint() {
         let bad = r#"{"weight_map": {"a": "../../etc/passwd"}}"#;
         let err = shard_names(bad, "idx.json").unwrap_err().to_string();
-        assert!(err.starts_with("idx.json: weight_map names an invalid shard"), "{err}");
+        assert!(
+            err.starts_with("idx.json: weight_map names an invalid shard"),
+            "{err}"
+        );
         let ok = r#"{"metadata": {}, "weight_map": {"a": "m-1.safetensors", "b": "m-2.safetensors", "c": "m-1.safetensors"}}"#;
-        assert_eq!(shard_names(ok, "idx.json").unwrap(), vec!["m-1.safetensors", "m-2.safetensors"]);
+        assert_eq!(
+            shard_names(ok, "idx.json").unwrap(),
+            vec!["m-1.safetensors", "m-2.safetensors"]
+        );
     }
 
     #[test]
     fn widening_matches_half() {
         let vals = [1.5f32, -2.25, 65504.0];
-        let f16_bytes: Vec<u8> = vals.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect();
+        let f16_bytes: Vec<u8> = vals
+            .iter()
+            .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+            .collect();
         assert_eq!(widen(DType::F16, &f16_bytes), vals);
-        let bf_bytes: Vec<u8> = [1.5f32, -2.25].iter().flat_map(|v| bf16::from_f32(*v).to_le_bytes()).collect();
+        let bf_bytes: Vec<u8> = [1.5f32, -2.25]
+            .iter()
+            .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
+            .collect();
         assert_eq!(widen(DType::BF16, &bf_bytes), vec![1.5, -2.25]);
     }
 }

@@ -3,8 +3,6 @@
 //! pixel values within 1e-5 (already at size) or 2/255 (resized), last-token logits within 1e-4
 //! relative, 16 greedy tokens identical — through the library and through `spec-llava caption`.
 
-use std::path::{Path, PathBuf};
-
 use spec_llava::backend::cpu::CpuBackend;
 use spec_llava::backend::AttnMask;
 use spec_llava::caption::{CaptionRequest, Captioner};
@@ -13,29 +11,8 @@ use spec_llava::image_io;
 use spec_llava::text::decoder::LogitRows;
 use spec_llava::weights::{widen, DType};
 
-fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models")
-}
-
-/// The fixture as a checkpoint directory: fixtures that share the Llama-2 tokenizer do not commit
-/// it (3.6 MB); it is copied in from ../shared/data.
-pub fn checkpoint_dir(name: &str) -> PathBuf {
-    let src = fixtures_dir().join(name);
-    if src.join("tokenizer.json").exists() {
-        return src;
-    }
-    let dst = std::env::temp_dir().join(format!("spec-llava-fixture-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dst).unwrap();
-    for entry in std::fs::read_dir(&src).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_type().unwrap().is_file() {
-            std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
-        }
-    }
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/llama2-tokenizer/tokenizer.json");
-    std::fs::copy(&shared, dst.join("tokenizer.json")).unwrap();
-    dst
-}
+mod common;
+use common::{checkpoint_dir, fixtures_dir};
 
 struct Reference {
     json: serde_json::Value,
@@ -44,7 +21,8 @@ struct Reference {
 
 fn reference(name: &str) -> Reference {
     let dir = fixtures_dir().join(name);
-    let json = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let json = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+        .unwrap();
     let tensors = std::fs::read(dir.join("reference.safetensors")).unwrap();
     Reference { json, tensors }
 }
@@ -57,12 +35,19 @@ fn tensor(r: &Reference, name: &str) -> Vec<f32> {
 }
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn check_fixture(name: &str) {
@@ -72,18 +57,35 @@ fn check_fixture(name: &str) {
     let captioner = Captioner::new(&b, Checkpoint::open(&dir).unwrap()).unwrap();
     let (h, w) = captioner.checkpoint.processor.output_size();
     if let Some(chat) = r.json.get("chat_prompt").and_then(|c| c.as_str()) {
-        assert_eq!(captioner.checkpoint.default_prompt("Describe the image.").unwrap(), chat, "{name}: chat template");
+        assert_eq!(
+            captioner
+                .checkpoint
+                .default_prompt("Describe the image.")
+                .unwrap(),
+            chat,
+            "{name}: chat template"
+        );
     }
     let cases = r.json["cases"].as_array().unwrap();
     assert!(cases.len() >= 3, "{name}: expected several cases");
     for (i, case) in cases.iter().enumerate() {
-        let image_path = fixtures_dir().join(name).join(case["image"].as_str().unwrap());
+        let image_path = fixtures_dir()
+            .join(name)
+            .join(case["image"].as_str().unwrap());
         let image = image_io::load_rgb(&image_path, image_io::DEFAULT_MAX_PIXELS).unwrap();
         let prompt = case["prompt"].as_str().unwrap().to_string();
-        let req = CaptionRequest { prompt: Some(prompt), max_new_tokens: 16, ..Default::default() };
+        let req = CaptionRequest {
+            prompt: Some(prompt),
+            max_new_tokens: 16,
+            ..Default::default()
+        };
 
         let (pixels, prompt_ids) = captioner.prepare(&image, &req).unwrap();
-        assert_eq!(prompt_ids, ids(&case["input_ids"]), "{name} case {i}: prompt ids");
+        assert_eq!(
+            prompt_ids,
+            ids(&case["input_ids"]),
+            "{name} case {i}: prompt ids"
+        );
         let ref_pixels = tensor(&r, &format!("case{i}.pixel_values"));
         let at_size = image.width() as usize == w && image.height() as usize == h;
         let tol = if at_size { 1e-5 } else { 2.0 / 255.0 };
@@ -98,17 +100,42 @@ fn check_fixture(name: &str) {
         let x = m.embed_prompt(&b, &prompt_ids, Some(&features)).unwrap();
         let mut cache = m.text.new_cache(&b, prompt_ids.len());
         let pos: Vec<u32> = (0..prompt_ids.len() as u32).collect();
-        let logits = m.forward(&b, &mut cache, 0, x, &pos, &AttnMask::Causal, LogitRows::Last).data;
+        let logits = m
+            .forward(
+                &b,
+                &mut cache,
+                0,
+                x,
+                &pos,
+                &AttnMask::Causal,
+                LogitRows::Last,
+            )
+            .data;
         let ref_logits = tensor(&r, &format!("case{i}.logits"));
         let scale = ref_logits.iter().fold(0f32, |a, v| a.max(v.abs()));
         let rel = max_abs_diff(&logits, &ref_logits) / scale;
         println!("{name} case {i}: logits max relative diff {rel:.2e}");
-        assert!(rel <= 1e-4, "{name} case {i}: logits differ by {rel} relative");
+        assert!(
+            rel <= 1e-4,
+            "{name} case {i}: logits differ by {rel} relative"
+        );
 
         let out = pollster::block_on(captioner.caption(&b, &image, &req, |_| true)).unwrap();
-        assert_eq!(out.tokens, ids(&case["greedy_tokens"]), "{name} case {i}: greedy tokens");
-        assert_eq!(out.hit_eos, case["eos_hit"].as_bool().unwrap(), "{name} case {i}: EOS");
-        assert_eq!(out.text, case["text"].as_str().unwrap(), "{name} case {i}: text");
+        assert_eq!(
+            out.tokens,
+            ids(&case["greedy_tokens"]),
+            "{name} case {i}: greedy tokens"
+        );
+        assert_eq!(
+            out.hit_eos,
+            case["eos_hit"].as_bool().unwrap(),
+            "{name} case {i}: EOS"
+        );
+        assert_eq!(
+            out.text,
+            case["text"].as_str().unwrap(),
+            "{name} case {i}: text"
+        );
     }
 }
 
@@ -129,11 +156,17 @@ fn clip_llama2_tokenizer_matches_transformers() {
 
 #[test]
 fn cli_caption_json_reproduces_greedy_tokens() {
-    for name in ["clip-llama-gqa-f32", "siglip-qwen2-bf16-sharded", "clip-llama2tok"] {
+    for name in [
+        "clip-llama-gqa-f32",
+        "siglip-qwen2-bf16-sharded",
+        "clip-llama2tok",
+    ] {
         let r = reference(name);
         let case = &r.json["cases"][0];
         let dir = checkpoint_dir(name);
-        let image = fixtures_dir().join(name).join(case["image"].as_str().unwrap());
+        let image = fixtures_dir()
+            .join(name)
+            .join(case["image"].as_str().unwrap());
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_spec-llava"))
             .args(["caption", "--json", "--max-new-tokens", "16", "--model"])
             .arg(&dir)
@@ -142,14 +175,20 @@ fn cli_caption_json_reproduces_greedy_tokens() {
             .args(["--prompt", case["prompt"].as_str().unwrap()])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let stdout = String::from_utf8(out.stdout).unwrap();
         assert_eq!(stdout.lines().count(), 1, "exactly one JSON line: {stdout}");
         let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
         assert_eq!(ids(&v["tokens"]), ids(&case["greedy_tokens"]), "{name}");
-        assert_eq!(v["prompt_tokens"].as_u64().unwrap() as usize, case["input_ids"].as_array().unwrap().len());
+        assert_eq!(
+            v["prompt_tokens"].as_u64().unwrap() as usize,
+            case["input_ids"].as_array().unwrap().len()
+        );
         assert_eq!(v["text"], case["text"]);
         assert!(v["timings_ms"]["total_ms"].as_f64().unwrap() > 0.0);
     }
 }
-

@@ -149,17 +149,25 @@ fn pinned_seeds_keep_their_captions() {
     // Trained models and eval sets depend on seed -> caption staying fixed; a change to the
     // generator's random stream or grammar shows up here.
     let pinned = [
-        (0, "four medium white circles at the top, top right, center and right on a noisy teal background."),
+        (
+            0,
+            "four medium white circles at the top, top right, center and right on a noisy teal \
+             background.",
+        ),
         (
             1,
-            "a large pink heart at the bottom, a small yellow square at the right and a small white square below it \
-             on a noisy navy background.",
+            "a large pink heart at the bottom, a small yellow square at the right and a small \
+             white square below it on a noisy navy background.",
         ),
-        (3, "a large green square at the bottom left and a small orange star above it on a shaded gray background."),
+        (
+            3,
+            "a large green square at the bottom left and a small orange star above it on a shaded \
+             gray background.",
+        ),
         (
             23,
-            "two medium red crosses at the top right and center and two small blue circles at the top and left on a \
-             plain gray background.",
+            "two medium red crosses at the top right and center and two small blue circles at the \
+             top and left on a plain gray background.",
         ),
     ];
     for (seed, caption) in pinned {

@@ -242,7 +242,10 @@ fn chat_templates_render_like_apply_chat_template() {
                 None => {
                     let err = got.expect_err("template raises").to_string();
                     assert!(err.contains(text(render, "error")), "{name}: {err}");
-                    assert!(err.starts_with("tokenizer.json: chat template"), "{err}");
+                    assert!(
+                        err.starts_with("chat template for tokenizer.json: "),
+                        "{err}"
+                    );
                 }
             }
         }
@@ -398,6 +401,18 @@ fn load_errors_name_the_file() {
     );
 
     bad_template.write(
+        "chat_template.jinja",
+        "{{ raise_exception('only text chats') }}",
+    );
+    let tok = TextTokenizer::load(&bad_template.0).unwrap();
+    let err = tok.chat_prompt("x").unwrap_err().to_string();
+    assert!(
+        err.contains("chat_template.jinja: ") && err.contains("only text chats"),
+        "{err}"
+    );
+    fs::remove_file(bad_template.0.join("chat_template.jinja")).unwrap();
+
+    bad_template.write(
         "chat_template.json",
         r#"{"chat_template": "{% for x in %}"}"#,
     );
@@ -405,7 +420,7 @@ fn load_errors_name_the_file() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("chat_template.json: chat template does not compile"),
+        err.contains("chat_template.json: does not compile as a Jinja template"),
         "{err}"
     );
 }
@@ -472,6 +487,19 @@ fn llama_tokenizer_class_rebuilds_bos_eos_and_cleans_up() {
         assert_eq!(got.last(), Some(&2), "add_eos_token appends </s>");
         assert_eq!(tok.decode(&got).unwrap(), text(case, "decoded"));
     }
+}
+
+#[test]
+fn llama_class_with_unknown_bos_names_the_config() {
+    let (json, _) = shared_bytes();
+    let config = r#"{"tokenizer_class": "LlamaTokenizer", "bos_token": "<nope>"}"#;
+    let err = TextTokenizer::from_bytes(&json, Some(config.as_bytes()), None, "m/tokenizer.json")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "m/tokenizer_config.json: bos_token `<nope>` is not in the vocabulary"
+    );
 }
 
 #[test]

@@ -45,7 +45,9 @@ fn for_rows(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync 
     #[cfg(not(target_arch = "wasm32"))]
     {
         use rayon::prelude::*;
-        out.par_chunks_mut(width).enumerate().for_each(|(i, r)| f(i, r));
+        out.par_chunks_mut(width)
+            .enumerate()
+            .for_each(|(i, r)| f(i, r));
     }
     #[cfg(target_arch = "wasm32")]
     out.chunks_mut(width).enumerate().for_each(|(i, r)| f(i, r));
@@ -106,7 +108,11 @@ pub fn rope_inv_freq(head_dim: usize, rope: Rope) -> Vec<f32> {
 
 impl CpuBackend {
     fn map(&self, x: &CpuTensor, f: impl Fn(f32) -> f32) -> CpuTensor {
-        CpuTensor { data: x.data.iter().map(|&v| f(v)).collect(), rows: x.rows, cols: x.cols }
+        CpuTensor {
+            data: x.data.iter().map(|&v| f(v)).collect(),
+            rows: x.rows,
+            cols: x.cols,
+        }
     }
 
     /// Attention of `n` queries over `keys` rows, where `visible(i, j)` says whether query `i` sees
@@ -149,7 +155,11 @@ impl CpuBackend {
                 }
             }
         });
-        CpuTensor { data: out, rows: q.rows, cols: heads.q_heads * d }
+        CpuTensor {
+            data: out,
+            rows: q.rows,
+            cols: heads.q_heads * d,
+        }
     }
 }
 
@@ -159,7 +169,10 @@ impl Backend for CpuBackend {
     type Cache = CpuCache;
 
     fn weight(&self, data: Vec<f32>, shape: &[usize]) -> CpuWeight {
-        CpuWeight { data, shape: shape.to_vec() }
+        CpuWeight {
+            data,
+            shape: shape.to_vec(),
+        }
     }
 
     fn tensor(&self, data: Vec<f32>, rows: usize, cols: usize) -> CpuTensor {
@@ -193,7 +206,11 @@ impl Backend for CpuBackend {
                 data[i * out_dim + j] = t[j * x.rows + i];
             }
         }
-        CpuTensor { data, rows: x.rows, cols: out_dim }
+        CpuTensor {
+            data,
+            rows: x.rows,
+            cols: out_dim,
+        }
     }
 
     fn layer_norm(&self, x: &CpuTensor, w: &CpuWeight, b: &CpuWeight, eps: f32) -> CpuTensor {
@@ -207,7 +224,11 @@ impl Backend for CpuBackend {
                 *v = (*v - mean) * inv * w.data[k] + b.data[k];
             }
         });
-        CpuTensor { data, rows: x.rows, cols: x.cols }
+        CpuTensor {
+            data,
+            rows: x.rows,
+            cols: x.cols,
+        }
     }
 
     fn rms_norm(&self, x: &CpuTensor, w: &CpuWeight, eps: f32) -> CpuTensor {
@@ -219,7 +240,11 @@ impl Backend for CpuBackend {
                 *v = w.data[k] * (*v * inv);
             }
         });
-        CpuTensor { data, rows: x.rows, cols: x.cols }
+        CpuTensor {
+            data,
+            rows: x.rows,
+            cols: x.cols,
+        }
     }
 
     fn activate(&self, x: &CpuTensor, act: Activation) -> CpuTensor {
@@ -227,18 +252,35 @@ impl Backend for CpuBackend {
     }
 
     fn gated(&self, gate: &CpuTensor, up: &CpuTensor, act: Activation) -> CpuTensor {
-        let data = gate.data.iter().zip(&up.data).map(|(&g, &u)| activation(g, act) * u).collect();
-        CpuTensor { data, rows: gate.rows, cols: gate.cols }
+        let data = gate
+            .data
+            .iter()
+            .zip(&up.data)
+            .map(|(&g, &u)| activation(g, act) * u)
+            .collect();
+        CpuTensor {
+            data,
+            rows: gate.rows,
+            cols: gate.cols,
+        }
     }
 
     fn add(&self, a: &CpuTensor, b: &CpuTensor) -> CpuTensor {
         let data = a.data.iter().zip(&b.data).map(|(x, y)| x + y).collect();
-        CpuTensor { data, rows: a.rows, cols: a.cols }
+        CpuTensor {
+            data,
+            rows: a.rows,
+            cols: a.cols,
+        }
     }
 
     fn add_weight(&self, x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
         let data = x.data.iter().zip(&w.data).map(|(x, y)| x + y).collect();
-        CpuTensor { data, rows: x.rows, cols: x.cols }
+        CpuTensor {
+            data,
+            rows: x.rows,
+            cols: x.cols,
+        }
     }
 
     fn embed(&self, table: &CpuWeight, ids: &[u32]) -> CpuTensor {
@@ -248,17 +290,29 @@ impl Backend for CpuBackend {
             let id = id as usize;
             data.extend_from_slice(&table.data[id * dim..(id + 1) * dim]);
         }
-        CpuTensor { data, rows: ids.len(), cols: dim }
+        CpuTensor {
+            data,
+            rows: ids.len(),
+            cols: dim,
+        }
     }
 
     fn prepend_row(&self, x: &CpuTensor, row: &CpuWeight) -> CpuTensor {
         let mut data = row.data.clone();
         data.extend_from_slice(&x.data);
-        CpuTensor { data, rows: x.rows + 1, cols: x.cols }
+        CpuTensor {
+            data,
+            rows: x.rows + 1,
+            cols: x.cols,
+        }
     }
 
     fn slice_rows(&self, x: &CpuTensor, start: usize, end: usize) -> CpuTensor {
-        CpuTensor { data: x.data[start * x.cols..end * x.cols].to_vec(), rows: end - start, cols: x.cols }
+        CpuTensor {
+            data: x.data[start * x.cols..end * x.cols].to_vec(),
+            rows: end - start,
+            cols: x.cols,
+        }
     }
 
     fn concat_cols(&self, parts: &[&CpuTensor]) -> CpuTensor {
@@ -281,7 +335,14 @@ impl Backend for CpuBackend {
         out
     }
 
-    fn rope(&self, x: &CpuTensor, positions: &[u32], heads: usize, head_dim: usize, rope: Rope) -> CpuTensor {
+    fn rope(
+        &self,
+        x: &CpuTensor,
+        positions: &[u32],
+        heads: usize,
+        head_dim: usize,
+        rope: Rope,
+    ) -> CpuTensor {
         let inv_freq = rope_inv_freq(head_dim, rope);
         let half = head_dim / 2;
         let mut data = x.data.clone();
@@ -298,7 +359,11 @@ impl Backend for CpuBackend {
                 }
             }
         });
-        CpuTensor { data, rows: x.rows, cols: x.cols }
+        CpuTensor {
+            data,
+            rows: x.rows,
+            cols: x.cols,
+        }
     }
 
     fn attention(&self, q: &CpuTensor, k: &CpuTensor, v: &CpuTensor, heads: Heads) -> CpuTensor {
@@ -308,8 +373,12 @@ impl Backend for CpuBackend {
     fn new_cache(&self, layers: usize, kv_dim: usize, capacity: usize) -> CpuCache {
         CpuCache {
             kv_dim,
-            k: (0..layers).map(|_| Vec::with_capacity(capacity * kv_dim)).collect(),
-            v: (0..layers).map(|_| Vec::with_capacity(capacity * kv_dim)).collect(),
+            k: (0..layers)
+                .map(|_| Vec::with_capacity(capacity * kv_dim))
+                .collect(),
+            v: (0..layers)
+                .map(|_| Vec::with_capacity(capacity * kv_dim))
+                .collect(),
         }
     }
 
@@ -331,7 +400,9 @@ impl Backend for CpuBackend {
             store[start * kv_dim..].copy_from_slice(&new.data);
         }
         let (keys, values) = (&cache.k[layer], &cache.v[layer]);
-        self.attend(q, keys, values, start + n, heads, |i, j| j < start || mask.allows(i, j - start))
+        self.attend(q, keys, values, start + n, heads, |i, slot| {
+            mask.sees(start, i, slot)
+        })
     }
 
     fn compact_cache(&self, cache: &mut CpuCache, from: &[usize], to_start: usize) {

@@ -7,24 +7,37 @@
 //! Tensors are row-major matrices `[rows, cols]`: one row per token. Weights are uploaded once.
 
 pub mod cpu;
+pub mod gpu;
 
 use crate::config::Activation;
 
-/// Which new tokens each new token may attend to. Every new token always sees the whole cached
-/// prefix; the mask only governs attention among the tokens of the current forward pass.
+/// Which cache slots each new token may attend to, for `n` new tokens written at slots
+/// `start..start + n`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttnMask {
-    /// Token i sees new tokens 0..=i (prefill, plain decoding).
+    /// Token i sees every slot before it: `0..=start + i` (prefill, plain decoding).
     Causal,
-    /// `allowed[i * n + j]`: token i sees new token j (a speculation tree: ancestors and itself).
-    Tree { n: usize, allowed: Vec<bool> },
+    /// A speculation tree. The *region* is the last `ctx` slots before the new tokens plus the new
+    /// tokens: slots `start - ctx..start + n`. Slots before the region are always visible; inside
+    /// it, `allowed[i * (ctx + n) + j]` says whether new token `i` sees region slot `j`.
+    /// Target verification uses `ctx = 0` (the tree is all new); draft expansion uses `ctx > 0`
+    /// (tree nodes drafted in earlier passes sit in the cache, visible to their descendants only).
+    Tree {
+        ctx: usize,
+        n: usize,
+        allowed: Vec<bool>,
+    },
 }
 
 impl AttnMask {
-    pub fn allows(&self, i: usize, j: usize) -> bool {
+    /// Whether new token `i` (of `n`, written at `start`) sees absolute cache slot `slot`.
+    pub fn sees(&self, start: usize, i: usize, slot: usize) -> bool {
         match self {
-            AttnMask::Causal => j <= i,
-            AttnMask::Tree { n, allowed } => allowed[i * n + j],
+            AttnMask::Causal => slot <= start + i,
+            AttnMask::Tree { ctx, n, allowed } => {
+                let region = start - ctx;
+                slot < region || (slot < start + n && allowed[i * (ctx + n) + (slot - region)])
+            }
         }
     }
 }
@@ -66,7 +79,13 @@ pub trait Backend {
 
     /// `x W^T + b` for `W: [out, in]`.
     fn linear(&self, x: &Self::Tensor, w: &Self::Weight, b: Option<&Self::Weight>) -> Self::Tensor;
-    fn layer_norm(&self, x: &Self::Tensor, w: &Self::Weight, b: &Self::Weight, eps: f32) -> Self::Tensor;
+    fn layer_norm(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Weight,
+        b: &Self::Weight,
+        eps: f32,
+    ) -> Self::Tensor;
     fn rms_norm(&self, x: &Self::Tensor, w: &Self::Weight, eps: f32) -> Self::Tensor;
     fn activate(&self, x: &Self::Tensor, act: Activation) -> Self::Tensor;
     /// `act(gate) * up` (SwiGLU).
@@ -84,13 +103,26 @@ pub trait Backend {
     /// `dst` with `dst[rows[i]] = src[i]`.
     fn scatter_rows(&self, dst: &Self::Tensor, rows: &[usize], src: &Self::Tensor) -> Self::Tensor;
     /// Apply RoPE to `x: [n, heads * head_dim]` at the given positions.
-    fn rope(&self, x: &Self::Tensor, positions: &[u32], heads: usize, head_dim: usize, rope: Rope) -> Self::Tensor;
+    fn rope(
+        &self,
+        x: &Self::Tensor,
+        positions: &[u32],
+        heads: usize,
+        head_dim: usize,
+        rope: Rope,
+    ) -> Self::Tensor;
     /// Bidirectional multi-head attention over the rows of one sequence (vision tower).
-    fn attention(&self, q: &Self::Tensor, k: &Self::Tensor, v: &Self::Tensor, heads: Heads) -> Self::Tensor;
+    fn attention(
+        &self,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        heads: Heads,
+    ) -> Self::Tensor;
 
     fn new_cache(&self, layers: usize, kv_dim: usize, capacity: usize) -> Self::Cache;
     /// Write `k, v` (`[n, kv_heads * head_dim]`) of `layer` at cache slots `start..start + n`, then
-    /// attend from each new query over slots `0..start` and the new tokens allowed by `mask`.
+    /// attend from each new query `i` over the slots `mask.sees(start, i, slot)` allows.
     #[allow(clippy::too_many_arguments)]
     fn cached_attention(
         &self,

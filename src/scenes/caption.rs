@@ -5,13 +5,15 @@
 //! caption   := group (sep group)* " on a " pattern " " bg-colour " background."
 //! sep       := ", "  before every later group but the last | " and " before the last
 //! group     := count " " size " " colour " " shape placement
-//! count     := "a" | "two" | "three" | "four"      shape is plural unless count is "a"
-//! placement := " at the " cells                     one cell per object, reading order
-//!            | " " relation                         single object next to a single-object previous group
+//! count     := "a" | "two" | "three" | "four"   (shape is plural unless count is "a")
+//! placement := " at the " cells          one cell per object, reading order
+//!            | " " relation              a single object whose cell shares an edge with
+//!                                        the cell of a single-object previous group
 //! cells     := cell | cell (", " cell)* " and " cell
 //! cell      := "top left" | "top" | "top right" | "left" | "center" | "right"
 //!            | "bottom left" | "bottom" | "bottom right"
-//! relation  := "above it" | "below it" | "left of it" | "right of it"   ("it" = the previous group)
+//! relation  := "above it" | "below it" | "left of it" | "right of it"
+//!                                        ("it" is the previous group)
 //! ```
 //!
 //! Example: "a large red circle at the top left, a small white star below it and two small blue
@@ -32,7 +34,8 @@ const COUNTS: [&str; 4] = ["a", "two", "three", "four"];
 /// Punctuation that [`caption_tokens`] splits off words.
 const PUNCTUATION: &[char] = &[',', '.', ';', ':', '!', '?'];
 
-/// Renders the canonical caption for `facts`.
+/// Renders the canonical caption for `facts`. Counts above four (never generated) are written as
+/// "four"; such facts do not round-trip.
 pub fn render_caption(facts: &SceneFacts) -> String {
     let mut tokens: Vec<&str> = Vec::new();
     let last = facts.groups.len().saturating_sub(1);
@@ -328,6 +331,20 @@ mod tests {
         );
         assert_eq!(facts.groups[1].relation, Some(Relation::Above));
         assert_eq!(render_caption(&facts), format!("{caption}."));
+    }
+
+    #[test]
+    fn module_doc_example_round_trips() {
+        let caption =
+            "a large red circle at the top left, a small white star below it and two small \
+                       blue triangles at the bottom and bottom right on a striped gray background.";
+        let facts = parse_caption(caption).expect("parses");
+        assert_eq!(facts.groups[1].cells, [Cell { row: 1, col: 0 }]);
+        assert_eq!(
+            facts.groups[2].cells,
+            [Cell { row: 2, col: 1 }, Cell { row: 2, col: 2 }]
+        );
+        assert_eq!(render_caption(&facts), caption);
     }
 
     #[test]

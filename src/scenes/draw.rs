@@ -266,7 +266,7 @@ fn to_image(rng: &mut StdRng, canvas: &Canvas, noise: f32) -> RgbImage {
             bytes.push((channel + jitter + 0.5).clamp(0.0, 255.0) as u8);
         }
     }
-    // The buffer length always matches SIDE x SIDE x 3; fall back to a blank image rather than panic.
+    // The buffer always holds SIDE x SIDE x 3 bytes; a blank image stands in rather than a panic.
     RgbImage::from_raw(IMAGE_SIZE, IMAGE_SIZE, bytes)
         .unwrap_or_else(|| RgbImage::new(IMAGE_SIZE, IMAGE_SIZE))
 }

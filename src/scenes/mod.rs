@@ -6,13 +6,13 @@
 //! overlap). Objects that share shape, colour and size form one *group* ("two small blue
 //! triangles"); a scene has at most three groups. Each object gets a shape, colour and size class,
 //! then jitter in position, size, rotation and colour; the background has a pattern (plain,
-//! striped, shaded, noisy) and a colour chosen so that every object colour on it stays easy to see.
+//! striped, shaded, noisy) and a colour, and object colours hard to see on it are not used.
 //! Drawing is anti-aliased by 4x4 supersampling, followed by a mild blur and pixel noise.
 //!
-//! The caption is canonical: one fixed word order per scene (see [`caption`] for the grammar) so
-//! greedy decoding has a well-defined target, and every attribute can be parsed back
-//! ([`parse_caption`]). [`attribute_scores`] compares a predicted caption with a scene attribute by
-//! attribute; `spec-llava eval` reports those numbers.
+//! The caption is canonical: one fixed word order per scene (the grammar is documented in
+//! `caption.rs`) so greedy decoding has a well-defined target, and every attribute can be parsed
+//! back ([`parse_caption`]). [`attribute_scores`] compares a predicted caption with a scene
+//! attribute by attribute; `spec-llava eval` reports those numbers.
 //!
 //! Determinism: the random stream is `StdRng::seed_from_u64(seed)` (ChaCha12, the same on every
 //! platform), and drawing uses only IEEE-exact float arithmetic (no `sin`/`cos`/`powf` from the

@@ -54,7 +54,11 @@ impl<B: Backend> Decoder<B> {
         let lin = |name: &str, o: usize, i: usize, bias: bool| -> Result<Linear<B>> {
             Ok(Linear {
                 w: load(b, store, &format!("{name}.weight"), &[o, i])?,
-                b: if bias { Some(load(b, store, &format!("{name}.bias"), &[o])?) } else { None },
+                b: if bias {
+                    Some(load(b, store, &format!("{name}.bias"), &[o])?)
+                } else {
+                    None
+                },
             })
         };
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
@@ -67,8 +71,18 @@ impl<B: Backend> Decoder<B> {
                 k: lin(&format!("{l}self_attn.k_proj"), kvd, d, cfg.attention_bias)?,
                 v: lin(&format!("{l}self_attn.v_proj"), kvd, d, cfg.attention_bias)?,
                 // Qwen2 has no bias on o_proj; Llama's `attention_bias` covers o_proj too.
-                o: lin(&format!("{l}self_attn.o_proj"), d, qd, cfg.attention_bias && cfg.kind == crate::config::TextKind::Llama)?,
-                post_norm: load(b, store, &format!("{l}post_attention_layernorm.weight"), &[d])?,
+                o: lin(
+                    &format!("{l}self_attn.o_proj"),
+                    d,
+                    qd,
+                    cfg.attention_bias && cfg.kind == crate::config::TextKind::Llama,
+                )?,
+                post_norm: load(
+                    b,
+                    store,
+                    &format!("{l}post_attention_layernorm.weight"),
+                    &[d],
+                )?,
                 gate: lin(&format!("{l}mlp.gate_proj"), inter, d, cfg.mlp_bias)?,
                 up: lin(&format!("{l}mlp.up_proj"), inter, d, cfg.mlp_bias)?,
                 down: lin(&format!("{l}mlp.down_proj"), d, inter, cfg.mlp_bias)?,
@@ -82,7 +96,10 @@ impl<B: Backend> Decoder<B> {
         } else {
             return Err(Error::file(
                 "model.safetensors",
-                format!("missing tensor {} (and tie_word_embeddings is false)", names.lm_head),
+                format!(
+                    "missing tensor {} (and tie_word_embeddings is false)",
+                    names.lm_head
+                ),
             ));
         };
         Ok(Decoder {
@@ -103,7 +120,11 @@ impl<B: Backend> Decoder<B> {
     }
 
     pub fn new_cache(&self, b: &B, capacity: usize) -> B::Cache {
-        b.new_cache(self.cfg.num_hidden_layers, self.cfg.num_key_value_heads * self.cfg.head_dim, capacity)
+        b.new_cache(
+            self.cfg.num_hidden_layers,
+            self.cfg.num_key_value_heads * self.cfg.head_dim,
+            capacity,
+        )
     }
 
     pub fn embed(&self, b: &B, ids: &[u32]) -> B::Tensor {
@@ -125,7 +146,10 @@ impl<B: Backend> Decoder<B> {
     ) -> B::Tensor {
         let cfg = &self.cfg;
         let heads = self.heads();
-        let rope = Rope { theta: cfg.rope_theta, linear_factor: cfg.rope_linear_factor };
+        let rope = Rope {
+            theta: cfg.rope_theta,
+            linear_factor: cfg.rope_linear_factor,
+        };
         let mut h = x;
         for (i, layer) in self.layers.iter().enumerate() {
             let x = b.rms_norm(&h, &layer.input_norm, cfg.rms_norm_eps);
@@ -147,6 +171,10 @@ impl<B: Backend> Decoder<B> {
             h = b.slice_rows(&h, n - 1, n);
         }
         let h = b.rms_norm(&h, &self.norm, cfg.rms_norm_eps);
-        b.linear(&h, self.lm_head.as_ref().unwrap_or(&self.embed_tokens), None)
+        b.linear(
+            &h,
+            self.lm_head.as_ref().unwrap_or(&self.embed_tokens),
+            None,
+        )
     }
 }

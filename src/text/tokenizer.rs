@@ -65,9 +65,16 @@ pub struct TextTokenizer {
     extra_eos: Vec<u32>,
     /// bos/eos/unk/pad token strings, passed to the chat template like `special_tokens_map`.
     template_tokens: Vec<(&'static str, String)>,
-    template: Option<Environment<'static>>,
+    template: Option<ChatTemplate>,
     pieces: PieceStyle,
     clean_up_spaces: bool,
+}
+
+/// A compiled chat template and the file it came from (for error messages).
+#[derive(Clone)]
+struct ChatTemplate {
+    env: Environment<'static>,
+    source_name: String,
 }
 
 /// How vocabulary entries spell text, for [`TextTokenizer::token_text`].
@@ -108,11 +115,11 @@ impl TextTokenizer {
             None => serde_json::Map::new(),
         };
         let template = match chat_template {
-            Some(source) => Some((source, "chat template".to_string())),
+            Some(source) => Some((source, format!("chat template for {name}"))),
             None => template_from_config(&config, &config_name)?
                 .map(|source| (source, format!("{config_name} (chat_template)"))),
         };
-        Self::build(tokenizer_json, &config, template, name)
+        Self::build(tokenizer_json, (&config, &config_name), template, name)
     }
 
     /// Read a tokenizer from a checkpoint directory: tokenizer.json (required),
@@ -135,12 +142,14 @@ impl TextTokenizer {
             None => template_from_config(&config, &config_name)?
                 .map(|source| (source, format!("{config_name} (chat_template)"))),
         };
-        Self::build(&tokenizer_json, &config, template, &name)
+        Self::build(&tokenizer_json, (&config, &config_name), template, &name)
     }
 
+    /// `config` is the parsed tokenizer_config.json with its name; `template` the chat template
+    /// source with its name.
     fn build(
         tokenizer_json: &[u8],
-        config: &serde_json::Map<String, Json>,
+        (config, config_name): (&serde_json::Map<String, Json>, &str),
         template: Option<(String, String)>,
         name: &str,
     ) -> Result<Self> {
@@ -159,7 +168,7 @@ impl TextTokenizer {
         let bos_text = special_token(config, "bos_token", llama_class.then_some("<s>"));
         let eos_text = special_token(config, "eos_token", llama_class.then_some("</s>"));
         if llama_class {
-            rebuild_llama_post_processor(&mut inner, config, &bos_text, &eos_text, name)?;
+            rebuild_llama_post_processor(&mut inner, config, &bos_text, &eos_text, config_name)?;
         }
 
         let bos = bos_text.as_deref().and_then(|t| inner.token_to_id(t));
@@ -180,7 +189,10 @@ impl TextTokenizer {
             })
             .collect();
         let template = match template {
-            Some((source, source_name)) => Some(compile_template(source, &source_name)?),
+            Some((source, source_name)) => Some(ChatTemplate {
+                env: compile_template(source, &source_name)?,
+                source_name,
+            }),
             None => None,
         };
         let pieces = piece_style(&inner);
@@ -340,14 +352,15 @@ impl TextTokenizer {
     /// The prompt text for one image and one user message, rendered with the chat template
     /// (`add_generation_prompt=True`); without a template, `USER: <image>\n{user_text} ASSISTANT:`.
     pub fn chat_prompt(&self, user_text: &str) -> Result<String> {
-        let Some(env) = &self.template else {
+        let Some(chat) = &self.template else {
             return Ok(format!(
                 "{FALLBACK_PROMPT_PREFIX}{user_text}{FALLBACK_PROMPT_SUFFIX}"
             ));
         };
-        let template = env
+        let template = chat
+            .env
             .get_template(TEMPLATE_NAME)
-            .map_err(|e| self.template_error(&e))?;
+            .map_err(|e| template_error(&chat.source_name, &e))?;
         let image = Value::from_iter([("type", Value::from("image"))]);
         let text = Value::from_iter([("type", "text"), ("text", user_text)]);
         let message = Value::from_iter([
@@ -363,7 +376,7 @@ impl TextTokenizer {
         }
         template
             .render(Value::from_iter(context))
-            .map_err(|e| self.template_error(&e))
+            .map_err(|e| template_error(&chat.source_name, &e))
     }
 
     /// True when both tokenizers map the same strings to the same ids, have the same added
@@ -395,17 +408,17 @@ impl TextTokenizer {
             .simple_id_to_token(id)
             .is_some()
     }
+}
 
-    fn template_error(&self, err: &minijinja::Error) -> Error {
-        // MiniJinja's Display already names the template and line; add the message chain.
-        let mut msg = format!("chat template: {err}");
-        let mut source = std::error::Error::source(err);
-        while let Some(cause) = source {
-            msg.push_str(&format!(": {cause}"));
-            source = cause.source();
-        }
-        Error::file(&self.name, msg)
+/// A render error, named by the template's source, with MiniJinja's cause chain.
+fn template_error(source_name: &str, err: &minijinja::Error) -> Error {
+    let mut msg = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        msg.push_str(&format!(": {cause}"));
+        source = cause.source();
     }
+    Error::file(source_name, msg)
 }
 
 /// `dir/tokenizer.json` -> `dir/tokenizer_config.json`; other names get the sibling in brackets.
@@ -587,7 +600,7 @@ fn rebuild_llama_post_processor(
     config: &serde_json::Map<String, Json>,
     bos: &Option<String>,
     eos: &Option<String>,
-    name: &str,
+    config_name: &str,
 ) -> Result<()> {
     let flag =
         |key: &str, default: bool| config.get(key).and_then(Json::as_bool).unwrap_or(default);
@@ -598,10 +611,16 @@ fn rebuild_llama_post_processor(
     let mut specials = serde_json::Map::new();
     let mut special = |slot: &str, text: &Option<String>, type_id: u32, out: &mut Vec<Json>| {
         let text = text.as_deref().ok_or_else(|| {
-            Error::file(name, format!("{slot} is on but the config has no {slot}"))
+            Error::file(
+                config_name,
+                format!("add_{slot} is true but the config has no {slot}"),
+            )
         })?;
         let id = inner.token_to_id(text).ok_or_else(|| {
-            Error::file(name, format!("{slot} `{text}` is not in the vocabulary"))
+            Error::file(
+                config_name,
+                format!("{slot} `{text}` is not in the vocabulary"),
+            )
         })?;
         specials.insert(
             text.to_string(),
@@ -626,8 +645,13 @@ fn rebuild_llama_post_processor(
         "pair": pair,
         "special_tokens": specials,
     });
-    let processor: tokenizers::PostProcessorWrapper = serde_json::from_value(processor)
-        .map_err(|e| Error::file(name, format!("cannot build the BOS/EOS template: {e}")))?;
+    let processor: tokenizers::PostProcessorWrapper =
+        serde_json::from_value(processor).map_err(|e| {
+            Error::file(
+                config_name,
+                format!("cannot build the BOS/EOS template: {e}"),
+            )
+        })?;
     inner.with_post_processor(Some(processor));
     Ok(())
 }
@@ -734,7 +758,12 @@ fn compile_template(source: String, source_name: &str) -> Result<Environment<'st
     env.add_function("raise_exception", raise_exception);
     env.add_filter("tojson", python_tojson);
     env.add_template_owned(TEMPLATE_NAME, rewrite_generation_tags(&source))
-        .map_err(|e| Error::file(source_name, format!("chat template does not compile: {e}")))?;
+        .map_err(|e| {
+            Error::file(
+                source_name,
+                format!("does not compile as a Jinja template: {e}"),
+            )
+        })?;
     Ok(env)
 }
 
@@ -967,6 +996,35 @@ mod tests {
             clean_up_tokenization("Hello , world . Is n't it ? I 'm"),
             "Hello, world. Isn't it? I'm"
         );
+    }
+
+    #[test]
+    fn tojson_writes_what_python_json_dumps_writes() {
+        // Expected strings are Python's json.dumps(x, ensure_ascii=False[, indent=2]) and
+        // json.dumps(x, ensure_ascii=True, sort_keys=True).
+        let source = r#"{% set x = {'b': [1, 2.0, none, true], 'a': 'é"<>
+', 'e': {}, 'l': []} %}{{ x | tojson }}|{{ x | tojson(indent=2) }}|{{ x | tojson(ensure_ascii=true, sort_keys=true) }}"#;
+        let env = compile_template(source.to_string(), "test").unwrap();
+        let out = env.get_template(TEMPLATE_NAME).unwrap().render(()).unwrap();
+        let parts: Vec<&str> = out.split('|').collect();
+        assert_eq!(
+            parts[0],
+            r#"{"b": [1, 2.0, null, true], "a": "é\"<>\n", "e": {}, "l": []}"#
+        );
+        assert_eq!(
+            parts[1],
+            "{\n  \"b\": [\n    1,\n    2.0,\n    null,\n    true\n  ],\n  \"a\": \"é\\\"<>\\n\",\n  \"e\": {},\n  \"l\": []\n}"
+        );
+        assert_eq!(
+            parts[2],
+            r#"{"a": "\u00e9\"<>\n", "b": [1, 2.0, null, true], "e": {}, "l": []}"#
+        );
+    }
+
+    #[test]
+    fn tokenizer_can_move_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<TextTokenizer>();
     }
 
     #[test]

@@ -66,8 +66,11 @@ pub struct ImageProcessor {
     pub do_convert_rgb: bool,
 }
 
-const OPENAI_CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
-const OPENAI_CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+// transformers' OPENAI_CLIP_MEAN / OPENAI_CLIP_STD, digits as written there.
+#[allow(clippy::excessive_precision)]
+const OPENAI_CLIP_MEAN: [f32; 3] = [0.48145466, 0.4578275, 0.40821073];
+#[allow(clippy::excessive_precision)]
+const OPENAI_CLIP_STD: [f32; 3] = [0.26862954, 0.26130258, 0.27577711];
 
 /// The config as written; every field may be missing (sparse configs take class defaults).
 #[derive(Deserialize)]
@@ -176,7 +179,7 @@ impl ImageProcessor {
                 } else {
                     (height, width)
                 };
-                let new_long = ((target * long) as f64 / short as f64) as usize;
+                let new_long = (target.saturating_mul(long) as f64 / short as f64) as usize;
                 if width <= height {
                     (new_long, target)
                 } else {
@@ -201,9 +204,12 @@ impl ImageProcessor {
         };
         if self.do_resize {
             let (out_h, out_w) = self.resize_size(w, h);
-            if out_h == 0 || out_w == 0 {
+            // A very long, thin image would resize to a huge one (its short side grows to the
+            // target): refuse rather than run out of memory.
+            let out_pixels = (out_h as u64).saturating_mul(out_w as u64);
+            if out_pixels == 0 || out_pixels > crate::image_io::DEFAULT_MAX_PIXELS {
                 return Err(Error::invalid(format!(
-                    "resizing {w}x{h} gives an empty image"
+                    "cannot preprocess a {w}x{h} image: resizing it gives {out_w}x{out_h} (aspect ratio too extreme)"
                 )));
             }
             pixels = resize(pixels, out_w, out_h, self.resample);
@@ -258,10 +264,20 @@ fn processor_kind(raw: &RawConfig) -> std::result::Result<ProcessorKind, String>
     }
 }
 
+/// Largest accepted `size`/`crop_size` side: far above any vision tower's input, small enough
+/// that a mistyped config cannot ask for gigabytes.
+const MAX_SIDE: usize = 8192;
+
 /// `size`/`crop_size`: an int (shortest edge for CLIP's `size`, else square) or a dict.
 fn parse_size(v: &Value, int_is_shortest_edge: bool) -> std::result::Result<ResizeTo, String> {
-    let int = |v: &Value| v.as_u64().filter(|&n| n > 0).map(|n| n as usize);
-    if let Some(n) = int(v) {
+    let int = |v: &Value| {
+        v.as_u64()
+            .filter(|&n| n > 0 && n <= MAX_SIDE as u64)
+            .map(|n| n as usize)
+            .ok_or(format!("must be an integer in 1..={MAX_SIDE}, got {v}"))
+    };
+    if v.is_number() {
+        let n = int(v)?;
         return Ok(if int_is_shortest_edge {
             ResizeTo::ShortestEdge(n)
         } else {
@@ -271,10 +287,7 @@ fn parse_size(v: &Value, int_is_shortest_edge: bool) -> std::result::Result<Resi
             }
         });
     }
-    let field = |k: &str| {
-        v.get(k)
-            .map(|x| int(x).ok_or(format!("{k} must be a positive integer, got {x}")))
-    };
+    let field = |k: &str| v.get(k).map(|x| int(x).map_err(|m| format!("{k} {m}")));
     match (field("shortest_edge"), field("height"), field("width")) {
         (Some(s), _, _) => Ok(ResizeTo::ShortestEdge(s?)),
         (None, Some(h), Some(w)) => Ok(ResizeTo::Exact {
@@ -455,13 +468,13 @@ fn resample_pass(src: &Pixels, taps: &Taps, horizontal: bool) -> Pixels {
                 } else {
                     ((start + i) * src.width + fixed) * 3
                 };
-                for c in 0..3 {
-                    acc[c] += i64::from(src.data[s + c]) * i64::from(w);
+                for (a, &v) in acc.iter_mut().zip(&src.data[s..s + 3]) {
+                    *a += i64::from(v) * i64::from(w);
                 }
             }
             let d = (y * out_w + x) * 3;
-            for c in 0..3 {
-                data[d + c] = (acc[c] >> PRECISION_BITS).clamp(0, 255) as u8;
+            for (out, a) in data[d..d + 3].iter_mut().zip(acc) {
+                *out = (a >> PRECISION_BITS).clamp(0, 255) as u8;
             }
         }
     }
@@ -628,6 +641,27 @@ mod tests {
             assert!(msg.starts_with("cfg/preprocessor_config.json: "), "{msg}");
             assert!(msg.contains(needle), "{msg} should mention {needle}");
         }
+    }
+
+    #[test]
+    fn absurd_sizes_are_refused_not_allocated() {
+        let json = r#"{"image_processor_type": "CLIPImageProcessor", "size": 100000000000}"#;
+        let msg = ImageProcessor::from_json(json, "p.json")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("size: expected") || msg.contains("1..=8192"),
+            "{msg}"
+        );
+        // A 1-pixel-tall strip would grow to 336 x 13 440 000 pixels.
+        let p = ImageProcessor::from_json(
+            r#"{"image_processor_type": "CLIPImageProcessor", "size": 336}"#,
+            "p",
+        )
+        .unwrap();
+        let strip = RgbImage::new(40_000, 1);
+        let msg = p.preprocess(&strip).unwrap_err().to_string();
+        assert!(msg.contains("aspect ratio"), "{msg}");
     }
 
     #[test]

@@ -34,7 +34,12 @@ pub struct VisionTower<B: Backend> {
 }
 
 /// Load `name` from the store with the expected shape and upload it.
-pub(crate) fn load<B: Backend>(b: &B, store: &WeightStore, name: &str, shape: &[usize]) -> Result<B::Weight> {
+pub(crate) fn load<B: Backend>(
+    b: &B,
+    store: &WeightStore,
+    name: &str,
+    shape: &[usize],
+) -> Result<B::Weight> {
     Ok(b.weight(store.f32(name, shape)?, shape))
 }
 
@@ -72,13 +77,21 @@ pub fn im2col(pixels: &[f32], channels: usize, image: usize, patch: usize) -> Ve
 impl<B: Backend> VisionTower<B> {
     /// Load the tower's weights under `prefix` (e.g. `vision_tower.`), only the first `depth`
     /// encoder layers (deeper ones never feed LLaVA's features).
-    pub fn load(b: &B, store: &WeightStore, prefix: &str, cfg: &VisionConfig, depth: usize) -> Result<Self> {
+    pub fn load(
+        b: &B,
+        store: &WeightStore,
+        prefix: &str,
+        cfg: &VisionConfig,
+        depth: usize,
+    ) -> Result<Self> {
         let p = format!("{prefix}vision_model.");
         let (d, c, ps) = (cfg.hidden_size, cfg.num_channels, cfg.patch_size);
         let emb = format!("{p}embeddings.");
         // The conv weight [D, C, p, p] is used as a [D, C*p*p] matrix.
-        let patch_w =
-            b.weight(store.f32(&format!("{emb}patch_embedding.weight"), &[d, c, ps, ps])?, &[d, c * ps * ps]);
+        let patch_w = b.weight(
+            store.f32(&format!("{emb}patch_embedding.weight"), &[d, c, ps, ps])?,
+            &[d, c * ps * ps],
+        );
         let (patch_b, class_embedding, pre_norm) = match cfg.kind {
             VisionKind::Clip => (
                 None,
@@ -88,7 +101,11 @@ impl<B: Backend> VisionTower<B> {
                     load(b, store, &format!("{p}pre_layrnorm.bias"), &[d])?,
                 )),
             ),
-            VisionKind::Siglip => (Some(load(b, store, &format!("{emb}patch_embedding.bias"), &[d])?), None, None),
+            VisionKind::Siglip => (
+                Some(load(b, store, &format!("{emb}patch_embedding.bias"), &[d])?),
+                None,
+                None,
+            ),
         };
         let post_norm = if cfg.kind == VisionKind::Siglip && depth == cfg.num_hidden_layers {
             Some((
@@ -98,8 +115,12 @@ impl<B: Backend> VisionTower<B> {
         } else {
             None
         };
-        let position_embedding =
-            load(b, store, &format!("{emb}position_embedding.weight"), &[cfg.num_positions(), d])?;
+        let position_embedding = load(
+            b,
+            store,
+            &format!("{emb}position_embedding.weight"),
+            &[cfg.num_positions(), d],
+        )?;
         let mut layers = Vec::with_capacity(depth);
         for i in 0..depth {
             let l = format!("{p}encoder.layers.{i}.");
@@ -120,7 +141,16 @@ impl<B: Backend> VisionTower<B> {
                 fc2: load_linear(b, store, &format!("{l}mlp.fc2"), d, cfg.intermediate_size)?,
             });
         }
-        Ok(VisionTower { cfg: cfg.clone(), patch_w, patch_b, class_embedding, position_embedding, pre_norm, post_norm, layers })
+        Ok(VisionTower {
+            cfg: cfg.clone(),
+            patch_w,
+            patch_b,
+            class_embedding,
+            position_embedding,
+            pre_norm,
+            post_norm,
+            layers,
+        })
     }
 
     /// Hidden states `0..=depth` (0 = embeddings) for pixel values `[3, H, W]`; `keep[i]` says
@@ -129,7 +159,11 @@ impl<B: Backend> VisionTower<B> {
         let cfg = &self.cfg;
         let patches = im2col(pixels, cfg.num_channels, cfg.image_size, cfg.patch_size);
         let n = cfg.num_patches();
-        let x = b.tensor(patches, n, cfg.num_channels * cfg.patch_size * cfg.patch_size);
+        let x = b.tensor(
+            patches,
+            n,
+            cfg.num_channels * cfg.patch_size * cfg.patch_size,
+        );
         let mut h = b.linear(&x, &self.patch_w, self.patch_b.as_ref());
         if let Some(cls) = &self.class_embedding {
             h = b.prepend_row(&h, cls);
@@ -155,7 +189,10 @@ impl<B: Backend> VisionTower<B> {
             let a = b.attention(&q, &k, &v, heads);
             h = b.add(&h, &b.linear(&a, &layer.o.0, Some(&layer.o.1)));
             let x = b.layer_norm(&h, &layer.ln2.0, &layer.ln2.1, cfg.layer_norm_eps);
-            let x = b.activate(&b.linear(&x, &layer.fc1.0, Some(&layer.fc1.1)), cfg.hidden_act);
+            let x = b.activate(
+                &b.linear(&x, &layer.fc1.0, Some(&layer.fc1.1)),
+                cfg.hidden_act,
+            );
             h = b.add(&h, &b.linear(&x, &layer.fc2.0, Some(&layer.fc2.1)));
         }
         if keep.contains(&self.layers.len()) {

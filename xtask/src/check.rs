@@ -75,14 +75,24 @@ fn steps(nextest: bool, plain: bool) -> Vec<Step> {
         ),
     ];
     if nextest {
-        // nextest does not run doctests, so they get their own step.
+        // nextest does not run doctests, so they get their own step. --no-fail-fast: one run
+        // reports every failing test, not only the first.
         steps.push(Step::cargo(
             "tests",
-            &["nextest", "run", "--workspace", "--no-tests=warn"],
+            &[
+                "nextest",
+                "run",
+                "--workspace",
+                "--no-fail-fast",
+                "--no-tests=warn",
+            ],
         ));
         steps.push(Step::cargo("doctests", &["test", "--workspace", "--doc"]));
     } else {
-        steps.push(Step::cargo("tests", &["test", "--workspace"]));
+        steps.push(Step::cargo(
+            "tests",
+            &["test", "--workspace", "--no-fail-fast"],
+        ));
     }
     steps.push(Step::cargo(
         "wasm build",

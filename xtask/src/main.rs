@@ -74,10 +74,16 @@ fn run(args: &[String]) -> Result<(), String> {
 }
 
 /// The workspace root: the parent of this crate's manifest directory, so the commands work from
-/// any current directory.
+/// any current directory. `cargo run` sets `CARGO_MANIFEST_DIR` at run time too; it wins over the
+/// compile-time value, which goes stale when a checkout is copied but shares a target dir.
 fn repo_root() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().unwrap_or(manifest).to_path_buf()
+    let manifest = env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    match manifest.parent() {
+        Some(parent) => parent.to_path_buf(),
+        None => manifest,
+    }
 }
 
 /// Builds what the page loads before serving it.

@@ -266,6 +266,15 @@ source = "registry+https://github.com/rust-lang/crates.io-index"
     }
 
     #[test]
+    fn apt_installs_nothing_when_the_tool_is_present() {
+        let mut apt = Apt::default();
+        apt.ensure_command("sh", "xtask-no-such-package").unwrap();
+        apt.ensure_package("dpkg").unwrap();
+        // `updated` flips before any install, so it proves apt-get was never run.
+        assert!(!apt.updated);
+    }
+
+    #[test]
     fn the_host_target_counts_as_installed() {
         let host = Command::new("rustc").arg("-vV").output().unwrap();
         let host = String::from_utf8_lossy(&host.stdout)

@@ -1,0 +1,149 @@
+//! Adapter and device setup for the WebGPU engine.
+//!
+//! Limits are requested explicitly: WebGPU's guaranteed defaults (`Limits::default()`: 8 storage
+//! buffers per stage, 16 KiB workgroup memory, 256 invocations, 256-byte uniform offset alignment),
+//! plus the adapter's storage-binding and buffer sizes up to 1 GiB / 2 GiB. Nothing assumes more
+//! than 128 MiB per storage binding (lavapipe's limit): big weight matrices are split by rows into
+//! chunks that each fit one binding. No optional features are requested (no `shader-f16`, which
+//! SwiftShader and lavapipe-in-the-browser lack; no subgroups).
+//!
+//! wgpu reports validation and out-of-memory errors through a callback rather than return values;
+//! they are collected in [`ErrorLog`] and surfaced by `GpuBackend::take_error`.
+
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+
+/// Knobs for tests and experiments; `Default` is what the app uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GpuOptions {
+    /// Cap on the bytes of one weight chunk (and so of one storage binding of a weight), below
+    /// the device's own limit. Tests set it small to exercise the row-split paths.
+    pub max_binding_bytes: Option<u64>,
+}
+
+/// The limits the engine works within (a subset of what was granted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineLimits {
+    /// Largest storage binding the device accepts.
+    pub max_binding: u64,
+    /// Largest weight chunk the engine creates (`max_binding`, or the `GpuOptions` cap).
+    pub max_chunk: u64,
+    pub max_buffer: u64,
+    /// Alignment of dynamic uniform offsets.
+    pub uniform_align: u64,
+    pub max_workgroups_per_dim: u32,
+}
+
+/// Errors reported asynchronously by wgpu, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct ErrorLog(Arc<Mutex<Vec<String>>>);
+
+impl ErrorLog {
+    pub fn push(&self, msg: impl Into<String>) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push(msg.into());
+        }
+    }
+    /// All errors so far, joined; clears the log.
+    pub fn take(&self) -> Option<String> {
+        let mut v = self.0.lock().ok()?;
+        if v.is_empty() {
+            return None;
+        }
+        let all = v.join("; ");
+        v.clear();
+        Some(all)
+    }
+}
+
+/// An opened device with its queue and what the engine needs to know about it.
+pub struct GpuDevice {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: String,
+    pub limits: EngineLimits,
+    pub errors: ErrorLog,
+}
+
+const GIB: u64 = 1 << 30;
+
+/// The limits to request from an adapter offering `adapter`.
+fn wanted_limits(adapter: &wgpu::Limits) -> wgpu::Limits {
+    let mut want = wgpu::Limits::default();
+    // More than the defaults only where the adapter offers it; never more than the caps.
+    want.max_storage_buffer_binding_size = adapter.max_storage_buffer_binding_size.min(GIB);
+    want.max_buffer_size = adapter.max_buffer_size.min(2 * GIB);
+    want
+}
+
+/// Open the first adapter the platform offers (a discrete GPU if there is a choice).
+pub async fn open(opts: &GpuOptions) -> Result<GpuDevice> {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
+    let adapter = instance
+        .request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| Error::invalid(format!("no WebGPU adapter: {e}")))?;
+    let a = adapter.get_info();
+    let info = format!(
+        "{} ({:?}, {:?}, {} {})",
+        a.name, a.backend, a.device_type, a.driver, a.driver_info
+    );
+    let required_limits = wanted_limits(&adapter.limits());
+    let (device, queue) = adapter
+        .request_device(&wgpu::DeviceDescriptor {
+            label: Some("spec-llava"),
+            required_features: wgpu::Features::empty(),
+            required_limits: required_limits.clone(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| Error::invalid(format!("{info}: could not open the device: {e}")))?;
+    let errors = ErrorLog::default();
+    let log = errors.clone();
+    device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| log.push(e.to_string())));
+    let max_binding = required_limits
+        .max_storage_buffer_binding_size
+        .min(required_limits.max_buffer_size);
+    let max_chunk = opts
+        .max_binding_bytes
+        .map_or(max_binding, |c| c.clamp(16, max_binding));
+    Ok(GpuDevice {
+        device,
+        queue,
+        info,
+        limits: EngineLimits {
+            max_binding,
+            max_chunk,
+            max_buffer: required_limits.max_buffer_size,
+            uniform_align: u64::from(required_limits.min_uniform_buffer_offset_alignment),
+            max_workgroups_per_dim: required_limits.max_compute_workgroups_per_dimension,
+        },
+        errors,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_stay_within_the_adapter_and_the_caps() {
+        let mut lavapipe = wgpu::Limits::default();
+        lavapipe.max_storage_buffer_binding_size = 128 << 20;
+        lavapipe.max_buffer_size = 2 * GIB;
+        let w = wanted_limits(&lavapipe);
+        assert_eq!(w.max_storage_buffer_binding_size, 128 << 20);
+        assert_eq!(w.max_buffer_size, 2 * GIB);
+        let mut big = lavapipe.clone();
+        big.max_storage_buffer_binding_size = 4 * GIB;
+        big.max_buffer_size = 16 * GIB;
+        let w = wanted_limits(&big);
+        assert_eq!(w.max_storage_buffer_binding_size, GIB);
+        assert_eq!(w.max_buffer_size, 2 * GIB);
+        assert_eq!(w.max_compute_workgroup_storage_size, 16384);
+    }
+}

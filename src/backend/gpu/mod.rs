@@ -1,0 +1,294 @@
+//! The WebGPU engine: the [`Backend`](crate::backend::Backend) ops as our own WGSL kernels
+//! (shaders/*.wgsl), run through wgpu natively (Vulkan, e.g. Mesa lavapipe) and in the browser
+//! (WebGPU).
+//!
+//! - `device`: adapter/device setup with explicit limits; errors collected from wgpu's callback.
+//! - `pool`: recycled activation buffers.
+//! - `pipelines`: kernel sources and layouts, pipeline and bind-group caches.
+//! - `encoder`: the pending command encoder, uniform and upload arenas, submits.
+//! - `ops`: the `Backend` implementation, one function per op.
+//!
+//! Ops only record commands; nothing runs until [`Backend::read`](crate::backend::Backend::read)
+//! submits the step and awaits `map_async` (natively by polling the device, in the browser by
+//! yielding to the event loop; never a blocking wait there).
+//!
+//! The trait's ops cannot return errors, so shape mismatches and wgpu validation errors are logged
+//! and surfaced by [`GpuBackend::take_error`]; a failed read returns NaNs of the expected length.
+
+mod device;
+mod encoder;
+mod ops;
+mod pipelines;
+mod pool;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+pub use device::{EngineLimits, GpuOptions};
+pub use pipelines::Kernel;
+
+use crate::backend::AttnMask;
+use crate::error::{Error, Result};
+use device::{ErrorLog, GpuDevice};
+use encoder::Recorder;
+use pipelines::{Constant, Pipelines};
+use pool::{GpuBuf, Graveyard, Pool, PoolBuf};
+
+/// Activations `[rows, cols]`, row-major f32, in a pooled buffer.
+#[derive(Debug)]
+pub struct GpuTensor {
+    buf: PoolBuf,
+    rows: usize,
+    cols: usize,
+}
+
+impl GpuTensor {
+    fn buffer(&self) -> &GpuBuf {
+        self.buf.get()
+    }
+    fn len(&self) -> usize {
+        self.rows * self.cols
+    }
+}
+
+/// How a weight's elements are stored. Only f32 exists today; quantised (q8/q4 blocks) and packed
+/// f16 variants slot in here, each with its own matmul kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightDType {
+    /// Plain f32, each row zero-padded to a multiple of 4 floats so matmuls read whole vec4s.
+    F32,
+}
+
+/// Rows `row_start..row_start + rows` of a weight, in one buffer (one storage binding).
+#[derive(Debug)]
+struct WeightChunk {
+    buf: GpuBuf,
+    row_start: usize,
+    rows: usize,
+}
+
+/// A constant uploaded once: a matrix `[rows, cols]` (`shape[0]`, product of the rest) or a vector
+/// (`rows == 1`). Matrices bigger than one storage binding are split by rows into chunks.
+#[derive(Debug)]
+pub struct GpuWeight {
+    shape: Vec<usize>,
+    dtype: WeightDType,
+    rows: usize,
+    cols: usize,
+    /// Floats from one row to the next in a chunk (`cols` rounded up to a multiple of 4).
+    row_stride: usize,
+    chunks: Vec<WeightChunk>,
+}
+
+impl GpuWeight {
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    pub fn dtype(&self) -> WeightDType {
+        self.dtype
+    }
+    /// Number of row chunks (1 unless the weight exceeds one storage binding).
+    pub fn chunks(&self) -> usize {
+        self.chunks.len()
+    }
+    fn first(&self) -> Option<&GpuBuf> {
+        self.chunks.first().map(|c| &c.buf)
+    }
+}
+
+/// Keys and values of every decoder layer: per layer two buffers `[capacity, kv_dim]`, grown
+/// (doubling, contents copied) when a forward pass writes past the end.
+#[derive(Debug)]
+pub struct GpuCache {
+    kv_dim: usize,
+    capacity: usize,
+    k: Vec<GpuBuf>,
+    v: Vec<GpuBuf>,
+}
+
+impl GpuCache {
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+/// The (cos, sin) table of the last rope call, keyed by what determines it.
+struct RopeTable {
+    positions: Vec<u32>,
+    head_dim: usize,
+    theta: u64,
+    factor: u64,
+    buf: PoolBuf,
+}
+
+/// The WebGPU executor.
+pub struct GpuBackend {
+    dev: GpuDevice,
+    pool: Rc<RefCell<Pool>>,
+    pipelines: RefCell<Pipelines>,
+    rec: RefCell<Recorder>,
+    graveyard: Graveyard,
+    /// Bound where a kernel's optional input is unused (no bias, causal mask, ...).
+    dummy: GpuBuf,
+    /// Every layer of a forward pass ropes and masks with the same positions and mask: upload once.
+    rope_table: RefCell<Option<RopeTable>>,
+    mask_bits: RefCell<Option<(AttnMask, PoolBuf)>>,
+}
+
+impl GpuBackend {
+    /// Open the default adapter. Fails when there is none (the caller falls back to the CPU).
+    pub async fn new() -> Result<Self> {
+        Self::with_options(GpuOptions::default()).await
+    }
+
+    pub async fn with_options(opts: GpuOptions) -> Result<Self> {
+        let dev = device::open(&opts).await?;
+        let graveyard: Graveyard = Rc::default();
+        let rec = Recorder::new(
+            dev.device.clone(),
+            dev.queue.clone(),
+            dev.limits.uniform_align,
+        );
+        let pipelines = Pipelines::new(
+            dev.device.clone(),
+            dev.limits.max_binding,
+            rec.uniform_arena().clone(),
+            graveyard.clone(),
+        );
+        let dummy = GpuBuf::new(
+            dev.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("unused binding"),
+                size: 16,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            }),
+            &graveyard,
+        );
+        let pool = Pool::new(dev.device.clone(), graveyard.clone());
+        let backend = GpuBackend {
+            dev,
+            pool,
+            pipelines: RefCell::new(pipelines),
+            rec: RefCell::new(rec),
+            graveyard,
+            dummy,
+            rope_table: RefCell::new(None),
+            mask_bits: RefCell::new(None),
+        };
+        match backend.take_error() {
+            Some(e) => Err(e),
+            None => Ok(backend),
+        }
+    }
+
+    /// The adapter: name, API backend, device type, driver.
+    pub fn adapter_info(&self) -> String {
+        self.dev.info.clone()
+    }
+
+    pub fn limits(&self) -> EngineLimits {
+        self.dev.limits
+    }
+
+    /// Errors since the last call (wgpu validation / out-of-memory, shape mismatches), if any.
+    pub fn take_error(&self) -> Option<Error> {
+        self.dev
+            .errors
+            .take()
+            .map(|e| Error::invalid(format!("GPU: {e}")))
+    }
+
+    /// Compile every kernel now (instead of on first use); reports WGSL errors.
+    pub fn compile_all(&self) -> Result<()> {
+        self.pipelines.borrow_mut().compile_all();
+        match self.take_error() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Bytes held by pooled activation buffers (in use or free).
+    pub fn pooled_bytes(&self) -> u64 {
+        self.pool.borrow().allocated
+    }
+
+    /// Release pooled buffers that no tensor uses.
+    pub fn trim(&self) {
+        self.pool.borrow_mut().trim();
+    }
+
+    /// Submits so far (each `read` submits the pending step once).
+    pub fn submits(&self) -> usize {
+        self.rec.borrow().submits
+    }
+
+    fn errors(&self) -> &ErrorLog {
+        &self.dev.errors
+    }
+
+    /// A tensor `[rows, cols]` with undefined contents.
+    fn alloc(&self, rows: usize, cols: usize) -> GpuTensor {
+        let bytes = (rows * cols * 4) as u64;
+        if bytes > self.dev.limits.max_binding {
+            self.errors().push(format!(
+                "a [{rows}, {cols}] tensor needs {bytes} bytes, over the {} bytes of one storage binding",
+                self.dev.limits.max_binding
+            ));
+        }
+        GpuTensor {
+            buf: PoolBuf::alloc(&self.pool, bytes),
+            rows,
+            cols,
+        }
+    }
+
+    /// A pooled buffer holding `data`.
+    fn upload_pod<T: bytemuck::Pod>(&self, data: &[T]) -> PoolBuf {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let buf = PoolBuf::alloc(&self.pool, bytes.len() as u64);
+        self.rec.borrow_mut().upload(bytes, &buf.get().buffer);
+        buf
+    }
+
+    /// Workgroup grid for `groups` workgroups: wraps into y past the per-dimension limit (kernels
+    /// compute their linear index as `wid.y * num_workgroups.x + wid.x` and skip the overhang).
+    fn grid(&self, groups: usize) -> [u32; 3] {
+        let max = self.dev.limits.max_workgroups_per_dim as usize;
+        if groups <= max {
+            [groups as u32, 1, 1]
+        } else {
+            [max as u32, groups.div_ceil(max) as u32, 1]
+        }
+    }
+
+    /// Record one dispatch of `kernel` over `bufs` (storage bindings 1.. in order).
+    fn run(
+        &self,
+        kernel: Kernel,
+        constants: &[Constant],
+        params: &[u32],
+        bufs: &[&GpuBuf],
+        grid: [u32; 3],
+    ) {
+        if grid.contains(&0) {
+            return;
+        }
+        let (pipeline, group) = {
+            let mut p = self.pipelines.borrow_mut();
+            (p.pipeline(kernel, constants), p.bind_group(kernel, bufs))
+        };
+        self.rec
+            .borrow_mut()
+            .dispatch(&pipeline, &group, params, grid);
+    }
+
+    fn copy(&self, src: &GpuBuf, src_offset: usize, dst: &GpuBuf, dst_offset: usize, bytes: usize) {
+        self.rec.borrow_mut().copy(
+            &src.buffer,
+            src_offset as u64,
+            &dst.buffer,
+            dst_offset as u64,
+            bytes as u64,
+        );
+    }
+}

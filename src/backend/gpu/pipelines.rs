@@ -1,0 +1,317 @@
+//! The WGSL kernels (shaders/*.wgsl), their binding layouts, and caches of compiled pipelines and
+//! bind groups.
+//!
+//! Every kernel binds a uniform `Params` block at binding 0 (a 64-byte window into the per-submit
+//! uniform arena, selected by a dynamic offset) and then storage buffers at bindings 1.. in the
+//! order [`Kernel::bindings`] lists. One explicit layout per kernel lets every specialisation of
+//! that kernel (pipeline-overridable constants such as `HAS_BIAS`, `CAUSAL`, `ACT`) share bind
+//! groups. Bind groups are cached by the ids of the buffers they bind: decoding reuses the same
+//! pooled buffers step after step, so after the first step almost every lookup hits.
+
+use std::collections::{HashMap, HashSet};
+use std::num::NonZeroU64;
+
+use super::pool::{GpuBuf, Graveyard};
+
+/// Bytes of the uniform window each dispatch sees (its `Params` struct is at most this big).
+pub const PARAM_BYTES: u64 = 64;
+
+/// How a kernel uses one storage binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+}
+
+use Access::{Read, Write};
+
+/// The kernels, one per shader file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    MatmulVec,
+    MatmulSmall,
+    MatmulTiled,
+    AttentionTree,
+    AttentionFull,
+    RmsNorm,
+    LayerNorm,
+    Rope,
+    Activation,
+    Gated,
+    Add,
+    Embed,
+    RowsCopy,
+    KvWrite,
+    KvCompact,
+}
+
+/// Shared activation functions, prepended to the two kernels that use them (WGSL has no imports).
+const ACTIVATION_FNS: &str = include_str!("../../../shaders/activation_fns_f32.wgsl");
+
+impl Kernel {
+    pub const ALL: [Kernel; 15] = [
+        Kernel::MatmulVec,
+        Kernel::MatmulSmall,
+        Kernel::MatmulTiled,
+        Kernel::AttentionTree,
+        Kernel::AttentionFull,
+        Kernel::RmsNorm,
+        Kernel::LayerNorm,
+        Kernel::Rope,
+        Kernel::Activation,
+        Kernel::Gated,
+        Kernel::Add,
+        Kernel::Embed,
+        Kernel::RowsCopy,
+        Kernel::KvWrite,
+        Kernel::KvCompact,
+    ];
+
+    /// The shader file's stem.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::MatmulVec => "matmul_vec_f32",
+            Kernel::MatmulSmall => "matmul_small_f32",
+            Kernel::MatmulTiled => "matmul_tiled_f32",
+            Kernel::AttentionTree => "attention_tree_f32",
+            Kernel::AttentionFull => "attention_full_f32",
+            Kernel::RmsNorm => "rmsnorm_rows_f32",
+            Kernel::LayerNorm => "layernorm_rows_f32",
+            Kernel::Rope => "rope_rows_f32",
+            Kernel::Activation => "activation_elementwise_f32",
+            Kernel::Gated => "gated_elementwise_f32",
+            Kernel::Add => "add_elementwise_f32",
+            Kernel::Embed => "embed_gather_f32",
+            Kernel::RowsCopy => "rows_copy_f32",
+            Kernel::KvWrite => "kv_write_f32",
+            Kernel::KvCompact => "kv_compact_f32",
+        }
+    }
+
+    /// The WGSL source.
+    pub fn source(self) -> String {
+        let own = match self {
+            Kernel::MatmulVec => include_str!("../../../shaders/matmul_vec_f32.wgsl"),
+            Kernel::MatmulSmall => include_str!("../../../shaders/matmul_small_f32.wgsl"),
+            Kernel::MatmulTiled => include_str!("../../../shaders/matmul_tiled_f32.wgsl"),
+            Kernel::AttentionTree => include_str!("../../../shaders/attention_tree_f32.wgsl"),
+            Kernel::AttentionFull => include_str!("../../../shaders/attention_full_f32.wgsl"),
+            Kernel::RmsNorm => include_str!("../../../shaders/rmsnorm_rows_f32.wgsl"),
+            Kernel::LayerNorm => include_str!("../../../shaders/layernorm_rows_f32.wgsl"),
+            Kernel::Rope => include_str!("../../../shaders/rope_rows_f32.wgsl"),
+            Kernel::Activation => include_str!("../../../shaders/activation_elementwise_f32.wgsl"),
+            Kernel::Gated => include_str!("../../../shaders/gated_elementwise_f32.wgsl"),
+            Kernel::Add => include_str!("../../../shaders/add_elementwise_f32.wgsl"),
+            Kernel::Embed => include_str!("../../../shaders/embed_gather_f32.wgsl"),
+            Kernel::RowsCopy => include_str!("../../../shaders/rows_copy_f32.wgsl"),
+            Kernel::KvWrite => include_str!("../../../shaders/kv_write_f32.wgsl"),
+            Kernel::KvCompact => include_str!("../../../shaders/kv_compact_f32.wgsl"),
+        };
+        match self {
+            Kernel::Activation | Kernel::Gated => format!("{ACTIVATION_FNS}\n{own}"),
+            _ => own.to_string(),
+        }
+    }
+
+    /// Storage bindings 1.. in order (binding 0 is the uniform `Params`).
+    pub fn bindings(self) -> &'static [Access] {
+        match self {
+            Kernel::MatmulVec | Kernel::MatmulSmall | Kernel::MatmulTiled => {
+                &[Read, Read, Read, Write]
+            }
+            Kernel::AttentionTree => &[Read, Read, Read, Read, Write],
+            Kernel::AttentionFull => &[Read, Read, Read, Write],
+            Kernel::RmsNorm => &[Read, Read, Write],
+            Kernel::LayerNorm => &[Read, Read, Read, Write],
+            Kernel::Rope => &[Read, Read, Write],
+            Kernel::Activation => &[Read, Write],
+            Kernel::Gated | Kernel::Add | Kernel::Embed | Kernel::RowsCopy => &[Read, Read, Write],
+            Kernel::KvWrite => &[Read, Read, Write, Write],
+            Kernel::KvCompact => &[Read, Read, Read, Write],
+        }
+    }
+}
+
+/// A pipeline-overridable constant and its value (WGSL bools take 0.0 / 1.0).
+pub type Constant = (&'static str, f64);
+
+struct KernelLayout {
+    bind_group_layout: wgpu::BindGroupLayout,
+    pipeline_layout: wgpu::PipelineLayout,
+    module: wgpu::ShaderModule,
+}
+
+/// Compiled pipelines and bind groups, created on first use.
+pub struct Pipelines {
+    device: wgpu::Device,
+    /// Storage bindings larger than this bind only their first `max_binding` bytes.
+    max_binding: u64,
+    uniform_arena: wgpu::Buffer,
+    layouts: HashMap<Kernel, KernelLayout>,
+    pipelines: HashMap<(Kernel, Vec<(&'static str, u64)>), wgpu::ComputePipeline>,
+    bind_groups: HashMap<(Kernel, Vec<u64>), wgpu::BindGroup>,
+    graveyard: Graveyard,
+}
+
+/// Past this many cached bind groups the cache starts over (they are cheap to recreate).
+const MAX_BIND_GROUPS: usize = 8192;
+
+impl Pipelines {
+    pub fn new(
+        device: wgpu::Device,
+        max_binding: u64,
+        uniform_arena: wgpu::Buffer,
+        graveyard: Graveyard,
+    ) -> Self {
+        Pipelines {
+            device,
+            max_binding,
+            uniform_arena,
+            layouts: HashMap::new(),
+            pipelines: HashMap::new(),
+            bind_groups: HashMap::new(),
+            graveyard,
+        }
+    }
+
+    fn layout(&mut self, kernel: Kernel) -> &KernelLayout {
+        let device = &self.device;
+        self.layouts.entry(kernel).or_insert_with(|| {
+            let mut entries = vec![wgpu::BindGroupLayoutEntry {
+                binding: 0,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Uniform,
+                    has_dynamic_offset: true,
+                    min_binding_size: NonZeroU64::new(PARAM_BYTES),
+                },
+                count: None,
+            }];
+            for (i, access) in kernel.bindings().iter().enumerate() {
+                entries.push(wgpu::BindGroupLayoutEntry {
+                    binding: i as u32 + 1,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Storage {
+                            read_only: *access == Read,
+                        },
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    count: None,
+                });
+            }
+            let bind_group_layout =
+                device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                    label: Some(kernel.name()),
+                    entries: &entries,
+                });
+            let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(kernel.name()),
+                bind_group_layouts: &[Some(&bind_group_layout)],
+                immediate_size: 0,
+            });
+            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(kernel.name()),
+                source: wgpu::ShaderSource::Wgsl(kernel.source().into()),
+            });
+            KernelLayout {
+                bind_group_layout,
+                pipeline_layout,
+                module,
+            }
+        })
+    }
+
+    /// The pipeline of `kernel` specialised with `constants`.
+    pub fn pipeline(&mut self, kernel: Kernel, constants: &[Constant]) -> wgpu::ComputePipeline {
+        let key = (
+            kernel,
+            constants
+                .iter()
+                .map(|(n, v)| (*n, v.to_bits()))
+                .collect::<Vec<_>>(),
+        );
+        if let Some(p) = self.pipelines.get(&key) {
+            return p.clone();
+        }
+        let device = self.device.clone();
+        let layout = self.layout(kernel);
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(kernel.name()),
+            layout: Some(&layout.pipeline_layout),
+            module: &layout.module,
+            entry_point: Some("main"),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants,
+                // Every kernel writes its workgroup memory before reading it.
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        });
+        self.pipelines.insert(key, pipeline.clone());
+        pipeline
+    }
+
+    /// The bind group of `kernel` over `bufs` (storage bindings 1.. in order).
+    pub fn bind_group(&mut self, kernel: Kernel, bufs: &[&GpuBuf]) -> wgpu::BindGroup {
+        self.purge_dead();
+        let key = (kernel, bufs.iter().map(|b| b.id).collect::<Vec<_>>());
+        if let Some(g) = self.bind_groups.get(&key) {
+            return g.clone();
+        }
+        if self.bind_groups.len() >= MAX_BIND_GROUPS {
+            self.bind_groups.clear();
+        }
+        let max_binding = self.max_binding;
+        let layout = self.layout(kernel).bind_group_layout.clone();
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &self.uniform_arena,
+                offset: 0,
+                size: NonZeroU64::new(PARAM_BYTES),
+            }),
+        }];
+        for (i, b) in bufs.iter().enumerate() {
+            // Pool buckets can round a buffer past the binding limit; bind only what is allowed.
+            let size = if b.size() > max_binding {
+                NonZeroU64::new(max_binding & !3)
+            } else {
+                None
+            };
+            entries.push(wgpu::BindGroupEntry {
+                binding: i as u32 + 1,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &b.buffer,
+                    offset: 0,
+                    size,
+                }),
+            });
+        }
+        let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(kernel.name()),
+            layout: &layout,
+            entries: &entries,
+        });
+        self.bind_groups.insert(key, group.clone());
+        group
+    }
+
+    /// Drop cached bind groups that bind a destroyed buffer (they would keep its memory alive).
+    fn purge_dead(&mut self) {
+        let dead: HashSet<u64> = match self.graveyard.try_borrow_mut() {
+            Ok(mut g) if !g.is_empty() => g.drain(..).collect(),
+            _ => return,
+        };
+        self.bind_groups
+            .retain(|(_, ids), _| !ids.iter().any(|id| dead.contains(id)));
+    }
+
+    /// Compile every kernel in its default specialisation (used by tests to catch WGSL errors).
+    pub fn compile_all(&mut self) {
+        for k in Kernel::ALL {
+            self.pipeline(k, &[]);
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! Verification of a draft tree against the target's logits from one forward pass.
+//!
+//! Greedy: a child is accepted iff it is the target's argmax at its parent; the longest such path
+//! is kept, and the target's argmax after its last node is the bonus token — so the output is
+//! token-identical to the target decoding alone.
+//!
+//! Sampling: recursive rejection matched to how the children were drafted (deterministic top-k,
+//! as in EAGLE): at a node with target distribution p, its children are tried best-first; child x
+//! is accepted with probability p(x); on rejection p(x) is zeroed and p renormalised; if every
+//! child is rejected the next token is drawn from what is left of p. Each emitted token is then
+//! distributed exactly as the target's (temperature / top-p applied to p before verifying).
+
+use crate::generate::{argmax, draw, sampling_distribution, Sampler};
+use crate::spec::tree::{DraftTree, Node, NodeStatus};
+
+/// The outcome of one verification.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    /// Accepted nodes in path order (root excluded).
+    pub accepted: Vec<usize>,
+    /// The target's token after the last accepted node.
+    pub bonus: u32,
+}
+
+/// Verify `tree` restricted to `order` (root first), with `logits[i]` the target's logits at
+/// `order[i]`. Marks node statuses and appends the bonus node.
+pub fn verify(
+    tree: &mut DraftTree,
+    order: &[usize],
+    logits: &[Vec<f32>],
+    sampler: &mut Sampler,
+) -> Verdict {
+    let greedy = sampler.options().is_greedy();
+    let mut cur = 0;
+    let mut accepted = Vec::new();
+    let bonus = loop {
+        let row = &logits[order.iter().position(|&o| o == cur).unwrap_or(0)];
+        let kids = tree.children_in(cur, order);
+        let next = if greedy {
+            let t = argmax(row);
+            let hit = kids.iter().copied().find(|&k| tree.nodes[k].token == t);
+            for &k in &kids {
+                if Some(k) != hit {
+                    tree.nodes[k].status = NodeStatus::Rejected;
+                }
+            }
+            hit.ok_or(t)
+        } else {
+            let mut p = sampling_distribution(row, sampler.options());
+            let mut hit = None;
+            for &k in &kids {
+                let x = tree.nodes[k].token as usize;
+                if sampler.uniform() < p[x] {
+                    hit = Some(k);
+                    break;
+                }
+                tree.nodes[k].status = NodeStatus::Rejected;
+                let left = 1.0 - p[x];
+                p[x] = 0.0;
+                if left > 0.0 {
+                    p.iter_mut().for_each(|v| *v /= left);
+                }
+            }
+            match hit {
+                Some(k) => Ok(k),
+                None => {
+                    let u = sampler.uniform();
+                    Err(draw(&p, u))
+                }
+            }
+        };
+        match next {
+            Ok(k) => {
+                tree.nodes[k].status = NodeStatus::Accepted;
+                accepted.push(k);
+                cur = k;
+            }
+            Err(token) => break token,
+        }
+    };
+    let parent = &tree.nodes[cur];
+    let node = Node {
+        parent: Some(cur),
+        token: bonus,
+        depth: parent.depth + 1,
+        prob: 0.0,
+        score: parent.score,
+        status: NodeStatus::Bonus,
+        draft_slot: None,
+    };
+    tree.nodes.push(node);
+    Verdict { accepted, bonus }
+}

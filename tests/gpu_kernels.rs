@@ -1,0 +1,643 @@
+//! Every op of the WebGPU engine against the CPU reference, on random inputs with odd sizes, on
+//! whatever adapter the machine has (Mesa lavapipe in CI).
+//!
+//! Tolerances (f32 everywhere):
+//! - exact (bit-identical): copies, gathers, scatters, add, KV write and compaction;
+//! - matmul (every kernel: vec, small, tiled, row-split weights) and attention: max |gpu - cpu|
+//!   <= 1e-5 x max |cpu| over the output (sums run in a different order);
+//! - elementwise activations, RoPE: |gpu - cpu| <= 1e-6 x max(1, |cpu|) per element (GELU here is
+//!   the erf check: the WGSL erf must stay within 1e-6);
+//! - norms: |gpu - cpu| <= 1e-5 x max(1, |cpu|) per element (one reduction in a different order).
+//!
+//! Without an adapter these tests FAIL, unless `SPEC_LLAVA_SKIP_GPU=1` is set.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use spec_llava::backend::cpu::CpuBackend;
+use spec_llava::backend::gpu::{GpuBackend, GpuOptions};
+use spec_llava::backend::{AttnMask, Backend, Heads, Rope};
+use spec_llava::config::Activation;
+
+fn gpu_with(opts: GpuOptions) -> Option<GpuBackend> {
+    match pollster::block_on(GpuBackend::with_options(opts)) {
+        Ok(b) => Some(b),
+        Err(e) if std::env::var("SPEC_LLAVA_SKIP_GPU").as_deref() == Ok("1") => {
+            eprintln!("skipping: {e} (SPEC_LLAVA_SKIP_GPU=1)");
+            None
+        }
+        Err(e) => {
+            panic!("{e}: install Mesa lavapipe (mesa-vulkan-drivers) or set SPEC_LLAVA_SKIP_GPU=1")
+        }
+    }
+}
+
+fn gpu() -> Option<GpuBackend> {
+    gpu_with(GpuOptions::default())
+}
+
+fn random(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+fn read<B: Backend>(b: &B, t: &B::Tensor) -> Vec<f32> {
+    pollster::block_on(b.read(t))
+}
+
+/// Both backends' copies of the same data.
+struct Pair<'a> {
+    cpu: &'a CpuBackend,
+    gpu: &'a GpuBackend,
+}
+
+impl Pair<'_> {
+    fn tensor(
+        &self,
+        data: &[f32],
+        rows: usize,
+        cols: usize,
+    ) -> (
+        <CpuBackend as Backend>::Tensor,
+        <GpuBackend as Backend>::Tensor,
+    ) {
+        (
+            self.cpu.tensor(data.to_vec(), rows, cols),
+            self.gpu.tensor(data.to_vec(), rows, cols),
+        )
+    }
+    fn weight(
+        &self,
+        data: &[f32],
+        shape: &[usize],
+    ) -> (
+        <CpuBackend as Backend>::Weight,
+        <GpuBackend as Backend>::Weight,
+    ) {
+        (
+            self.cpu.weight(data.to_vec(), shape),
+            self.gpu.weight(data.to_vec(), shape),
+        )
+    }
+    /// Both results, after checking shapes agree and the GPU reported no error.
+    fn results(
+        &self,
+        c: &<CpuBackend as Backend>::Tensor,
+        g: &<GpuBackend as Backend>::Tensor,
+    ) -> (Vec<f32>, Vec<f32>) {
+        assert_eq!(self.cpu.dims(c), self.gpu.dims(g), "shapes");
+        let got = read(self.gpu, g);
+        if let Some(e) = self.gpu.take_error() {
+            panic!("{e}");
+        }
+        (got, c.data.clone())
+    }
+}
+
+fn max_abs(v: &[f32]) -> f32 {
+    v.iter().fold(0f32, |m, x| m.max(x.abs()))
+}
+
+/// max |got - want| <= tol * max |want|.
+fn assert_rel_to_max(what: &str, got: &[f32], want: &[f32], tol: f32) -> f32 {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = max_abs(want).max(f32::MIN_POSITIVE);
+    let err = got
+        .iter()
+        .zip(want)
+        .map(|(g, w)| (g - w).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        err <= tol * scale,
+        "{what}: max error {err:e} > {tol:e} x {scale:e}"
+    );
+    err / scale
+}
+
+/// |got - want| <= tol * max(1, |want|) elementwise.
+fn assert_elementwise(what: &str, got: &[f32], want: &[f32], tol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= tol * w.abs().max(1.0),
+            "{what}[{i}]: gpu {g} vs cpu {w} (tolerance {tol:e})"
+        );
+    }
+}
+
+fn assert_exact(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(g.to_bits(), w.to_bits(), "{what}[{i}]: gpu {g} vs cpu {w}");
+    }
+}
+
+const ROWS: [usize; 5] = [1, 3, 17, 64, 130];
+const COLS: [usize; 4] = [1, 7, 33, 257];
+
+#[test]
+fn every_kernel_compiles() {
+    let Some(g) = gpu() else { return };
+    g.compile_all().unwrap();
+    assert!(!g.adapter_info().is_empty());
+    println!("adapter: {}", g.adapter_info());
+}
+
+#[test]
+fn linear_matches_cpu_for_every_kernel_and_odd_shape() {
+    let Some(g) = gpu() else { return };
+    let cpu = CpuBackend;
+    let p = Pair { cpu: &cpu, gpu: &g };
+    let mut rng = StdRng::seed_from_u64(1);
+    // Rows 1 (vec), 2..=64 (small), 65.. (tiled); k = 2100 spans several of matmul_vec's x tiles.
+    let rows = [1, 2, 3, 8, 9, 17, 64, 65, 130];
+    let shapes = [(1, 1), (7, 33), (33, 7), (257, 130), (1030, 65), (2100, 9)];
+    let mut worst = 0f32;
+    for (case, &m) in rows.iter().enumerate() {
+        for (s, &(k, n)) in shapes.iter().enumerate() {
+            let with_bias = (case + s) % 2 == 0;
+            let (xc, xg) = p.tensor(&random(&mut rng, m * k), m, k);
+            let (wc, wg) = p.weight(&random(&mut rng, n * k), &[n, k]);
+            let (bc, bg) = p.weight(&random(&mut rng, n), &[n]);
+            let c = cpu.linear(&xc, &wc, with_bias.then_some(&bc));
+            let gt = g.linear(&xg, &wg, with_bias.then_some(&bg));
+            let (got, want) = p.results(&c, &gt);
+            let what = format!("linear m={m} k={k} n={n} bias={with_bias}");
+            worst = worst.max(assert_rel_to_max(&what, &got, &want, 1e-5));
+        }
+    }
+    println!("linear: worst relative error {worst:e}");
+}
+
+#[test]
+fn weights_split_over_bindings_give_the_same_results() {
+    // 1 KiB chunks: a [257, 33] weight (36 floats = 144 bytes per padded row) becomes 37 chunks.
+    let Some(g) = gpu_with(GpuOptions {
+        max_binding_bytes: Some(1024),
+    }) else {
+        return;
+    };
+    let cpu = CpuBackend;
+    let p = Pair { cpu: &cpu, gpu: &g };
+    let mut rng = StdRng::seed_from_u64(2);
+    let (n, k) = (257, 33);
+    let (wc, wg) = p.weight(&random(&mut rng, n * k), &[n, k]);
+    let (bc, bg) = p.weight(&random(&mut rng, n), &[n]);
+    assert_eq!(wg.chunks(), 37);
+    for m in [1, 5, 100] {
+        let (xc, xg) = p.tensor(&random(&mut rng, m * k), m, k);
+        let (got, want) = p.results(
+            &cpu.linear(&xc, &wc, Some(&bc)),
+            &g.linear(&xg, &wg, Some(&bg)),
+        );
+        assert_rel_to_max(&format!("split linear m={m}"), &got, &want, 1e-5);
+    }
+    // The same table as embeddings: ids from every chunk.
+    let ids: Vec<u32> = (0..40)
+        .map(|_| rng.random_range(0..n as u32))
+        .chain([0, 256])
+        .collect();
+    let (got, want) = p.results(&cpu.embed(&wc, &ids), &g.embed(&wg, &ids));
+    assert_exact("split embed", &got, &want);
+}
+
+#[test]
+fn norms_match_cpu() {
+    let Some(g) = gpu() else { return };
+    let cpu = CpuBackend;
+    let p = Pair { cpu: &cpu, gpu: &g };
+    let mut rng = StdRng::seed_from_u64(3);
+    for &rows in &ROWS {
+        for &cols in COLS.iter().chain(&[1030]) {
+            let x: Vec<f32> = random(&mut rng, rows * cols)
+                .iter()
+                .map(|v| v * 3.0 + 0.5)
+                .collect();
+            let (xc, xg) = p.tensor(&x, rows, cols);
+            let (wc, wg) = p.weight(&random(&mut rng, cols), &[cols]);
+            let (bc, bg) = p.weight(&random(&mut rng, cols), &[cols]);
+            let (got, want) = p.results(&cpu.rms_norm(&xc, &wc, 1e-6), &g.rms_norm(&xg, &wg, 1e-6));
+            assert_elementwise(&format!("rms_norm {rows}x{cols}"), &got, &want, 1e-5);
+            let (got, want) = p.results(
+                &cpu.layer_norm(&xc, &wc, &bc, 1e-5),
+                &g.layer_norm(&xg, &wg, &bg, 1e-5),
+            );
+            assert_elementwise(&format!("layer_norm {rows}x{cols}"), &got, &want, 1e-5);
+        }
+    }
+}
+
+const ACTIVATIONS: [Activation; 5] = [
+    Activation::Silu,
+    Activation::Gelu,
+    Activation::GeluTanh,
+    Activation::QuickGelu,
+    Activation::Relu,
+];
+
+#[test]
+fn activations_are_within_1e6_on_a_dense_grid() {
+    let Some(g) = gpu() else { return };
+    let cpu = CpuBackend;
+    let p = Pair { cpu: &cpu, gpu: &g };
+    // [-12, 12] in steps of 1e-3 (every branch of the erf port), plus tiny and huge values.
+    let mut x: Vec<f32> = (-12000..=12000).map(|i| i as f32 * 1e-3).collect();
+    x.extend([
+        1e-30, -1e-30, 3e-9, -3e-9, 0.84375, 1.25, 2.857_143, 6.0, -6.0, 30.0, -30.0, 1e4, -1e4,
+    ]);
+    let (xc, xg) = p.tensor(&x, 1, x.len());
+    for act in ACTIVATIONS {
+        let (got, want) = p.results(&cpu.activate(&xc, act), &g.activate(&xg, act));
+        assert_elementwise(&format!("{act:?}"), &got, &want, 1e-6);
+    }
+}
+
+#[test]
+fn gated_add_and_add_weight_match_cpu() {
+    let Some(g) = gpu() else { return };
+    let cpu = CpuBackend;
+    let p = Pair { cpu: &cpu, gpu: &g };
+    let mut rng = StdRng::seed_from_u64(4);
+    for &rows in &ROWS {
+        for &cols in &COLS {
+            let n = rows * cols;
+            let a: Vec<f32> = random(&mut rng, n).iter().map(|v| v * 6.0).collect();
+            let (ac, ag) = p.tensor(&a, rows, cols);
+            let (bc, bg) = p.tensor(&random(&mut rng, n), rows, cols);
+            for act in ACTIVATIONS {
+                let (got, want) = p.results(&cpu.gated(&ac, &bc, act), &g.gated(&ag, &bg, act));
+                assert_elementwise(&format!("gated {act:?} {rows}x{cols}"), &got, &want, 1e-6);
+            }
+            let (got, want) = p.results(&cpu.add(&ac, &bc), &g.add(&ag, &bg));
+            assert_exact(&format!("add {rows}x{cols}"), &got, &want);
+            // A 2-D weight: rows padded to a multiple of 4 on the GPU.
+            let (wc, wg) = p.weight(&random(&mut rng, n), &[rows, cols]);
+            let (got, want) = p.results(&cpu.add_weight(&ac, &wc), &g.add_weight(&ag, &wg));
+            assert_exact(&format!("add_weight {rows}x{cols}"), &got, &want);
+        }
+    }
+}
+
+#[test]
+fn rope_matches_cpu_at_large_positions() {
+    let Some(g) = gpu() else { return };
+    let cpu = CpuBackend;
+    let p = Pair { cpu: &cpu, gpu: &g };
+    let mut rng = StdRng::seed_from_u64(5);
+    let ropes = [
+        Rope {
+            theta: 10000.0,
+            linear_factor: 1.0,
+        },
+        Rope {
+            theta: 1e6,
+            linear_factor: 2.0,
+        },
+    ];
+    for (n, heads, head_dim) in [(1, 1, 2), (3, 4, 16), (17, 3, 7), (130, 2, 128), (5, 6, 72)] {
+        for rope in ropes {
+            let positions: Vec<u32> = (0..n).map(|_| rng.random_range(0..40_000)).collect();
+            let (xc, xg) = p.tensor(&random(&mut rng, n * heads * head_dim), n, heads * head_dim);
+            let c = cpu.rope(&xc, &positions, heads, head_dim, rope);
+            let (got, want) = p.results(&c, &g.rope(&xg, &positions, heads, head_dim, rope));
+            assert_elementwise(&format!("rope n={n} {heads}x{head_dim}"), &got, &want, 1e-6);
+        }
+    }
+}
+
+#[test]
+fn row_ops_and_embed_are_exact() {
+    let Some(g) = gpu() else { return };
+    let cpu = CpuBackend;
+    let p = Pair { cpu: &cpu, gpu: &g };
+    let mut rng = StdRng::seed_from_u64(6);
+    for &rows in &ROWS {
+        for &cols in &COLS {
+            let (xc, xg) = p.tensor(&random(&mut rng, rows * cols), rows, cols);
+            let (rc, rg) = p.weight(&random(&mut rng, cols), &[cols]);
+            let (got, want) = p.results(&cpu.prepend_row(&xc, &rc), &g.prepend_row(&xg, &rg));
+            assert_exact("prepend_row", &got, &want);
+            let (s, e) = (rows / 3, rows - rows / 4);
+            let (got, want) = p.results(&cpu.slice_rows(&xc, s, e), &g.slice_rows(&xg, s, e));
+            assert_exact("slice_rows", &got, &want);
+            let (yc, yg) = p.tensor(&random(&mut rng, rows * 5), rows, 5);
+            let (got, want) = p.results(
+                &cpu.concat_cols(&[&xc, &yc, &xc]),
+                &g.concat_cols(&[&xg, &yg, &xg]),
+            );
+            assert_exact("concat_cols", &got, &want);
+            let picked: Vec<usize> = (0..rows).filter(|_| rng.random_bool(0.4)).collect();
+            let (sc, sg) = p.tensor(&random(&mut rng, picked.len() * cols), picked.len(), cols);
+            let (got, want) = p.results(
+                &cpu.scatter_rows(&xc, &picked, &sc),
+                &g.scatter_rows(&xg, &picked, &sg),
+            );
+            assert_exact("scatter_rows", &got, &want);
+        }
+    }
+    let (vocab, dim) = (1000, 33);
+    let (tc, tg) = p.weight(&random(&mut rng, vocab * dim), &[vocab, dim]);
+    for n in [1, 3, 130] {
+        let ids: Vec<u32> = (0..n).map(|_| rng.random_range(0..vocab as u32)).collect();
+        let (got, want) = p.results(&cpu.embed(&tc, &ids), &g.embed(&tg, &ids));
+        assert_exact("embed", &got, &want);
+    }
+}
+
+#[test]
+fn vision_attention_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let cpu = CpuBackend;
+    let p = Pair { cpu: &cpu, gpu: &g };
+    let mut rng = StdRng::seed_from_u64(7);
+    for (n, heads, head_dim) in [
+        (1, 1, 1),
+        (3, 2, 7),
+        (17, 4, 16),
+        (130, 3, 64),
+        (65, 2, 72),
+        (20, 1, 256),
+    ] {
+        let w = heads * head_dim;
+        let (qc, qg) = p.tensor(&random(&mut rng, n * w), n, w);
+        let (kc, kg) = p.tensor(&random(&mut rng, n * w), n, w);
+        let (vc, vg) = p.tensor(&random(&mut rng, n * w), n, w);
+        let h = Heads {
+            q_heads: heads,
+            kv_heads: heads,
+            head_dim,
+        };
+        let (got, want) = p.results(
+            &cpu.attention(&qc, &kc, &vc, h),
+            &g.attention(&qg, &kg, &vg, h),
+        );
+        assert_rel_to_max(
+            &format!("attention n={n} {heads}x{head_dim}"),
+            &got,
+            &want,
+            1e-5,
+        );
+    }
+}
+
+/// A random tree over `nodes` nodes (node 0 is a root; each later node hangs under an earlier one
+/// or is another root) as ancestor-or-self sets.
+fn random_tree(rng: &mut StdRng, nodes: usize) -> Vec<Vec<bool>> {
+    let mut anc = vec![vec![false; nodes]; nodes];
+    for i in 0..nodes {
+        if i > 0 && rng.random_bool(0.85) {
+            let parent = rng.random_range(0..i);
+            anc[i] = anc[parent].clone();
+        }
+        anc[i][i] = true;
+    }
+    anc
+}
+
+/// The mask of the last `n` of `nodes` tree nodes, `ctx = nodes - n` of them already cached.
+fn tree_mask(anc: &[Vec<bool>], n: usize) -> AttnMask {
+    let nodes = anc.len();
+    let ctx = nodes - n;
+    let allowed = anc[ctx..]
+        .iter()
+        .flat_map(|row| row.iter().copied())
+        .collect();
+    AttnMask::Tree { ctx, n, allowed }
+}
+
+/// One cached-attention step on both backends with fresh random q, k, v.
+#[allow(clippy::too_many_arguments)]
+fn step(
+    p: &Pair,
+    rng: &mut StdRng,
+    caches: (
+        &mut <CpuBackend as Backend>::Cache,
+        &mut <GpuBackend as Backend>::Cache,
+    ),
+    layer: usize,
+    start: usize,
+    n: usize,
+    mask: &AttnMask,
+    h: Heads,
+    what: &str,
+) {
+    let (qw, kw) = (h.q_heads * h.head_dim, h.kv_heads * h.head_dim);
+    let (qc, qg) = p.tensor(&random(rng, n * qw), n, qw);
+    let (kc, kg) = p.tensor(&random(rng, n * kw), n, kw);
+    let (vc, vg) = p.tensor(&random(rng, n * kw), n, kw);
+    let c = p
+        .cpu
+        .cached_attention(caches.0, layer, start, &qc, &kc, &vc, mask, h);
+    let gt = p
+        .gpu
+        .cached_attention(caches.1, layer, start, &qg, &kg, &vg, mask, h);
+    let (got, want) = p.results(&c, &gt);
+    assert_rel_to_max(what, &got, &want, 1e-5);
+}
+
+#[test]
+fn cached_attention_with_random_tree_masks_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let cpu = CpuBackend;
+    let p = Pair { cpu: &cpu, gpu: &g };
+    let mut rng = StdRng::seed_from_u64(8);
+    let configs = [
+        Heads {
+            q_heads: 4,
+            kv_heads: 2,
+            head_dim: 16,
+        },
+        Heads {
+            q_heads: 6,
+            kv_heads: 1,
+            head_dim: 72,
+        },
+        Heads {
+            q_heads: 3,
+            kv_heads: 3,
+            head_dim: 7,
+        },
+        Heads {
+            q_heads: 2,
+            kv_heads: 1,
+            head_dim: 128,
+        },
+    ];
+    for (c, h) in configs.into_iter().enumerate() {
+        let layers = 2;
+        let kv_dim = h.kv_heads * h.head_dim;
+        // A small capacity: the GPU cache has to grow (the CPU one grows on demand).
+        let mut cc = cpu.new_cache(layers, kv_dim, 4);
+        let mut gc = g.new_cache(layers, kv_dim, 4);
+        let mut needed = 0;
+        for layer in 0..layers {
+            let prompt = [1, 17, 130][(c + layer) % 3];
+            needed = needed.max(prompt + 1 + 15);
+            step(
+                &p,
+                &mut rng,
+                (&mut cc, &mut gc),
+                layer,
+                0,
+                prompt,
+                &AttnMask::Causal,
+                h,
+                "prefill",
+            );
+            step(
+                &p,
+                &mut rng,
+                (&mut cc, &mut gc),
+                layer,
+                prompt,
+                1,
+                &AttnMask::Causal,
+                h,
+                "decode",
+            );
+            let start = prompt + 1;
+            // Target verification: a whole tree of new tokens (ctx = 0), 33+ nodes spans two words.
+            for n in [1, 5, 40] {
+                let anc = random_tree(&mut rng, n);
+                step(
+                    &p,
+                    &mut rng,
+                    (&mut cc, &mut gc),
+                    layer,
+                    start,
+                    n,
+                    &tree_mask(&anc, n),
+                    h,
+                    "tree ctx=0",
+                );
+            }
+            // Draft expansion: 6 tree nodes written in one pass, then 9 more below them with the
+            // first 6 as cached context (ctx = 6).
+            let anc = random_tree(&mut rng, 15);
+            let first: Vec<Vec<bool>> = anc[..6].iter().map(|r| r[..6].to_vec()).collect();
+            step(
+                &p,
+                &mut rng,
+                (&mut cc, &mut gc),
+                layer,
+                start,
+                6,
+                &tree_mask(&first, 6),
+                h,
+                "tree nodes",
+            );
+            step(
+                &p,
+                &mut rng,
+                (&mut cc, &mut gc),
+                layer,
+                start + 6,
+                9,
+                &tree_mask(&anc, 9),
+                h,
+                "tree ctx=6",
+            );
+        }
+        assert!(
+            gc.capacity() >= needed,
+            "the GPU cache grew to {}, {needed} slots were written",
+            gc.capacity()
+        );
+    }
+}
+
+#[test]
+fn kv_compaction_keeps_the_accepted_path() {
+    let Some(g) = gpu() else { return };
+    let cpu = CpuBackend;
+    let p = Pair { cpu: &cpu, gpu: &g };
+    let mut rng = StdRng::seed_from_u64(9);
+    let h = Heads {
+        q_heads: 4,
+        kv_heads: 2,
+        head_dim: 24,
+    };
+    let layers = 3;
+    let kv_dim = h.kv_heads * h.head_dim;
+    let mut cc = cpu.new_cache(layers, kv_dim, 64);
+    let mut gc = g.new_cache(layers, kv_dim, 64);
+    let prompt = 10;
+    let anc = random_tree(&mut rng, 12);
+    for layer in 0..layers {
+        step(
+            &p,
+            &mut rng,
+            (&mut cc, &mut gc),
+            layer,
+            0,
+            prompt,
+            &AttnMask::Causal,
+            h,
+            "prefill",
+        );
+        step(
+            &p,
+            &mut rng,
+            (&mut cc, &mut gc),
+            layer,
+            prompt,
+            12,
+            &tree_mask(&anc, 12),
+            h,
+            "tree",
+        );
+    }
+    // Keep the path to node 11 (its ancestors, in order); then an overlapping case where a source
+    // slot is also a later destination (to 0..3 from 2, 3, 5).
+    let path: Vec<usize> = (0..12)
+        .filter(|&j| anc[11][j])
+        .map(|j| prompt + j)
+        .collect();
+    for (from, to_start) in [(path.clone(), prompt), (vec![2, 3, 5], 0)] {
+        cpu.compact_cache(&mut cc, &from, to_start);
+        g.compact_cache(&mut gc, &from, to_start);
+        // Attention after compaction reads the moved slots: one decode step per layer checks them.
+        let start = to_start + from.len();
+        for layer in 0..layers {
+            step(
+                &p,
+                &mut rng,
+                (&mut cc, &mut gc),
+                layer,
+                start,
+                1,
+                &AttnMask::Causal,
+                h,
+                "after compaction",
+            );
+        }
+    }
+}
+
+#[test]
+fn a_step_is_one_submit_and_buffers_are_recycled() {
+    let Some(g) = gpu() else { return };
+    let mut rng = StdRng::seed_from_u64(10);
+    let w = g.weight(random(&mut rng, 64 * 64), &[64, 64]);
+    let n = g.weight(random(&mut rng, 64), &[64]);
+    let run = |x: Vec<f32>| {
+        let mut h = g.tensor(x, 1, 64);
+        for _ in 0..20 {
+            let y = g.rms_norm(&h, &n, 1e-5);
+            let y = g.linear(&y, &w, None);
+            h = g.add(&h, &g.activate(&y, Activation::Silu));
+        }
+        let before = g.submits();
+        let out = read(&g, &h);
+        (out, g.submits() - before)
+    };
+    let (_, submits) = run(random(&mut rng, 64));
+    assert_eq!(submits, 1, "a read submits the pending step exactly once");
+    let pooled = g.pooled_bytes();
+    let (out, _) = run(random(&mut rng, 64));
+    assert_eq!(
+        g.pooled_bytes(),
+        pooled,
+        "the second step reuses the first step's buffers"
+    );
+    assert!(out.iter().all(|v| v.is_finite()));
+    assert!(g.take_error().is_none());
+}
