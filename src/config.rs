@@ -301,7 +301,7 @@ fn parse_vision(v: &Value, file: &str, absent: bool) -> Result<VisionConfig> {
     {
         return Err(Error::file(
             file,
-            "vision_config: image_size must be a multiple of patch_size, with 3 channels",
+            "vision_config: patch_size must be between 1 and image_size, with 3 channels",
         ));
     }
     Ok(cfg)
