@@ -1,12 +1,15 @@
 //! `spec-llava`: the command-line front end. Every error is one line on stderr naming the file and
 //! the problem, with exit code 2.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use spec_llava::backend::cpu::CpuBackend;
-use spec_llava::caption::{CaptionRequest, Captioner};
+use spec_llava::backend::gpu::GpuBackend;
+use spec_llava::backend::Backend;
+use spec_llava::caption::{Caption, CaptionRequest, Captioner};
 use spec_llava::checkpoint::Checkpoint;
 use spec_llava::generate::SamplingOptions;
 use spec_llava::image_io;
@@ -29,33 +32,9 @@ enum Command {
     /// Caption one image.
     Caption(CaptionArgs),
     /// Caption held-out generated scenes and score them (exact match, per-attribute accuracy).
-    Eval {
-        #[arg(long)]
-        model: PathBuf,
-        #[arg(long, default_value_t = 100)]
-        scenes: usize,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        #[arg(long)]
-        json: bool,
-    },
+    Eval(EvalArgs),
     /// Plain vs speculative decoding on the same generated scenes, in one run.
-    Bench {
-        #[arg(long)]
-        target: PathBuf,
-        #[arg(long)]
-        draft: PathBuf,
-        #[arg(long, default_value_t = 20)]
-        scenes: usize,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        #[arg(long, default_value_t = 64)]
-        max_new_tokens: usize,
-        #[command(flatten)]
-        spec: SpecArgs,
-        #[arg(long)]
-        json: bool,
-    },
+    Bench(BenchArgs),
     /// Write generated scenes (PNG + captions.jsonl) for training and evaluation.
     Scenes {
         #[arg(long, default_value_t = 100)]
@@ -65,6 +44,14 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BackendChoice {
+    /// The plain-Rust reference engine.
+    Cpu,
+    /// Our WGSL kernels through wgpu (Vulkan / Metal / DX12).
+    Gpu,
 }
 
 #[derive(clap::Args)]
@@ -101,6 +88,43 @@ struct CaptionArgs {
     trace: Option<PathBuf>,
     #[command(flatten)]
     spec: SpecArgs,
+    /// Engine; default: the GPU when an adapter exists, else the CPU (with a notice).
+    #[arg(long, value_enum)]
+    backend: Option<BackendChoice>,
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long, default_value_t = 100)]
+    scenes: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long)]
+    json: bool,
+    #[arg(long, value_enum)]
+    backend: Option<BackendChoice>,
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    #[arg(long)]
+    target: PathBuf,
+    #[arg(long)]
+    draft: PathBuf,
+    #[arg(long, default_value_t = 20)]
+    scenes: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    #[command(flatten)]
+    spec: SpecArgs,
+    #[arg(long)]
+    json: bool,
+    #[arg(long, value_enum)]
+    backend: Option<BackendChoice>,
 }
 
 #[derive(clap::Args)]
@@ -132,96 +156,110 @@ impl SpecArgs {
     }
 }
 
-fn caption(args: CaptionArgs) -> Result<()> {
-    let sampling = SamplingOptions {
-        temperature: args.temperature,
-        top_p: args.top_p,
-        seed: args.seed,
-    };
-    sampling.validate()?;
-    // Decode the image first: a bad image is reported before the (slower) model load.
-    let image = image_io::load_rgb(&args.image, image_io::DEFAULT_MAX_PIXELS)?;
-    let options = args.spec.options()?;
-    let backend = CpuBackend;
-    let captioner = Captioner::new(&backend, Checkpoint::open(&args.model)?)?;
-    let draft = match (&args.draft, args.no_spec) {
-        (Some(dir), false) => {
-            let d = Captioner::new(&backend, Checkpoint::open(dir)?)?;
-            Some(captioner.drafter(d)?)
-        }
-        _ => None,
-    };
-    let mut trace = match &args.trace {
-        Some(path) => Some(std::io::BufWriter::new(
-            std::fs::File::create(path).map_err(|e| Error::file(path.display(), e))?,
-        )),
-        None => None,
-    };
-    let req = CaptionRequest {
-        prompt: args.prompt,
-        max_new_tokens: args.max_new_tokens,
-        sampling,
-    };
-    let streaming = !args.json;
-    let tokenizer = &captioner.checkpoint.tokenizer;
-    let mut shown = 0;
-    let mut so_far = Vec::new();
-    let mut show = |t: u32| {
-        // Stream the decoded text as it grows (decoding the whole prefix keeps multi-token
-        // characters and word-marker spaces right).
-        if streaming {
-            so_far.push(t);
-            if let Ok(text) = tokenizer.decode(&so_far) {
-                if let Some(new) = text.get(shown..) {
-                    eprint!("{new}");
-                    shown = text.len();
+/// Work that runs on whichever backend was chosen (Rust has no generic closures).
+trait Job {
+    fn run<B: Backend>(self, b: &B) -> Result<()>;
+}
+
+/// Run `job` on the chosen backend. Inputs are parsed and checked before this, so a bad file is
+/// reported without touching the GPU.
+fn on_backend(choice: Option<BackendChoice>, job: impl Job) -> Result<()> {
+    match choice {
+        Some(BackendChoice::Cpu) => job.run(&CpuBackend),
+        Some(BackendChoice::Gpu) => job.run(&pollster::block_on(GpuBackend::new())?),
+        None => match pollster::block_on(GpuBackend::new()) {
+            Ok(gpu) => job.run(&gpu),
+            Err(e) => {
+                eprintln!("notice: no usable GPU ({e}); using the CPU engine");
+                job.run(&CpuBackend)
+            }
+        },
+    }
+}
+
+fn json_line<T: serde::Serialize>(value: &T) -> Result<()> {
+    println!(
+        "{}",
+        serde_json::to_string(value).map_err(|e| Error::invalid(e.to_string()))?
+    );
+    Ok(())
+}
+
+struct CaptionJob {
+    args: CaptionArgs,
+    image: image::RgbImage,
+    target: Checkpoint,
+    draft: Option<Checkpoint>,
+    req: CaptionRequest,
+    options: SpecOptions,
+}
+
+impl Job for CaptionJob {
+    fn run<B: Backend>(self, backend: &B) -> Result<()> {
+        let args = &self.args;
+        let captioner = Captioner::new(backend, self.target)?;
+        let drafter = match self.draft {
+            Some(d) => Some(captioner.drafter(Captioner::new(backend, d)?)?),
+            None => None,
+        };
+        let mut trace = match &args.trace {
+            Some(path) => Some((
+                path.display().to_string(),
+                std::io::BufWriter::new(
+                    std::fs::File::create(path).map_err(|e| Error::file(path.display(), e))?,
+                ),
+            )),
+            None => None,
+        };
+        // Stream the text as it grows (decoding the whole prefix keeps multi-byte characters and
+        // word-marker spaces right).
+        let tokenizer = &captioner.checkpoint.tokenizer;
+        let (mut so_far, mut shown) = (Vec::new(), 0);
+        let mut show = |t: u32| {
+            if !args.json {
+                so_far.push(t);
+                if let Some(new) = tokenizer
+                    .decode(&so_far)
+                    .ok()
+                    .and_then(|s| s.get(shown..).map(|n| (n.to_string(), s.len())))
+                {
+                    eprint!("{}", new.0);
+                    shown = new.1;
                 }
             }
-        }
-    };
-    let mut trace_error = None;
-    let result = match &draft {
-        None => pollster::block_on(captioner.caption(&backend, &image, &req, |t| {
-            show(t);
-            true
-        }))?,
-        Some(d) => pollster::block_on(captioner.caption_speculative(
-            &backend,
-            d,
-            &image,
-            &req,
-            options,
-            |ev| {
-                ev.emitted.iter().for_each(|&t| show(t));
-                if let Some(w) = trace.as_mut() {
-                    use std::io::Write;
-                    let line = serde_json::to_string(ev).unwrap_or_default();
-                    if let Err(e) = writeln!(w, "{line}") {
-                        trace_error = Some(e);
-                        return false;
-                    }
-                }
+        };
+        let mut trace_error = None;
+        let result: Caption = match &drafter {
+            None => pollster::block_on(captioner.caption(backend, &self.image, &self.req, |t| {
+                show(t);
                 true
-            },
-        ))
-        .map_err(|e| match (&trace_error, &args.trace) {
-            (Some(te), Some(path)) => Error::file(path.display(), te),
-            _ => e,
-        })?,
-    };
-    if let Some(mut w) = trace {
-        use std::io::Write;
-        let path = args
-            .trace
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
-        w.flush().map_err(|e| Error::file(path, e))?;
-    }
-    if args.json {
-        let json = serde_json::to_string(&result).map_err(|e| Error::invalid(e.to_string()))?;
-        println!("{json}");
-    } else {
+            }))?,
+            Some(d) => pollster::block_on(captioner.caption_speculative(
+                backend,
+                d,
+                &self.image,
+                &self.req,
+                self.options,
+                |ev| {
+                    ev.emitted.iter().for_each(|&t| show(t));
+                    if let Some((path, w)) = trace.as_mut() {
+                        let line = serde_json::to_string(ev).unwrap_or_default();
+                        if let Err(e) = writeln!(w, "{line}") {
+                            trace_error = Some(Error::file(path, e));
+                            return false;
+                        }
+                    }
+                    true
+                },
+            ))
+            .map_err(|e| trace_error.take().unwrap_or(e))?,
+        };
+        if let Some((path, mut w)) = trace {
+            w.flush().map_err(|e| Error::file(path, e))?;
+        }
+        if args.json {
+            return json_line(&result);
+        }
         eprintln!();
         println!("{}", result.text);
         let t = &result.timings_ms;
@@ -234,88 +272,134 @@ fn caption(args: CaptionArgs) -> Result<()> {
             t.decode_ms,
             result.tokens.len() as f64 / (t.decode_ms / 1e3).max(1e-9)
         );
+        if let Some(s) = &result.spec {
+            eprintln!(
+                "speculation: {} rounds, tau {:.2} (without bonus {:.2})",
+                s.rounds, s.tau, s.tau_without_bonus
+            );
+        }
+        Ok(())
     }
-    Ok(())
+}
+
+fn caption(args: CaptionArgs) -> Result<()> {
+    let sampling = SamplingOptions {
+        temperature: args.temperature,
+        top_p: args.top_p,
+        seed: args.seed,
+    };
+    sampling.validate()?;
+    let options = args.spec.options()?;
+    // Everything the user named is read and checked before any engine starts.
+    let image = image_io::load_rgb(&args.image, image_io::DEFAULT_MAX_PIXELS)?;
+    let target = Checkpoint::open(&args.model)?;
+    let draft = match (&args.draft, args.no_spec) {
+        (Some(dir), false) => Some(Checkpoint::open(dir)?),
+        _ => None,
+    };
+    let req = CaptionRequest {
+        prompt: args.prompt.clone(),
+        max_new_tokens: args.max_new_tokens,
+        sampling,
+    };
+    let backend = args.backend;
+    on_backend(
+        backend,
+        CaptionJob {
+            args,
+            image,
+            target,
+            draft,
+            req,
+            options,
+        },
+    )
+}
+
+struct EvalJob(EvalArgs, Checkpoint);
+
+impl Job for EvalJob {
+    fn run<B: Backend>(self, backend: &B) -> Result<()> {
+        let EvalJob(args, checkpoint) = self;
+        let captioner = Captioner::new(backend, checkpoint)?;
+        let report = pollster::block_on(spec_llava::eval::evaluate(
+            backend,
+            &captioner,
+            args.scenes,
+            args.seed,
+        ))?;
+        if args.json {
+            return json_line(&report);
+        }
+        println!("scenes: {}", report.scenes);
+        println!("exact match: {:.1}%", report.exact_match * 100.0);
+        println!(
+            "attribute accuracy: {:.1}%",
+            report.attribute_accuracy * 100.0
+        );
+        for (name, v) in &report.per_attribute {
+            println!("  {name:<10} {:.1}%", v * 100.0);
+        }
+        Ok(())
+    }
+}
+
+struct BenchJob(BenchArgs, Checkpoint, Checkpoint, SpecOptions);
+
+impl Job for BenchJob {
+    fn run<B: Backend>(self, backend: &B) -> Result<()> {
+        let BenchJob(args, target, draft, options) = self;
+        let t = Captioner::new(backend, target)?;
+        let d = t.drafter(Captioner::new(backend, draft)?)?;
+        let r = pollster::block_on(spec_llava::eval::bench(
+            backend,
+            &t,
+            &d,
+            args.scenes,
+            args.seed,
+            options,
+            args.max_new_tokens,
+        ))?;
+        if args.json {
+            return json_line(&r);
+        }
+        let o = &r.options;
+        println!(
+            "{} scenes; budget {} depth {} top-k {} threshold {}; shared vision: {}",
+            r.total, o.budget, o.depth, o.top_k, o.threshold, o.shared_vision
+        );
+        println!(
+            "plain:       {:>8.1} tokens/s  ({} tokens, {} target passes)",
+            r.plain.tokens_per_s, r.plain.tokens, r.plain.target_passes
+        );
+        println!(
+            "speculative: {:>8.1} tokens/s  ({} tokens, {} target passes, {} draft passes)",
+            r.spec.tokens_per_s, r.spec.tokens, r.spec.target_passes, r.draft_passes
+        );
+        println!(
+            "speedup {:.2}x; tau {:.2} (without bonus {:.2}); identical outputs {}/{}",
+            r.speedup, r.tau, r.tau_without_bonus, r.identical, r.total
+        );
+        Ok(())
+    }
 }
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Caption(args) => caption(args),
+        Command::Eval(args) => {
+            let checkpoint = Checkpoint::open(&args.model)?;
+            on_backend(args.backend, EvalJob(args, checkpoint))
+        }
+        Command::Bench(args) => {
+            let options = args.spec.options()?;
+            let (t, d) = (
+                Checkpoint::open(&args.target)?,
+                Checkpoint::open(&args.draft)?,
+            );
+            on_backend(args.backend, BenchJob(args, t, d, options))
+        }
         Command::Scenes { count, seed, out } => spec_llava::scenes::write_scenes(&out, count, seed),
-        Command::Eval {
-            model,
-            scenes,
-            seed,
-            json,
-        } => {
-            let backend = CpuBackend;
-            let captioner = Captioner::new(&backend, Checkpoint::open(&model)?)?;
-            let report = pollster::block_on(spec_llava::eval::evaluate(
-                &backend, &captioner, scenes, seed,
-            ))?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string(&report).map_err(|e| Error::invalid(e.to_string()))?
-                );
-            } else {
-                println!("scenes: {}", report.scenes);
-                println!("exact match: {:.1}%", report.exact_match * 100.0);
-                println!(
-                    "attribute accuracy: {:.1}%",
-                    report.attribute_accuracy * 100.0
-                );
-                for (name, v) in &report.per_attribute {
-                    println!("  {name:<10} {:.1}%", v * 100.0);
-                }
-            }
-            Ok(())
-        }
-        Command::Bench {
-            target,
-            draft,
-            scenes,
-            seed,
-            max_new_tokens,
-            spec,
-            json,
-        } => {
-            let options = spec.options()?;
-            let backend = CpuBackend;
-            let t = Captioner::new(&backend, Checkpoint::open(&target)?)?;
-            let d = t.drafter(Captioner::new(&backend, Checkpoint::open(&draft)?)?)?;
-            let r = pollster::block_on(spec_llava::eval::bench(
-                &backend,
-                &t,
-                &d,
-                scenes,
-                seed,
-                options,
-                max_new_tokens,
-            ))?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string(&r).map_err(|e| Error::invalid(e.to_string()))?
-                );
-            } else {
-                println!("backend: cpu; {} scenes; budget {} depth {} top-k {} threshold {}; shared vision: {}",
-                    r.total, r.options.budget, r.options.depth, r.options.top_k, r.options.threshold, r.options.shared_vision);
-                println!(
-                    "plain:       {:>8.1} tokens/s  ({} tokens, {} target passes)",
-                    r.plain.tokens_per_s, r.plain.tokens, r.plain.target_passes
-                );
-                println!(
-                    "speculative: {:>8.1} tokens/s  ({} tokens, {} target passes, {} draft passes)",
-                    r.spec.tokens_per_s, r.spec.tokens, r.spec.target_passes, r.draft_passes
-                );
-                println!(
-                    "speedup {:.2}x; tau {:.2} (without bonus {:.2}); identical outputs {}/{}",
-                    r.speedup, r.tau, r.tau_without_bonus, r.identical, r.total
-                );
-            }
-            Ok(())
-        }
     }
 }
 

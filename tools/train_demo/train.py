@@ -191,8 +191,8 @@ def pixel_values(images_u8):
     """uint8 [B,64,64,3] -> normalized float [B,3,64,64], as CLIPImageProcessor does for 64x64
     inputs (resize and crop are identities): x/255, then (x - mean) / std."""
     x = images_u8.permute(0, 3, 1, 2).float() / 255.0
-    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
 
 
@@ -417,8 +417,8 @@ def greedy_captions(model, prompt_ids, images_u8, batch=50, max_new_tokens=64):
     model.eval()
     out = []
     for s in range(0, len(images_u8), batch):
-        px = pixel_values(images_u8[s:s + batch])
-        ids = torch.tensor([prompt_ids] * len(px))
+        px = pixel_values(images_u8[s:s + batch].to(model.device))
+        ids = torch.tensor([prompt_ids] * len(px), device=model.device)
         gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=px,
                              do_sample=False, max_new_tokens=max_new_tokens, num_beams=1)
         out.extend(gen[:, ids.shape[1]:].tolist())
@@ -443,6 +443,9 @@ class Ctx:
         os.makedirs(args.work, exist_ok=True)
         os.makedirs(args.logs, exist_ok=True)
         torch.set_num_threads(args.threads)
+        if args.device == "auto":
+            args.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.dev = torch.device(args.device)
         torch.manual_seed(args.seed)
         self.tok_dir = os.path.join(args.work, "processor")
         self._train = None
@@ -513,11 +516,23 @@ def stage_target(ctx):
     images, captions = ctx.train_data()
     cell_labels, bg_labels = aux_labels(captions)
     eval_images, eval_caps, _ = ctx.eval_data()
+    dev = ctx.dev
     model = new_model(target_config(ctx, len(tok)))
     aux = AuxHead(a.vision_hidden)
+    ckpt_path = os.path.join(a.work, "target.pt")
+    start = {"step": 0, "samples": 0, "seconds": 0.0}
+    if a.resume and os.path.exists(ckpt_path):
+        state = torch.load(ckpt_path, map_location="cpu")
+        model.load_state_dict(state["model"])
+        if "aux" in state:
+            aux.load_state_dict(state["aux"])
+        start = {k: state[k] for k in start}
+        log(f"resuming the target from {ckpt_path} (step {start['step']}, {start['samples']} samples); "
+            "no vision warm-up")
+    model.to(dev)
+    aux.to(dev)
     log(f"target: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
         f"decoder (no embeddings) {decoder_params(model) / 1e6:.2f}M")
-    ckpt_path = os.path.join(a.work, "target.pt")
     lossf = LossLog(os.path.join(a.logs, "target_loss.csv"),
                     ["phase", "step", "samples", "seconds", "lr", "loss", "ce", "aux"])
     n = len(captions)
@@ -532,20 +547,20 @@ def stage_target(ctx):
         cursor += bs
         return idx
 
-    t_start = time.time()
-    samples = 0
+    t_start = time.time() - start["seconds"]
+    samples = start["samples"]
     # (a) vision warm-up on the auxiliary labels only.
     vparams = list(model.model.vision_tower.parameters()) + list(aux.parameters())
     opt = make_optimizer(vparams, a.vision_lr, a.wd)
     sched = Schedule(a.vision_lr, a.vision_minutes, 50)
     step = 0
-    while a.vision_minutes > 0 and not sched.done(step):
+    while a.vision_minutes > 0 and not a.resume and not sched.done(step):
         for g in opt.param_groups:
             g["lr"] = sched.lr(step)
         idx = next_idx(a.vision_batch)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
-            feats = vision_features(model, pixel_values(images[idx]))
-            loss = aux(feats, cell_labels[idx], bg_labels[idx])
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.bf16):
+            feats = vision_features(model, pixel_values(images[idx].to(dev)))
+            loss = aux(feats, cell_labels[idx].to(dev), bg_labels[idx].to(dev))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vparams, 1.0)
         opt.step()
@@ -564,18 +579,20 @@ def stage_target(ctx):
     opt = make_optimizer(params, a.lr, a.wd)
     sched = Schedule(a.lr, a.target_minutes, a.warmup, steps=a.target_steps)
     step, t_phase, last_ckpt = 0, time.time(), time.time()
-    vision_samples = samples
+    vision_samples = samples if not a.resume else 0
+    phase_samples0 = samples
     while not sched.done(step):
         for g in opt.param_groups:
             g["lr"] = sched.lr(step)
         idx = next_idx(a.batch)
-        ids, mask, labels = make_batch(prompt_ids, cap_ids, idx.tolist())
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
-            feats = vision_features(model, pixel_values(images[idx]))
+        ids, mask, labels = (t.to(dev) for t in make_batch(prompt_ids, cap_ids, idx.tolist()))
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.bf16):
+            feats = vision_features(model, pixel_values(images[idx].to(dev)))
             logits = text_logits(model, ids, mask, feats).float()
             ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
                                  ignore_index=-100)
-            aux_loss = aux(feats, cell_labels[idx], bg_labels[idx]) if a.aux_weight > 0 else torch.zeros(())
+            aux_loss = (aux(feats, cell_labels[idx].to(dev), bg_labels[idx].to(dev)) if a.aux_weight > 0
+                        else torch.zeros((), device=dev))
             loss = ce + a.aux_weight * aux_loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -584,25 +601,28 @@ def stage_target(ctx):
         step += 1
         samples += len(idx)
         if step % 5 == 0:
-            lossf.write(phase="llava", step=step, samples=samples, seconds=round(time.time() - t_start, 1),
+            lossf.write(phase="llava", step=start["step"] + step, samples=samples, seconds=round(time.time() - t_start, 1),
                         lr=f"{sched.lr(step):.2e}", loss=f"{loss.item():.4f}", ce=f"{ce.item():.4f}",
                         aux=f"{aux_loss.item():.4f}")
         if step % 25 == 0:
-            rate = (samples - vision_samples) / (time.time() - t_phase)
-            log(f"llava step {step} samples {samples} ce {ce.item():.4f} aux {aux_loss.item():.4f} "
+            rate = (samples - phase_samples0) / (time.time() - t_phase)
+            log(f"llava step {start['step'] + step} samples {samples} ce {ce.item():.4f} aux {aux_loss.item():.4f} "
                 f"lr {sched.lr(step):.2e} ({rate:.1f}/s)")
         if time.time() - last_ckpt > a.ckpt_minutes * 60:
-            save_ckpt(ckpt_path, model=model.state_dict(), config=model.config.to_dict(), step=step,
-                      samples=samples, seconds=time.time() - t_start, final=False)
+            save_ckpt(ckpt_path, model=model.state_dict(), aux=aux.state_dict(), config=model.config.to_dict(),
+                      step=start["step"] + step, samples=samples, seconds=time.time() - t_start, final=False)
             em, attr, _ = exact_match(tok, model, prompt_ids, eval_images[:a.probe_count], eval_caps[:a.probe_count])
             log(f"checkpoint at step {step}: probe exact match {em:.3f}, attribute acc {attr:.3f} on {a.probe_count}")
             last_ckpt = time.time()
     seconds = time.time() - t_start
-    save_ckpt(ckpt_path, model=model.state_dict(), config=model.config.to_dict(), step=step, samples=samples,
-              seconds=seconds, final=True)
+    save_ckpt(ckpt_path, model=model.state_dict(), aux=aux.state_dict(), config=model.config.to_dict(),
+              step=start["step"] + step, samples=samples, seconds=seconds, final=True)
     em, attr, texts = exact_match(tok, model, prompt_ids, eval_images, eval_caps)
     tail = tail_mean(os.path.join(a.logs, "target_loss.csv"), "ce")
-    stats = {"steps_llava": step, "samples_total": samples, "samples_vision_warmup": vision_samples,
+    prev = json.load(open(os.path.join(a.logs, "stats.json"))).get("target", {}) if a.resume and \
+        os.path.exists(os.path.join(a.logs, "stats.json")) else {}
+    vision_samples = prev.get("samples_vision_warmup", vision_samples)
+    stats = {"steps_llava": start["step"] + step, "samples_total": samples, "samples_vision_warmup": vision_samples,
              "samples_llava": samples - vision_samples, "minutes": round(seconds / 60, 1),
              "final_ce": tail, "python_exact_match_fp32": em, "python_attribute_accuracy_fp32": attr,
              "eval_seeds": f"0..{len(eval_caps) - 1}"}
@@ -641,13 +661,23 @@ def stage_draft(ctx):
     tok, prompt_ids, cap_ids = ctx.encoded()
     images, _ = ctx.train_data()
     eval_images, eval_caps, _ = ctx.eval_data()
-    target = load_target(ctx, len(tok)).eval()
+    dev = ctx.dev
+    target = load_target(ctx, len(tok)).eval().to(dev)
     for p in target.parameters():
         p.requires_grad_(False)
     draft = new_model(draft_config(ctx, len(tok)))
     draft.model.vision_tower.load_state_dict(target.model.vision_tower.state_dict())
     for p in draft.model.vision_tower.parameters():
         p.requires_grad_(False)
+    ckpt_path = os.path.join(a.work, "draft.pt")
+    start = {"step": 0, "samples": 0, "seconds": 0.0}
+    if a.resume and os.path.exists(ckpt_path):
+        state = torch.load(ckpt_path, map_location="cpu")
+        draft.load_state_dict(state["model"])
+        draft.model.vision_tower.load_state_dict(target.model.vision_tower.state_dict())
+        start = {k: state[k] for k in start}
+        log(f"resuming the draft from {ckpt_path} (step {start['step']})")
+    draft.to(dev)
     ratio = decoder_params(draft) / decoder_params(target)
     log(f"draft: {sum(p.numel() for p in draft.parameters()) / 1e6:.2f}M params, decoder {decoder_params(draft) / 1e6:.2f}M "
         f"({ratio:.3f} of the target's decoder)")
@@ -655,20 +685,20 @@ def stage_draft(ctx):
     opt = make_optimizer(params, a.draft_lr, a.wd)
     sched = Schedule(a.draft_lr, a.draft_minutes, a.warmup, steps=a.draft_steps)
     lossf = LossLog(os.path.join(a.logs, "draft_loss.csv"), ["step", "samples", "seconds", "lr", "loss", "kl", "ce"])
-    ckpt_path = os.path.join(a.work, "draft.pt")
     gen = torch.Generator().manual_seed(a.seed + 1)
     n = len(cap_ids)
-    step = samples = 0
-    t_start = last_ckpt = time.time()
+    step, samples = 0, start["samples"]
+    last_ckpt = time.time()
+    t_start = last_ckpt - start["seconds"]
     while not sched.done(step):
         for g in opt.param_groups:
             g["lr"] = sched.lr(step)
         idx = torch.randint(0, n, (a.batch,), generator=gen)
-        ids, mask, labels = make_batch(prompt_ids, cap_ids, idx.tolist())
+        ids, mask, labels = (t.to(dev) for t in make_batch(prompt_ids, cap_ids, idx.tolist()))
         sel = labels[:, 1:] != -100
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.bf16):
             with torch.no_grad():
-                feats = vision_features(target, pixel_values(images[idx]))
+                feats = vision_features(target, pixel_values(images[idx].to(dev)))
                 t_logits = text_logits(target, ids, mask, feats)[:, :-1][sel].float()
             d_logits = text_logits(draft, ids, mask, feats)[:, :-1][sel].float()
         t_logp = F.log_softmax(t_logits, -1)
@@ -683,19 +713,20 @@ def stage_draft(ctx):
         step += 1
         samples += len(idx)
         if step % 5 == 0:
-            lossf.write(step=step, samples=samples, seconds=round(time.time() - t_start, 1), lr=f"{sched.lr(step):.2e}",
+            lossf.write(step=start["step"] + step, samples=samples, seconds=round(time.time() - t_start, 1), lr=f"{sched.lr(step):.2e}",
                         loss=f"{loss.item():.4f}", kl=f"{kl.item():.4f}", ce=f"{ce.item():.4f}")
         if step % 25 == 0:
-            log(f"draft step {step} samples {samples} kl {kl.item():.4f} ce {ce.item():.4f} "
+            log(f"draft step {start['step'] + step} samples {samples} kl {kl.item():.4f} ce {ce.item():.4f} "
                 f"({samples / (time.time() - t_start):.1f}/s)")
         if time.time() - last_ckpt > a.ckpt_minutes * 60:
-            save_ckpt(ckpt_path, model=draft.state_dict(), step=step, samples=samples,
+            save_ckpt(ckpt_path, model=draft.state_dict(), step=start["step"] + step, samples=samples,
                       seconds=time.time() - t_start, final=False)
             last_ckpt = time.time()
     seconds = time.time() - t_start
-    save_ckpt(ckpt_path, model=draft.state_dict(), step=step, samples=samples, seconds=seconds, final=True)
+    save_ckpt(ckpt_path, model=draft.state_dict(), step=start["step"] + step, samples=samples, seconds=seconds,
+              final=True)
     em, attr, texts = exact_match(tok, draft, prompt_ids, eval_images, eval_caps)
-    stats = {"steps": step, "samples": samples, "minutes": round(seconds / 60, 1),
+    stats = {"steps": start["step"] + step, "samples": samples, "minutes": round(seconds / 60, 1),
              "final_kl": tail_mean(os.path.join(a.logs, "draft_loss.csv"), "kl"),
              "final_ce": tail_mean(os.path.join(a.logs, "draft_loss.csv"), "ce"),
              "python_exact_match_fp32": em, "python_attribute_accuracy_fp32": attr,
@@ -854,6 +885,9 @@ def main():
     p.add_argument("--logs", default="tools/train_demo/logs")
     p.add_argument("--out", default="web/models/demo")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when available)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the target/draft stages from work/*.pt (no vision warm-up)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vocab-size", type=int, default=512)
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)

@@ -19,9 +19,11 @@ pub const WASM_TARGET: &str = "wasm32-unknown-unknown";
 /// npm packages for the browser tests, pinned: (name, exact version).
 const NPM_PACKAGES: &[(&str, &str)] = &[("playwright-core", "1.65.1"), ("binaryen", "132.0.0")];
 
-/// What `cargo xtask test` needs today: the wasm target.
+/// What `cargo xtask test` needs today: the wasm target, and Mesa's lavapipe Vulkan driver, on
+/// which the WGSL kernel tests run when the machine has no GPU.
 pub fn ensure_build_prereqs() -> Result<(), String> {
-    ensure_rust_target(WASM_TARGET)
+    ensure_rust_target(WASM_TARGET)?;
+    Apt::default().ensure_package("mesa-vulkan-drivers")
 }
 
 /// What the browser build and tests need: Chromium, lavapipe (mesa Vulkan), wasm-bindgen-cli at the
