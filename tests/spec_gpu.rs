@@ -1,0 +1,101 @@
+//! Speculative decoding on the WebGPU engine (lavapipe here): greedy output identical to plain
+//! decoding on every fixture, for a chain, a wide tree, a perfect and a random-weight draft —
+//! the same backend-agnostic loop the CPU tests check in tests/spec.rs.
+//! Without an adapter these tests FAIL, unless `SPEC_LLAVA_SKIP_GPU=1` is set.
+
+mod common;
+
+use common::{checkpoint_dir, fixtures_dir, random_weights_copy};
+use spec_llava::backend::gpu::GpuBackend;
+use spec_llava::caption::{CaptionRequest, Captioner};
+use spec_llava::checkpoint::Checkpoint;
+use spec_llava::image_io;
+use spec_llava::spec::SpecOptions;
+
+fn gpu() -> Option<GpuBackend> {
+    match pollster::block_on(GpuBackend::new()) {
+        Ok(g) => Some(g),
+        Err(e) if std::env::var("SPEC_LLAVA_SKIP_GPU").as_deref() == Ok("1") => {
+            eprintln!("skipping: {e} (SPEC_LLAVA_SKIP_GPU=1)");
+            None
+        }
+        Err(e) => {
+            panic!("{e}: install Mesa lavapipe (mesa-vulkan-drivers) or set SPEC_LLAVA_SKIP_GPU=1")
+        }
+    }
+}
+
+#[test]
+fn greedy_speculation_on_the_gpu_equals_plain_decoding() {
+    let Some(b) = gpu() else { return };
+    for name in [
+        "clip-llama-gqa-f32",
+        "siglip-qwen2-bf16-sharded",
+        "clip-llama2tok",
+    ] {
+        let target = Captioner::new(&b, Checkpoint::open(&checkpoint_dir(name)).unwrap()).unwrap();
+        let reference: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(fixtures_dir().join(name).join("reference.json")).unwrap(),
+        )
+        .unwrap();
+        let case = &reference["cases"][1];
+        let image = image_io::load_rgb(
+            &fixtures_dir()
+                .join(name)
+                .join(case["image"].as_str().unwrap()),
+            1 << 26,
+        )
+        .unwrap();
+        let req = CaptionRequest {
+            prompt: Some(case["prompt"].as_str().unwrap().into()),
+            max_new_tokens: 16,
+            ..Default::default()
+        };
+        let plain = pollster::block_on(target.caption(&b, &image, &req, |_| true)).unwrap();
+        let want: Vec<u32> = case["greedy_tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(
+            plain.tokens, want,
+            "{name}: GPU plain decoding vs transformers"
+        );
+        for draft_dir in [checkpoint_dir(name), random_weights_copy(name, 9)] {
+            let drafter = target
+                .drafter(Captioner::new(&b, Checkpoint::open(&draft_dir).unwrap()).unwrap())
+                .unwrap();
+            for o in [
+                SpecOptions {
+                    budget: 1,
+                    depth: 1,
+                    top_k: 1,
+                    threshold: 0.0,
+                },
+                SpecOptions {
+                    budget: 12,
+                    depth: 5,
+                    top_k: 3,
+                    threshold: 0.0,
+                },
+            ] {
+                let s = pollster::block_on(target.caption_speculative(
+                    &b,
+                    &drafter,
+                    &image,
+                    &req,
+                    o,
+                    |_| true,
+                ))
+                .unwrap();
+                assert_eq!(
+                    s.tokens,
+                    want,
+                    "{name}, draft {}, {o:?}",
+                    draft_dir.display()
+                );
+            }
+        }
+    }
+}
