@@ -1,7 +1,7 @@
 // out[0, col_offset + j] = dot(x[0, :], w[j, :]) + bias[col_offset + j] for one row of x
-// (decoding). Each workgroup computes RPW outputs; TPR invocations share one weight row and read it
-// as consecutive vec4s (coalesced), then reduce their partial sums in workgroup memory. x is staged
-// in workgroup memory tile by tile, zero-padded past k, so the padded weight columns multiply zeros.
+// (decoding). Each workgroup computes RPW outputs; TPR invocations share one weight row, reading it
+// as consecutive vec4s (coalesced on GPUs, contiguous SIMD loads on CPU drivers), then one barrier
+// and a short serial sum per row. The main loop has no barriers (lavapipe pays dearly for them).
 
 override HAS_BIAS: bool = false;
 
@@ -26,8 +26,6 @@ const WG: u32 = 256u;
 const TPR: u32 = 32u;
 // weight rows per workgroup
 const RPW: u32 = 8u;
-// vec4s of x per workgroup-memory tile
-const XT: u32 = 512u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 // x: [1, k]
@@ -39,7 +37,6 @@ const XT: u32 = 512u;
 // out: [1, out_stride]
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
-var<workgroup> xs: array<vec4<f32>, XT>;
 var<workgroup> red: array<f32, WG>;
 
 @compute @workgroup_size(WG)
@@ -56,43 +53,34 @@ fn main(
     let t = lid % TPR;
     let j = group * RPW + g;
     var acc = vec4<f32>(0.0);
-    for (var q0 = 0u; q0 < p.k4; q0 += XT) {
-        for (var q = lid; q < XT; q += WG) {
-            let e = (q0 + q) * 4u;
-            var v = vec4<f32>(0.0);
-            if e + 3u < p.k {
-                v = vec4<f32>(x[e], x[e + 1u], x[e + 2u], x[e + 3u]);
-            } else if e < p.k {
-                v.x = x[e];
-                if e + 1u < p.k {
-                    v.y = x[e + 1u];
-                }
-                if e + 2u < p.k {
-                    v.z = x[e + 2u];
-                }
-            }
-            xs[q] = v;
+    if j < p.n {
+        let row = j * p.k4;
+        // Whole vec4s of x; the last partial one (k % 4 != 0) is read with bounds checks, because
+        // past k the activation buffer holds stale data (the padded weights there are zeros).
+        let full = p.k / 4u;
+        for (var q = t; q < full; q += TPR) {
+            let e = q * 4u;
+            acc = fma(vec4<f32>(x[e], x[e + 1u], x[e + 2u], x[e + 3u]), w[row + q], acc);
         }
-        workgroupBarrier();
-        if j < p.n {
-            let q_end = min(XT, p.k4 - q0);
-            let row = j * p.k4 + q0;
-            for (var q = t; q < q_end; q += TPR) {
-                acc = fma(xs[q], w[row + q], acc);
+        if t == full % TPR && full < p.k4 {
+            let e = full * 4u;
+            var v = vec4<f32>(x[e], 0.0, 0.0, 0.0);
+            if e + 1u < p.k {
+                v.y = x[e + 1u];
             }
+            if e + 2u < p.k {
+                v.z = x[e + 2u];
+            }
+            acc = fma(v, w[row + full], acc);
         }
-        workgroupBarrier();
     }
     red[lid] = (acc.x + acc.y) + (acc.z + acc.w);
     workgroupBarrier();
-    for (var s = TPR / 2u; s > 0u; s = s >> 1u) {
-        if t < s {
-            red[lid] += red[lid + s];
-        }
-        workgroupBarrier();
-    }
     if t == 0u && j < p.n {
-        var y = red[lid];
+        var y = 0.0;
+        for (var s = 0u; s < TPR; s++) {
+            y += red[lid + s];
+        }
         if HAS_BIAS {
             y += bias[p.col_offset + j];
         }

@@ -10,6 +10,7 @@ use crate::error::Error;
 use crate::error::Result;
 use crate::generate::{decode_plain, SamplingOptions};
 use crate::model::LlavaModel;
+use crate::spec::adapt::CostModel;
 use crate::spec::decode::{decode_speculative, SpecInputs, SpecResult};
 use crate::spec::events::RoundEvent;
 use crate::spec::SpecOptions;
@@ -67,6 +68,8 @@ pub struct SpecSummary {
     pub tau_without_bonus: f64,
     pub accepted_per_round: Vec<usize>,
     pub draft_passes: usize,
+    /// Mean draft nodes verified per round.
+    pub mean_tree_nodes: f64,
     /// Whether the draft reused the target's vision features (byte-identical towers).
     pub shared_vision: bool,
 }
@@ -81,6 +84,7 @@ impl SpecSummary {
             tau_without_bonus: accepted as f64 / rounds,
             accepted_per_round: r.accepted_per_round.clone(),
             draft_passes: r.draft_passes,
+            mean_tree_nodes: r.verified_per_round.iter().sum::<usize>() as f64 / rounds,
             shared_vision,
         }
     }
@@ -96,6 +100,8 @@ pub struct Drafter<B: Backend> {
     pub captioner: Captioner<B>,
     /// The draft's vision tower and processor are identical to the target's: encode images once.
     pub shared_vision: bool,
+    /// Measured device costs; when set, each round's tree size is chosen from them.
+    pub cost: Option<CostModel>,
 }
 
 /// The user text of the default prompt.
@@ -175,7 +181,15 @@ impl<B: Backend> Captioner<B> {
         Ok(Drafter {
             captioner: draft,
             shared_vision,
+            cost: None,
         })
+    }
+
+    /// Measure verification and drafting costs on this device so the tree adapts to them.
+    pub async fn calibrate(&self, b: &B, drafter: &mut Drafter<B>, options: SpecOptions) {
+        let draft = &drafter.captioner.model;
+        let cost = CostModel::measure(b, &self.model, draft, options.budget, options.top_k).await;
+        drafter.cost = Some(cost);
     }
 
     /// Refuse a draft that cannot speculate for this target.
@@ -250,6 +264,7 @@ impl<B: Backend> Captioner<B> {
             max_new_tokens: req.max_new_tokens,
             sampling: req.sampling,
             options,
+            cost: drafter.cost.as_ref(),
         };
         let out = decode_speculative(b, inputs, &|t| tok.token_text(t), on_round).await?;
         Ok(Caption {

@@ -9,6 +9,7 @@ use crate::backend::Backend;
 use crate::caption::{CaptionRequest, Captioner, Drafter};
 use crate::error::Result;
 use crate::scenes::{self, AttributeScores};
+use crate::spec::adapt::CostModel;
 use crate::spec::SpecOptions;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -85,7 +86,22 @@ pub struct BenchReport {
     pub draft_passes: usize,
     pub identical: usize,
     pub total: usize,
+    /// Mean draft nodes verified per round.
+    pub mean_tree_nodes: f64,
     pub options: BenchOptions,
+    /// The same scenes with the tree sized each round from measured device costs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<AdaptiveReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AdaptiveReport {
+    pub spec: Speed,
+    pub speedup: f64,
+    pub tau: f64,
+    pub mean_tree_nodes: f64,
+    pub identical: usize,
+    pub cost: CostModel,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -98,63 +114,115 @@ pub struct BenchOptions {
     pub max_new_tokens: usize,
 }
 
-/// Plain and speculative decoding of the same scenes, in one run. Times count the whole caption
-/// (image encoding, prefill, drafting, verification).
+/// Totals of speculative runs over many scenes.
+#[derive(Default)]
+struct SpecTotals {
+    speed: Speed,
+    rounds: usize,
+    accepted: usize,
+    verified: usize,
+    draft_passes: usize,
+    identical: usize,
+}
+
+impl SpecTotals {
+    fn add(&mut self, c: &crate::caption::Caption, plain: &[u32]) {
+        self.speed.tokens += c.tokens.len();
+        self.speed.seconds += c.timings_ms.total_ms / 1e3;
+        if let Some(st) = &c.spec {
+            // Prefill gives the first token; every round is one more target pass.
+            self.speed.target_passes += st.rounds + 1;
+            self.rounds += st.rounds;
+            self.accepted += st.accepted_per_round.iter().sum::<usize>();
+            self.verified += (st.mean_tree_nodes * st.rounds as f64).round() as usize;
+            self.draft_passes += st.draft_passes;
+        }
+        self.identical += usize::from(c.tokens == plain);
+    }
+    fn finish(&mut self) {
+        self.speed.tokens_per_s = self.speed.tokens as f64 / self.speed.seconds.max(1e-9);
+    }
+    fn per_round(&self, x: usize) -> f64 {
+        x as f64 / self.rounds.max(1) as f64
+    }
+}
+
+/// Plain and speculative decoding of the same scenes, in one run (and, with `adaptive`, the tree
+/// sized from costs measured on this device). Times count the whole caption: image encoding,
+/// prefill, drafting, verification.
+#[allow(clippy::too_many_arguments)]
 pub async fn bench<B: Backend>(
     b: &B,
     target: &Captioner<B>,
-    drafter: &Drafter<B>,
+    drafter: &mut Drafter<B>,
     count: usize,
     seed: u64,
     options: SpecOptions,
     max_new_tokens: usize,
+    adaptive: bool,
 ) -> Result<BenchReport> {
-    let shared = drafter.shared_vision;
     let req = CaptionRequest {
         max_new_tokens,
         ..Default::default()
     };
-    let (mut plain, mut spec) = (Speed::default(), Speed::default());
-    let (mut identical, mut accepted, mut draft_passes) = (0, 0, 0);
+    let saved = drafter.cost.take();
+    let cost = if adaptive {
+        let draft = &drafter.captioner.model;
+        Some(CostModel::measure(b, &target.model, draft, options.budget, options.top_k).await)
+    } else {
+        None
+    };
+    let mut plain = Speed::default();
+    let (mut spec, mut adapt) = (SpecTotals::default(), SpecTotals::default());
     for i in 0..count as u64 {
         let scene = scenes::generate(seed + i);
         let p = target.caption(b, &scene.image, &req, |_| true).await?;
-        let s = target
-            .caption_speculative(b, drafter, &scene.image, &req, options, |_| true)
-            .await?;
         plain.tokens += p.tokens.len();
         plain.seconds += p.timings_ms.total_ms / 1e3;
         plain.target_passes += p.tokens.len() + usize::from(p.hit_eos);
-        spec.tokens += s.tokens.len();
-        spec.seconds += s.timings_ms.total_ms / 1e3;
-        if let Some(st) = &s.spec {
-            // Prefill gives the first token; every round is one more target pass.
-            spec.target_passes += st.rounds + 1;
-            accepted += st.accepted_per_round.iter().sum::<usize>();
-            draft_passes += st.draft_passes;
+        drafter.cost = None;
+        let s = target
+            .caption_speculative(b, drafter, &scene.image, &req, options, |_| true)
+            .await?;
+        spec.add(&s, &p.tokens);
+        if let Some(c) = &cost {
+            drafter.cost = Some(c.clone());
+            let s = target
+                .caption_speculative(b, drafter, &scene.image, &req, options, |_| true)
+                .await?;
+            adapt.add(&s, &p.tokens);
         }
-        identical += usize::from(p.tokens == s.tokens);
     }
-    for s in [&mut plain, &mut spec] {
-        s.tokens_per_s = s.tokens as f64 / s.seconds.max(1e-9);
-    }
-    let rounds = (spec.target_passes.saturating_sub(count)).max(1) as f64;
+    drafter.cost = saved;
+    plain.tokens_per_s = plain.tokens as f64 / plain.seconds.max(1e-9);
+    spec.finish();
+    adapt.finish();
+    let speedup = |s: &SpecTotals| s.speed.tokens_per_s / plain.tokens_per_s.max(1e-9);
     Ok(BenchReport {
-        speedup: spec.tokens_per_s / plain.tokens_per_s.max(1e-9),
-        tau: (accepted as f64 + rounds) / rounds,
-        tau_without_bonus: accepted as f64 / rounds,
-        draft_passes,
-        identical,
+        speedup: speedup(&spec),
+        tau: 1.0 + spec.per_round(spec.accepted),
+        tau_without_bonus: spec.per_round(spec.accepted),
+        draft_passes: spec.draft_passes,
+        identical: spec.identical,
         total: count,
+        mean_tree_nodes: spec.per_round(spec.verified),
         options: BenchOptions {
             budget: options.budget,
             depth: options.depth,
             top_k: options.top_k,
             threshold: options.threshold,
-            shared_vision: shared,
+            shared_vision: drafter.shared_vision,
             max_new_tokens,
         },
+        adaptive: cost.map(|cost| AdaptiveReport {
+            speedup: speedup(&adapt),
+            tau: 1.0 + adapt.per_round(adapt.accepted),
+            mean_tree_nodes: adapt.per_round(adapt.verified),
+            identical: adapt.identical,
+            spec: adapt.speed.clone(),
+            cost,
+        }),
         plain,
-        spec,
+        spec: spec.speed,
     })
 }

@@ -10,11 +10,17 @@ use spec_llava::caption::Captioner;
 use spec_llava::checkpoint::Checkpoint;
 use spec_llava::generate::{decode_plain, SamplingOptions};
 use spec_llava::image_io;
+use spec_llava::spec::adapt::CostModel;
 use spec_llava::spec::decode::{decode_speculative, SpecInputs, SpecResult};
 use spec_llava::spec::tree::NodeStatus;
 use spec_llava::spec::SpecOptions;
 
 const B: CpuBackend = CpuBackend;
+
+thread_local! {
+    /// Cost model the next `spec` call sizes its trees with (None: fixed options).
+    static COST: std::cell::RefCell<Option<CostModel>> = const { std::cell::RefCell::new(None) };
+}
 
 struct Setup {
     target: Captioner<CpuBackend>,
@@ -76,6 +82,7 @@ fn spec(
     options: SpecOptions,
 ) -> (SpecResult, Vec<[usize; 5]>) {
     let mut statuses = Vec::new();
+    let cost = COST.with(|c| c.borrow().clone());
     let inputs = SpecInputs {
         target: &s.target.model,
         draft: &s.draft.model,
@@ -87,6 +94,7 @@ fn spec(
         max_new_tokens: max,
         sampling,
         options,
+        cost: cost.as_ref(),
     };
     let r = pollster::block_on(decode_speculative(&B, inputs, &|t| t.to_string(), |ev| {
         use NodeStatus::*;
@@ -409,4 +417,39 @@ fn identical_vision_towers_are_shared() {
     )
     .unwrap();
     assert!(!target.drafter(random).unwrap().shared_vision);
+}
+
+#[test]
+fn adaptive_tree_sizes_stay_lossless_and_follow_the_costs() {
+    let s = setup(
+        "clip-llama-gqa-f32",
+        checkpoint_dir("clip-llama-gqa-f32"),
+        1,
+    );
+    let eos = s.target.checkpoint.tokenizer.eos_ids();
+    let want = plain(&s, &eos, 16, GREEDY);
+    let o = SpecOptions {
+        budget: 32,
+        depth: 8,
+        top_k: 4,
+        threshold: 0.0,
+    };
+    let mut mean_nodes = Vec::new();
+    for verify_slope in [0.01, 100.0] {
+        let cost = CostModel {
+            verify_ms: vec![(1, 10.0), (33, 10.0 + 32.0 * verify_slope)],
+            draft_pass_ms: 0.5,
+        };
+        COST.with(|c| *c.borrow_mut() = Some(cost));
+        let (got, _) = spec(&s, &eos, 16, GREEDY, o);
+        COST.with(|c| *c.borrow_mut() = None);
+        assert_eq!(got.tokens, want, "slope {verify_slope}");
+        let n: usize = got.verified_per_round.iter().sum();
+        mean_nodes.push(n as f64 / got.rounds as f64);
+    }
+    // Cheap verification: big trees; expensive verification: small ones.
+    assert!(
+        mean_nodes[0] > 2.0 * mean_nodes[1].max(0.5),
+        "{mean_nodes:?}"
+    );
 }

@@ -125,6 +125,9 @@ struct BenchArgs {
     json: bool,
     #[arg(long, value_enum)]
     backend: Option<BackendChoice>,
+    /// Also run with the tree sized from costs measured on this device.
+    #[arg(long)]
+    adaptive: bool,
 }
 
 #[derive(clap::Args)]
@@ -350,15 +353,16 @@ impl Job for BenchJob {
     fn run<B: Backend>(self, backend: &B) -> Result<()> {
         let BenchJob(args, target, draft, options) = self;
         let t = Captioner::new(backend, target)?;
-        let d = t.drafter(Captioner::new(backend, draft)?)?;
+        let mut d = t.drafter(Captioner::new(backend, draft)?)?;
         let r = pollster::block_on(spec_llava::eval::bench(
             backend,
             &t,
-            &d,
+            &mut d,
             args.scenes,
             args.seed,
             options,
             args.max_new_tokens,
+            args.adaptive,
         ))?;
         if args.json {
             return json_line(&r);
@@ -380,6 +384,12 @@ impl Job for BenchJob {
             "speedup {:.2}x; tau {:.2} (without bonus {:.2}); identical outputs {}/{}",
             r.speedup, r.tau, r.tau_without_bonus, r.identical, r.total
         );
+        if let Some(a) = &r.adaptive {
+            println!(
+                "adaptive:    {:>8.1} tokens/s  speedup {:.2}x; tau {:.2}; mean tree {:.1} nodes (fixed: {:.1}); identical {}/{}",
+                a.spec.tokens_per_s, a.speedup, a.tau, a.mean_tree_nodes, r.mean_tree_nodes, a.identical, r.total
+            );
+        }
         Ok(())
     }
 }

@@ -10,6 +10,7 @@ use crate::backend::{AttnMask, Backend};
 use crate::error::{Error, Result};
 use crate::generate::{Sampler, SamplingOptions};
 use crate::model::LlavaModel;
+use crate::spec::adapt::CostModel;
 use crate::spec::events::{RoundEvent, RoundTimings};
 use crate::spec::tree::{log_softmax, DraftTree};
 use crate::spec::verify::verify;
@@ -27,6 +28,8 @@ pub struct SpecResult {
     /// Draft forward passes (prefill excluded).
     pub draft_passes: usize,
     pub accepted_per_round: Vec<usize>,
+    /// Draft nodes verified per round (the tree size actually used).
+    pub verified_per_round: Vec<usize>,
     pub prefill_ms: f64,
     pub decode_ms: f64,
 }
@@ -106,6 +109,9 @@ pub struct SpecInputs<'a, B: Backend> {
     pub max_new_tokens: usize,
     pub sampling: SamplingOptions,
     pub options: SpecOptions,
+    /// Measured device costs: when given, depth and node count are chosen each round to maximise
+    /// expected tokens per second (`options` become upper bounds).
+    pub cost: Option<&'a CostModel>,
 }
 
 /// Generate with speculation. `on_round` receives every round's event (token text via `text`)
@@ -181,6 +187,21 @@ pub async fn decode_speculative<B: Backend>(
             if frontier.is_empty() || best.exp() < opts.threshold {
                 break;
             }
+            if let Some(cost) = inp.cost {
+                // Deepen only if even an optimistic next layer (top_k nodes as likely as the best
+                // frontier path) beats the best tree we already have.
+                let scores = candidate_scores(&tree);
+                let spent = td.elapsed().as_secs_f64() * 1e3;
+                let (n, now) = cost.best_budget(&scores, budget, spent);
+                let mut hoped = scores.clone();
+                hoped.extend(std::iter::repeat_n(best, opts.top_k));
+                hoped.sort_by(|a, b| b.total_cmp(a));
+                let (_, next) = cost.best_budget(&hoped, budget, spent + cost.draft_pass_ms);
+                let _ = n;
+                if next <= now {
+                    break;
+                }
+            }
             // One batched draft pass over the frontier; each node sees its ancestors only.
             let (ctx, n) = (next_slot - tree_start, frontier.len());
             let mut allowed = vec![false; n * (ctx + n)];
@@ -212,6 +233,17 @@ pub async fn decode_speculative<B: Backend>(
             next_slot += n;
             frontier = tree.best(&candidates, opts.top_k);
         }
+        let budget = match inp.cost {
+            Some(cost) => {
+                cost.best_budget(
+                    &candidate_scores(&tree),
+                    budget,
+                    td.elapsed().as_secs_f64() * 1e3,
+                )
+                .0
+            }
+            None => budget,
+        };
         let order = tree.select(budget);
         timings.draft_ms = td.elapsed().as_secs_f64() * 1e3;
 
@@ -232,6 +264,7 @@ pub async fn decode_speculative<B: Backend>(
         let verdict = verify(&mut tree, &order, &rows, &mut sampler);
         out.rounds += 1;
         out.accepted_per_round.push(verdict.accepted.len());
+        out.verified_per_round.push(order.len() - 1);
         timings.verify_ms = tv.elapsed().as_secs_f64() * 1e3;
 
         // Bookkeeping: emit accepted tokens and the bonus (cut at EOS or the token limit), then
@@ -303,4 +336,11 @@ pub async fn decode_speculative<B: Backend>(
     }
     out.decode_ms = t1.elapsed().as_secs_f64() * 1e3;
     Ok(out)
+}
+
+/// Cumulative scores of every drafted node, best first.
+fn candidate_scores(tree: &DraftTree) -> Vec<f32> {
+    let mut s: Vec<f32> = tree.nodes[1..].iter().map(|n| n.score).collect();
+    s.sort_by(|a, b| b.total_cmp(a));
+    s
 }

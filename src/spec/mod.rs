@@ -6,6 +6,7 @@
 //! kept, and both KV caches are compacted to it (`decode`). Each round is reported as a typed
 //! event (`events`), which the UI draws and `--trace` writes.
 
+pub mod adapt;
 pub mod decode;
 pub mod events;
 pub mod tree;

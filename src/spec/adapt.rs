@@ -1,0 +1,166 @@
+//! Hardware-aware tree size (Sequoia's criterion, with OPT-Tree's acceptance estimate).
+//!
+//! On the current device we measure what a target verification pass costs for N tree nodes and
+//! what one draft pass costs. Each round, with a distilled (calibrated) draft, the expected number
+//! of accepted tokens of a tree is the sum over its nodes of their path probability
+//! `exp(cumulative draft log-prob)`. We keep deepening only while another draft pass can raise
+//! expected tokens per second, then verify the number of nodes n that maximises
+//! `(1 + E[accepted](n)) / (draft time + verify time(n + 1))`.
+
+use serde::Serialize;
+
+use crate::backend::{AttnMask, Backend};
+use crate::model::LlavaModel;
+use crate::text::decoder::LogitRows;
+
+/// Measured costs on one device, in milliseconds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CostModel {
+    /// (tokens in the pass, target pass time) in increasing token order.
+    pub verify_ms: Vec<(usize, f64)>,
+    /// One batched draft pass over a frontier.
+    pub draft_pass_ms: f64,
+}
+
+impl CostModel {
+    /// Target pass time for `n` tokens (piecewise-linear between measured sizes).
+    pub fn verify(&self, n: usize) -> f64 {
+        let pts = &self.verify_ms;
+        let Some(&(n0, t0)) = pts.first() else {
+            return 0.0;
+        };
+        if n <= n0 {
+            return t0;
+        }
+        for w in pts.windows(2) {
+            let ((a, ta), (b, tb)) = (w[0], w[1]);
+            if n <= b {
+                return ta + (tb - ta) * (n - a) as f64 / (b - a) as f64;
+            }
+        }
+        let (a, ta) = pts[pts.len().saturating_sub(2)];
+        let (b, tb) = pts[pts.len() - 1];
+        if b == a {
+            return tb;
+        }
+        tb + (tb - ta) / (b - a) as f64 * (n - b) as f64
+    }
+
+    /// Expected tokens per millisecond of a round whose tree keeps the best `n` of `scores`
+    /// (cumulative draft log-probs, best first) after `draft_ms` of drafting.
+    pub fn rate(&self, scores: &[f32], n: usize, draft_ms: f64) -> f64 {
+        let expected: f64 = scores[..n].iter().map(|&s| (s as f64).exp()).sum();
+        (1.0 + expected) / (draft_ms + self.verify(n + 1))
+    }
+
+    /// The node count in `0..=max` with the best expected rate.
+    pub fn best_budget(&self, scores: &[f32], max: usize, draft_ms: f64) -> (usize, f64) {
+        let max = max.min(scores.len());
+        (0..=max)
+            .map(|n| (n, self.rate(scores, n, draft_ms)))
+            .fold((0, f64::MIN), |best, x| if x.1 > best.1 { x } else { best })
+    }
+
+    /// Time target passes of 1..=max_nodes+1 tokens and draft passes on this device.
+    pub async fn measure<B: Backend>(
+        b: &B,
+        target: &LlavaModel<B>,
+        draft: &LlavaModel<B>,
+        max_nodes: usize,
+        top_k: usize,
+    ) -> Self {
+        const PREFIX: usize = 64;
+        let mut sizes = vec![1usize];
+        while *sizes.last().unwrap_or(&1) < max_nodes + 1 {
+            let next = (sizes.last().unwrap_or(&1) * 2).min(max_nodes + 1);
+            sizes.push(next);
+        }
+        let mut verify_ms = Vec::new();
+        for &n in &sizes {
+            verify_ms.push((n, time_pass(b, target, PREFIX, n).await));
+        }
+        let draft_pass_ms = time_pass(b, draft, PREFIX, top_k).await;
+        CostModel {
+            verify_ms,
+            draft_pass_ms,
+        }
+    }
+}
+
+/// Median time of a chain-shaped pass of `n` tokens after a `prefix`-token cache.
+async fn time_pass<B: Backend>(b: &B, model: &LlavaModel<B>, prefix: usize, n: usize) -> f64 {
+    let mut cache = model.text.new_cache(b, prefix + n);
+    let ids: Vec<u32> = (0..prefix as u32).map(|i| i % 7).collect();
+    let pos: Vec<u32> = (0..prefix as u32).collect();
+    let logits = model.forward(
+        b,
+        &mut cache,
+        0,
+        model.text.embed(b, &ids),
+        &pos,
+        &AttnMask::Causal,
+        LogitRows::Last,
+    );
+    b.read(&logits).await;
+    let mut times = Vec::new();
+    let ids: Vec<u32> = (0..n as u32).map(|i| i % 5).collect();
+    let pos: Vec<u32> = (prefix as u32..(prefix + n) as u32).collect();
+    let allowed: Vec<bool> = (0..n * n).map(|k| k % n <= k / n).collect();
+    for _ in 0..3 {
+        let t = web_time::Instant::now();
+        let mask = AttnMask::Tree {
+            ctx: 0,
+            n,
+            allowed: allowed.clone(),
+        };
+        let logits = model.forward(
+            b,
+            &mut cache,
+            prefix,
+            model.text.embed(b, &ids),
+            &pos,
+            &mask,
+            LogitRows::All,
+        );
+        b.read(&logits).await;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    times[1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verify_cost_interpolates_and_extrapolates() {
+        let c = CostModel {
+            verify_ms: vec![(1, 10.0), (2, 12.0), (4, 16.0)],
+            draft_pass_ms: 1.0,
+        };
+        assert_eq!(c.verify(1), 10.0);
+        assert_eq!(c.verify(3), 14.0);
+        assert_eq!(c.verify(6), 20.0);
+    }
+
+    #[test]
+    fn budget_grows_with_confidence_and_shrinks_with_cost() {
+        let flat = CostModel {
+            verify_ms: vec![(1, 10.0), (65, 10.5)],
+            draft_pass_ms: 1.0,
+        };
+        let steep = CostModel {
+            verify_ms: vec![(1, 10.0), (65, 300.0)],
+            draft_pass_ms: 1.0,
+        };
+        let confident: Vec<f32> = (0..32).map(|i| -0.05 * i as f32).collect();
+        let unsure: Vec<f32> = (0..32).map(|i| -3.0 - 0.5 * i as f32).collect();
+        let (n_flat, _) = flat.best_budget(&confident, 32, 5.0);
+        let (n_steep, _) = steep.best_budget(&confident, 32, 5.0);
+        let (n_unsure, _) = steep.best_budget(&unsure, 32, 5.0);
+        assert!(n_flat > n_steep, "{n_flat} vs {n_steep}");
+        assert!(n_steep > n_unsure, "{n_steep} vs {n_unsure}");
+        assert_eq!(n_flat, 32);
+    }
+}
