@@ -2,7 +2,8 @@
 //! whatever adapter the machine has (Mesa lavapipe in CI).
 //!
 //! Tolerances (f32 everywhere):
-//! - exact (bit-identical): copies, gathers, scatters, add, KV write and compaction;
+//! - exact (bit-identical): copies, gathers, scatters, add, and the cache contents after KV
+//!   write + compaction (probed by attending to one slot at a time);
 //! - matmul (every kernel: vec, small, tiled, row-split weights) and attention: max |gpu - cpu|
 //!   <= 1e-5 x max |cpu| over the output (sums run in a different order);
 //! - elementwise activations, RoPE: |gpu - cpu| <= 1e-6 x max(1, |cpu|) per element (GELU here is
@@ -585,24 +586,36 @@ fn kv_compaction_keeps_the_accepted_path() {
             "tree",
         );
     }
-    // Keep the path to node 11 (its ancestors, in order); then an overlapping case where a source
-    // slot is also a later destination (to 0..3 from 2, 3, 5).
+    // Keep the path to the deepest node (its ancestors, in order); then an overlapping case where
+    // a source slot is also a later destination (to 0..3 from 2, 3, 5).
+    let leaf = (0..12)
+        .max_by_key(|&i| anc[i].iter().filter(|&&a| a).count())
+        .unwrap();
     let path: Vec<usize> = (0..12)
-        .filter(|&j| anc[11][j])
+        .filter(|&j| anc[leaf][j])
         .map(|j| prompt + j)
         .collect();
+    assert!(
+        path.len() >= 3,
+        "the random tree should have a real path: {path:?}"
+    );
     for (from, to_start) in [(path.clone(), prompt), (vec![2, 3, 5], 0)] {
         cpu.compact_cache(&mut cc, &from, to_start);
         g.compact_cache(&mut gc, &from, to_start);
-        // Attention after compaction reads the moved slots: one decode step per layer checks them.
-        let start = to_start + from.len();
+        let len = to_start + from.len();
+        for layer in 0..layers {
+            for slot in 0..len {
+                probe_slot(&p, (&mut cc, &mut gc), layer, len, slot, h);
+            }
+        }
+        // Attention after compaction reads the moved slots: one decode step per layer.
         for layer in 0..layers {
             step(
                 &p,
                 &mut rng,
                 (&mut cc, &mut gc),
                 layer,
-                start,
+                len,
                 1,
                 &AttnMask::Causal,
                 h,
@@ -610,6 +623,45 @@ fn kv_compaction_keeps_the_accepted_path() {
             );
         }
     }
+}
+
+/// The cached values of `slot` must be bit-identical on both backends: a query whose mask shows it
+/// that one slot gets softmax weight exactly 1 there, so attention returns the slot's values as
+/// they are stored. (The probe itself writes zeros at slot `len`, past what is checked.)
+fn probe_slot(
+    p: &Pair,
+    caches: (
+        &mut <CpuBackend as Backend>::Cache,
+        &mut <GpuBackend as Backend>::Cache,
+    ),
+    layer: usize,
+    len: usize,
+    slot: usize,
+    h: Heads,
+) {
+    let (qw, kw) = (h.q_heads * h.head_dim, h.kv_heads * h.head_dim);
+    let mut allowed = vec![false; len + 1];
+    allowed[slot] = true;
+    let mask = AttnMask::Tree {
+        ctx: len,
+        n: 1,
+        allowed,
+    };
+    let (qc, qg) = p.tensor(&vec![0.5; qw], 1, qw);
+    let (kc, kg) = p.tensor(&vec![0.0; kw], 1, kw);
+    let (vc, vg) = p.tensor(&vec![0.0; kw], 1, kw);
+    let c = p
+        .cpu
+        .cached_attention(caches.0, layer, len, &qc, &kc, &vc, &mask, h);
+    let gt = p
+        .gpu
+        .cached_attention(caches.1, layer, len, &qg, &kg, &vg, &mask, h);
+    let (got, want) = p.results(&c, &gt);
+    assert_exact(
+        &format!("layer {layer} slot {slot} after compaction"),
+        &got,
+        &want,
+    );
 }
 
 #[test]

@@ -70,11 +70,12 @@ const GIB: u64 = 1 << 30;
 
 /// The limits to request from an adapter offering `adapter`.
 fn wanted_limits(adapter: &wgpu::Limits) -> wgpu::Limits {
-    let mut want = wgpu::Limits::default();
     // More than the defaults only where the adapter offers it; never more than the caps.
-    want.max_storage_buffer_binding_size = adapter.max_storage_buffer_binding_size.min(GIB);
-    want.max_buffer_size = adapter.max_buffer_size.min(2 * GIB);
-    want
+    wgpu::Limits {
+        max_storage_buffer_binding_size: adapter.max_storage_buffer_binding_size.min(GIB),
+        max_buffer_size: adapter.max_buffer_size.min(2 * GIB),
+        ..wgpu::Limits::default()
+    }
 }
 
 /// Open the first adapter the platform offers (a discrete GPU if there is a choice).
@@ -132,15 +133,19 @@ mod tests {
 
     #[test]
     fn limits_stay_within_the_adapter_and_the_caps() {
-        let mut lavapipe = wgpu::Limits::default();
-        lavapipe.max_storage_buffer_binding_size = 128 << 20;
-        lavapipe.max_buffer_size = 2 * GIB;
+        let lavapipe = wgpu::Limits {
+            max_storage_buffer_binding_size: 128 << 20,
+            max_buffer_size: 2 * GIB,
+            ..wgpu::Limits::default()
+        };
         let w = wanted_limits(&lavapipe);
         assert_eq!(w.max_storage_buffer_binding_size, 128 << 20);
         assert_eq!(w.max_buffer_size, 2 * GIB);
-        let mut big = lavapipe.clone();
-        big.max_storage_buffer_binding_size = 4 * GIB;
-        big.max_buffer_size = 16 * GIB;
+        let big = wgpu::Limits {
+            max_storage_buffer_binding_size: 4 * GIB,
+            max_buffer_size: 16 * GIB,
+            ..lavapipe.clone()
+        };
         let w = wanted_limits(&big);
         assert_eq!(w.max_storage_buffer_binding_size, GIB);
         assert_eq!(w.max_buffer_size, 2 * GIB);

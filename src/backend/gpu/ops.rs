@@ -13,6 +13,9 @@ use super::{GpuBackend, GpuCache, GpuTensor, GpuWeight, RopeTable, WeightChunk, 
 /// Largest head dimension the attention kernels take (DPT * WG in the shaders).
 const MAX_HEAD_DIM: usize = 256;
 
+/// Outputs per workgroup of `matmul_vec` (RPW in the shader).
+const VEC_ROWS_PER_WORKGROUP: usize = 32;
+
 /// Rows of x up to which `matmul_small` is used (above: `matmul_tiled`).
 const SMALL_ROWS: usize = 64;
 
@@ -117,7 +120,7 @@ impl GpuBackend {
                 &consts,
                 &params,
                 &bufs,
-                self.grid(n.div_ceil(8)),
+                self.grid(n.div_ceil(VEC_ROWS_PER_WORKGROUP)),
             );
         } else if m <= SMALL_ROWS {
             let col_groups = n.div_ceil(8);
@@ -237,7 +240,7 @@ impl GpuBackend {
         let ok = heads.head_dim > 0
             && heads.head_dim <= MAX_HEAD_DIM
             && heads.kv_heads > 0
-            && heads.q_heads % heads.kv_heads == 0;
+            && heads.q_heads.is_multiple_of(heads.kv_heads);
         if !ok {
             self.errors().push(format!(
                 "{op}: unsupported heads {heads:?} (head_dim 1..={MAX_HEAD_DIM}, q_heads a multiple of kv_heads)"

@@ -135,6 +135,9 @@ impl Kernel {
 /// A pipeline-overridable constant and its value (WGSL bools take 0.0 / 1.0).
 pub type Constant = (&'static str, f64);
 
+/// A kernel and the bit patterns of its constants: one compiled pipeline.
+type PipelineKey = (Kernel, Vec<(&'static str, u64)>);
+
 struct KernelLayout {
     bind_group_layout: wgpu::BindGroupLayout,
     pipeline_layout: wgpu::PipelineLayout,
@@ -148,7 +151,7 @@ pub struct Pipelines {
     max_binding: u64,
     uniform_arena: wgpu::Buffer,
     layouts: HashMap<Kernel, KernelLayout>,
-    pipelines: HashMap<(Kernel, Vec<(&'static str, u64)>), wgpu::ComputePipeline>,
+    pipelines: HashMap<PipelineKey, wgpu::ComputePipeline>,
     bind_groups: HashMap<(Kernel, Vec<u64>), wgpu::BindGroup>,
     graveyard: Graveyard,
 }
@@ -225,7 +228,7 @@ impl Pipelines {
 
     /// The pipeline of `kernel` specialised with `constants`.
     pub fn pipeline(&mut self, kernel: Kernel, constants: &[Constant]) -> wgpu::ComputePipeline {
-        let key = (
+        let key: PipelineKey = (
             kernel,
             constants
                 .iter()
