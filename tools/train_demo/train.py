@@ -840,7 +840,8 @@ def write_cards(ctx, dirs):
                   f"- Exact caption match, fp32 training weights: {s.get('python_exact_match_fp32')}",
                   f"- Exact caption match, exported fp16 weights via `LlavaProcessor` + `generate`: "
                   f"{s.get('python_exact_match_export_fp16_weights')}",
-                  f"- Attribute accuracy (per-cell shape/colour/size + background, parsed): "
+                  f"- Attribute accuracy (all 9 cells x shape-or-empty/colour/size + background, parsed; "
+                  "empty cells count, so this overstates per-object accuracy): "
                   f"{s.get('python_attribute_accuracy_export_fp16_weights')}", "",
                   "## Evaluation (spec-llava eval)", "", "_To be filled by the lead._", ""]
         open(os.path.join(d, "README.md"), "w").write("\n".join(lines))

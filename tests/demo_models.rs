@@ -1,0 +1,95 @@
+//! The bundled demo pair (web/models/demo/{target,draft}, made by tools/train_demo): both load
+//! through the same loader as any Hugging Face checkpoint, share tokenizer and vision tower, the
+//! target captions held-out scenes well on the CPU engine, and speculation with the draft is
+//! lossless and actually accepts tokens.
+
+use std::path::{Path, PathBuf};
+
+use spec_llava::backend::cpu::CpuBackend;
+use spec_llava::caption::{CaptionRequest, Captioner};
+use spec_llava::checkpoint::Checkpoint;
+use spec_llava::eval::{bench, evaluate};
+use spec_llava::spec::SpecOptions;
+
+const B: CpuBackend = CpuBackend;
+
+fn demo(which: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("web/models/demo")
+        .join(which)
+}
+
+fn load(which: &str) -> Captioner<CpuBackend> {
+    Captioner::new(&B, Checkpoint::open(&demo(which)).unwrap()).unwrap()
+}
+
+#[test]
+fn the_pair_shares_tokenizer_and_vision_tower_and_the_draft_is_cheap() {
+    let (t, d) = (load("target"), load("draft"));
+    assert!(t
+        .checkpoint
+        .tokenizer
+        .same_vocabulary(&d.checkpoint.tokenizer));
+    let (tc, dc) = (&t.model.config.text, &d.model.config.text);
+    // Per-token decoder cost ~ layers * hidden^2 (attention + MLP scale alike).
+    let cost = |c: &spec_llava::config::TextConfig| {
+        c.num_hidden_layers * c.hidden_size * (4 * c.hidden_size + 3 * c.intermediate_size)
+    };
+    assert!(
+        cost(dc) * 8 <= cost(tc),
+        "draft cost {} vs target {}",
+        cost(dc),
+        cost(tc)
+    );
+    let drafter = t.drafter(d).unwrap();
+    assert!(
+        drafter.shared_vision,
+        "the draft should reuse the target's vision tower"
+    );
+}
+
+#[test]
+fn target_captions_held_out_scenes_grammatically() {
+    let t = load("target");
+    // Seeds below 1,000,000 were never trained on.
+    let report = pollster::block_on(evaluate(&B, &t, 20, 500)).unwrap();
+    println!("{report:?}");
+    // The demo pair is under-trained (the goal, 0.95, is not met yet): these floors check
+    // that what loads is the trained model — grammatical captions, right backgrounds and colours.
+    let p = &report.per_attribute;
+    assert_eq!(
+        p["parsed"], 1.0,
+        "every caption should follow the scene grammar"
+    );
+    assert!(p["background"] >= 0.9 && p["colour"] >= 0.75, "{p:?}");
+    assert!(
+        report.attribute_accuracy >= 0.5,
+        "attribute accuracy {}",
+        report.attribute_accuracy
+    );
+}
+
+#[test]
+fn speculation_with_the_demo_draft_is_lossless_and_accepts() {
+    let (t, d) = (load("target"), load("draft"));
+    let mut drafter = t.drafter(d).unwrap();
+    let options = SpecOptions::default();
+    let r = pollster::block_on(bench(&B, &t, &mut drafter, 30, 700, options, 64, true)).unwrap();
+    println!("{}", serde_json::to_string(&r).unwrap());
+    assert_eq!(
+        r.identical, r.total,
+        "speculative output must equal plain decoding"
+    );
+    assert!(
+        r.tau > 2.0,
+        "a distilled draft should land several tokens per target pass: tau {}",
+        r.tau
+    );
+}
+
+#[test]
+fn default_prompt_comes_from_the_chat_template() {
+    let t = load("target");
+    let p = t.prompt_text(&CaptionRequest::default()).unwrap();
+    assert_eq!(p, "USER: <image>\nDescribe the image. ASSISTANT:");
+}
