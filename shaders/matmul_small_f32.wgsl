@@ -1,9 +1,14 @@
 // out[i, col_offset + j] = dot(x[i, :], w[j, :]) + bias[col_offset + j] for a few rows of x
-// (2..=64: speculation trees, short prompts). Each workgroup computes RPW weight rows x TM rows of
-// x, so every weight vec4 it loads is used TM times; TPR invocations share one weight row (coalesced
-// vec4 loads) and reduce in workgroup memory. x rows are read from global memory (small, cached).
+// (2..=64: speculation trees, short prompts). Laid out for CPU drivers (lavapipe: a workgroup is
+// one thread's task, invocations are SIMD lanes): invocation i of a workgroup owns row i of x and
+// CPW consecutive weight rows, so every weight vec4 it loads is the same for all lanes (uniform
+// address: one load broadcast to the SIMD vector) and each lane's x vec4 is reused CPW times.
+// No workgroup memory, no barriers. TM (the workgroup size) is the rows of x per workgroup, chosen
+// by the host as the smallest of 8 / 16 / 32 / 64 that covers m.
 
 override HAS_BIAS: bool = false;
+// rows of x per workgroup (= invocations per workgroup)
+override TM: u32 = 16u;
 
 struct Params {
     // rows of x
@@ -23,15 +28,12 @@ struct Params {
     _pad: u32,
 }
 
-const WG: u32 = 256u;
-const TPR: u32 = 32u;
-const RPW: u32 = 8u;
-// rows of x per workgroup
-const TM: u32 = 8u;
+// weight rows (output columns) per workgroup
+const CPW: u32 = 8u;
 
 @group(0) @binding(0) var<uniform> p: Params;
-// x: [m, k]
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+// x: [m, k] (as vec4s; rows are vec4-aligned only when k is a multiple of 4)
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 // w: [n, k4] vec4s (this chunk)
 @group(0) @binding(2) var<storage, read> w: array<vec4<f32>>;
 // bias: [out_stride] (read only when HAS_BIAS)
@@ -39,29 +41,11 @@ const TM: u32 = 8u;
 // out: [m, out_stride]
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
-var<workgroup> red: array<f32, 2048>; // TM * WG
-
-// x[row, 4q..4q+4], zero past k.
-fn x4(row: u32, q: u32) -> vec4<f32> {
-    let e = q * 4u;
-    let base = row * p.k;
-    if e + 3u < p.k {
-        return vec4<f32>(x[base + e], x[base + e + 1u], x[base + e + 2u], x[base + e + 3u]);
-    }
-    var v = vec4<f32>(0.0);
-    if e < p.k {
-        v.x = x[base + e];
-    }
-    if e + 1u < p.k {
-        v.y = x[base + e + 1u];
-    }
-    if e + 2u < p.k {
-        v.z = x[base + e + 2u];
-    }
-    return v;
+fn wrow(j: u32) -> u32 {
+    return min(j, p.n - 1u) * p.k4;
 }
 
-@compute @workgroup_size(WG)
+@compute @workgroup_size(TM)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -71,42 +55,69 @@ fn main(
     if group >= p.col_groups {
         return;
     }
-    let g = lid / TPR;
-    let t = lid % TPR;
-    let j = group * RPW + g;
-    let i0 = wid.z * TM;
-    let rows = min(TM, p.m - i0);
-    var acc: array<vec4<f32>, TM>;
-    for (var r = 0u; r < TM; r++) {
-        acc[r] = vec4<f32>(0.0);
+    // Rows past m compute a copy of row m - 1 and write nothing (no divergent branches around
+    // the loads, which would keep the driver from treating the weight addresses as uniform).
+    let i_out = wid.z * TM + lid;
+    let i = min(i_out, p.m - 1u);
+    let j0 = group * CPW;
+    let r0 = wrow(j0 + 0u);
+    let r1 = wrow(j0 + 1u);
+    let r2 = wrow(j0 + 2u);
+    let r3 = wrow(j0 + 3u);
+    let r4 = wrow(j0 + 4u);
+    let r5 = wrow(j0 + 5u);
+    let r6 = wrow(j0 + 6u);
+    let r7 = wrow(j0 + 7u);
+    var a0 = 0.0;
+    var a1 = 0.0;
+    var a2 = 0.0;
+    var a3 = 0.0;
+    var a4 = 0.0;
+    var a5 = 0.0;
+    var a6 = 0.0;
+    var a7 = 0.0;
+    // Whole vec4 steps when x rows are vec4-aligned (k % 4 == 0); otherwise everything goes
+    // through the scalar loop below.
+    let kv = select(0u, p.k / 4u, p.k % 4u == 0u);
+    let xrow = i * kv;
+    for (var q = 0u; q < kv; q++) {
+        let xv = x[xrow + q];
+        a0 += dot(xv, w[r0 + q]);
+        a1 += dot(xv, w[r1 + q]);
+        a2 += dot(xv, w[r2 + q]);
+        a3 += dot(xv, w[r3 + q]);
+        a4 += dot(xv, w[r4 + q]);
+        a5 += dot(xv, w[r5 + q]);
+        a6 += dot(xv, w[r6 + q]);
+        a7 += dot(xv, w[r7 + q]);
     }
-    if j < p.n {
-        let row = j * p.k4;
-        for (var q = t; q < p.k4; q += TPR) {
-            let wv = w[row + q];
-            for (var r = 0u; r < rows; r++) {
-                acc[r] = fma(x4(i0 + r, q), wv, acc[r]);
+    for (var e = kv * 4u; e < p.k; e++) {
+        let xe = i * p.k + e;
+        let xs = x[xe / 4u][xe % 4u];
+        let q = e / 4u;
+        let c = e % 4u;
+        a0 = fma(xs, w[r0 + q][c], a0);
+        a1 = fma(xs, w[r1 + q][c], a1);
+        a2 = fma(xs, w[r2 + q][c], a2);
+        a3 = fma(xs, w[r3 + q][c], a3);
+        a4 = fma(xs, w[r4 + q][c], a4);
+        a5 = fma(xs, w[r5 + q][c], a5);
+        a6 = fma(xs, w[r6 + q][c], a6);
+        a7 = fma(xs, w[r7 + q][c], a7);
+    }
+    if i_out >= p.m {
+        return;
+    }
+    let acc = array<f32, CPW>(a0, a1, a2, a3, a4, a5, a6, a7);
+    let ob = i_out * p.out_stride + p.col_offset;
+    for (var c = 0u; c < CPW; c++) {
+        let j = j0 + c;
+        if j < p.n {
+            var y = acc[c];
+            if HAS_BIAS {
+                y += bias[p.col_offset + j];
             }
+            out[ob + j] = y;
         }
-    }
-    for (var r = 0u; r < TM; r++) {
-        red[r * WG + lid] = (acc[r].x + acc[r].y) + (acc[r].z + acc[r].w);
-    }
-    workgroupBarrier();
-    for (var s = TPR / 2u; s > 0u; s = s >> 1u) {
-        if t < s {
-            for (var r = 0u; r < TM; r++) {
-                red[r * WG + lid] += red[r * WG + lid + s];
-            }
-        }
-        workgroupBarrier();
-    }
-    // Invocation t < rows of each group writes row i0 + t of its output column.
-    if t < rows && j < p.n {
-        var y = red[t * WG + g * TPR];
-        if HAS_BIAS {
-            y += bias[p.col_offset + j];
-        }
-        out[(i0 + t) * p.out_stride + p.col_offset + j] = y;
     }
 }

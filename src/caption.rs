@@ -2,7 +2,7 @@
 //! RGB image -> `vision::preprocess` -> `LlavaModel::encode_image` -> prompt ids (`<image>`
 //! expanded) -> `generate::decode_plain`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
 use crate::checkpoint::Checkpoint;
@@ -35,7 +35,7 @@ impl Default for CaptionRequest {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Timings {
     pub preprocess_ms: f64,
     pub vision_ms: f64,
@@ -44,7 +44,7 @@ pub struct Timings {
     pub total_ms: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Caption {
     pub text: String,
     /// Generated ids, EOS excluded.
@@ -58,7 +58,7 @@ pub struct Caption {
 }
 
 /// Speculation statistics of one caption.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SpecSummary {
     /// Target passes after prefill (one per round).
     pub rounds: usize,

@@ -226,3 +226,46 @@ pub async fn bench<B: Backend>(
         spec: spec.speed,
     })
 }
+
+/// Plain greedy decoding speed (`spec-llava bench-kernels`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DecodeSpeed {
+    pub scenes: usize,
+    pub tokens: usize,
+    /// Generated tokens per second of whole captions (image encoding and prefill included), as
+    /// `bench` counts its plain run.
+    pub tokens_per_s: f64,
+    /// One-token decoder passes per second of the decoding loop alone (after prefill).
+    pub decode_tokens_per_s: f64,
+}
+
+/// Caption scenes `seed..seed + count` with plain greedy decoding and time them.
+pub async fn plain_speed<B: Backend>(
+    b: &B,
+    captioner: &Captioner<B>,
+    count: usize,
+    seed: u64,
+    max_new_tokens: usize,
+) -> Result<DecodeSpeed> {
+    let req = CaptionRequest {
+        max_new_tokens,
+        ..Default::default()
+    };
+    let (mut tokens, mut passes, mut total_ms, mut decode_ms) = (0, 0, 0.0, 0.0);
+    for i in 0..count as u64 {
+        let scene = scenes::generate(seed + i);
+        let c = captioner.caption(b, &scene.image, &req, |_| true).await?;
+        tokens += c.tokens.len();
+        // Prefill yields the first token; each later token, and the EOS check, one pass.
+        passes += (c.tokens.len() + usize::from(c.hit_eos)).saturating_sub(1);
+        total_ms += c.timings_ms.total_ms;
+        decode_ms += c.timings_ms.decode_ms;
+    }
+    let per_s = |n: usize, ms: f64| n as f64 / (ms / 1e3).max(1e-9);
+    Ok(DecodeSpeed {
+        scenes: count,
+        tokens,
+        tokens_per_s: per_s(tokens, total_ms),
+        decode_tokens_per_s: per_s(passes, decode_ms),
+    })
+}

@@ -8,6 +8,7 @@
 //! `config` and `weights` load Hugging Face checkpoints; `model` ties the stages into one model
 //! definition that runs on any `backend`.
 
+pub mod app;
 pub mod backend;
 pub mod caption;
 pub mod checkpoint;
@@ -18,6 +19,7 @@ pub mod generate;
 pub mod image_io;
 pub mod model;
 pub mod projector;
+pub mod quant;
 pub mod scenes;
 pub mod spec;
 pub mod text;

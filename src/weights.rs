@@ -13,6 +13,7 @@ use half::{bf16, f16};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
+use crate::quant::{self, Format, QuantMatrix, Scheme, WeightData};
 
 /// Bytes of one safetensors file, owned (wasm: downloaded) or memory-mapped (native).
 pub type FileBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
@@ -22,6 +23,10 @@ pub enum DType {
     F32,
     F16,
     BF16,
+    /// Codes of a quantized weight (`NAME.q4`; see `quant`).
+    U8,
+    /// Codes of a quantized weight (`NAME.q8`; see `quant`).
+    I8,
 }
 
 impl DType {
@@ -29,6 +34,7 @@ impl DType {
         match self {
             DType::F32 => 4,
             DType::F16 | DType::BF16 => 2,
+            DType::U8 | DType::I8 => 1,
         }
     }
 }
@@ -56,6 +62,10 @@ pub struct WeightStore {
     entries: HashMap<String, Entry>,
     /// Safetensors `__metadata__` of the first file (quantized checkpoints name their scheme here).
     pub metadata: HashMap<String, String>,
+    /// The scheme of a quantized checkpoint (`spec_llava.quant` in the metadata).
+    format: Option<Format>,
+    /// Quantize plain checkpoints' linear weights as they are loaded (`caption --quant`).
+    quantize_on_load: Option<Format>,
 }
 
 impl WeightStore {
@@ -63,14 +73,25 @@ impl WeightStore {
     pub fn from_files(files: Vec<(String, FileBytes)>) -> Result<Self> {
         let mut entries = HashMap::new();
         let mut metadata = HashMap::new();
+        let mut format = None;
         for (index, (name, bytes)) in files.iter().enumerate() {
             let data: &[u8] = (**bytes).as_ref();
             let (_, meta) = SafeTensors::read_metadata(data)
                 .map_err(|e| Error::file(name, format!("not a valid safetensors file: {e}")))?;
+            let file_meta = meta.metadata().clone().unwrap_or_default();
+            let file_format = quant::format_from_metadata(&file_meta, name)?;
             if index == 0 {
-                if let Some(m) = meta.metadata() {
-                    metadata = m.clone();
-                }
+                metadata = file_meta;
+                format = file_format;
+            } else if file_format != format {
+                return Err(Error::file(
+                    name,
+                    format!(
+                        "quantization scheme {:?} differs from the first shard's {:?}",
+                        file_format.map(Format::name),
+                        format.map(Format::name)
+                    ),
+                ));
             }
             let st = SafeTensors::deserialize(data)
                 .map_err(|e| Error::file(name, format!("not a valid safetensors file: {e}")))?;
@@ -79,6 +100,8 @@ impl WeightStore {
                     Dtype::F32 => DType::F32,
                     Dtype::F16 => DType::F16,
                     Dtype::BF16 => DType::BF16,
+                    Dtype::U8 if format.is_some() => DType::U8,
+                    Dtype::I8 if format.is_some() => DType::I8,
                     other => {
                         return Err(Error::file(
                             name,
@@ -108,6 +131,8 @@ impl WeightStore {
             files,
             entries,
             metadata,
+            format,
+            quantize_on_load: None,
         })
     }
 
@@ -158,8 +183,134 @@ impl WeightStore {
         h.finish()
     }
 
+    /// Whether the weight `name` exists (plain, or quantized as `name.q4` / `name.q8`).
     pub fn contains(&self, name: &str) -> bool {
-        self.entries.contains_key(name)
+        self.entries.contains_key(name) || self.quantized_name(name).is_some()
+    }
+
+    /// The scheme of a quantized checkpoint (`None`: a plain one).
+    pub fn format(&self) -> Option<Format> {
+        self.format
+    }
+
+    /// Quantize (or halve) the big linear weights of a plain checkpoint as they are loaded
+    /// ([`quant::quantizable`]); `None` loads them as stored. Ignored for quantized checkpoints.
+    pub fn set_quantize_on_load(&mut self, format: Option<Format>) {
+        self.quantize_on_load = format;
+    }
+
+    /// `(codes tensor name, scheme)` when `name` is stored quantized.
+    fn quantized_name(&self, name: &str) -> Option<(String, Scheme)> {
+        [Scheme::Q4, Scheme::Q8].into_iter().find_map(|s| {
+            let n = format!("{name}{}", s.suffix());
+            self.entries.contains_key(&n).then_some((n, s))
+        })
+    }
+
+    /// A weight as the backend should receive it: quantized blocks or f16 bits when the checkpoint
+    /// stores it so (or `set_quantize_on_load` asks for it), else f32; shape checked as in
+    /// [`Self::f32`].
+    pub fn weight_data(&self, name: &str, shape: &[usize]) -> Result<WeightData> {
+        if let Some((codes_name, scheme)) = self.quantized_name(name) {
+            return self
+                .quantized(name, &codes_name, scheme, shape)
+                .map(WeightData::Quant);
+        }
+        let want = match self.format {
+            Some(f) => Some(f),
+            None => self.quantize_on_load,
+        };
+        let cols: usize = shape.iter().skip(1).product();
+        match want {
+            Some(format) if quant::quantizable(name, shape) => {
+                let raw = self.raw(name)?;
+                if format == Format::F16 && raw.dtype == DType::F16 && raw.shape == shape {
+                    let bits = raw
+                        .bytes
+                        .chunks_exact(2)
+                        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                        .collect();
+                    return Ok(WeightData::F16(bits));
+                }
+                if self.format.is_some() && format != Format::F16 {
+                    // A q4/q8 checkpoint stores every quantizable weight quantized.
+                    return Err(Error::file(
+                        self.file_of(name),
+                        format!(
+                            "tensor {name} is not quantized in a {} checkpoint (expected {name}.{} and {name}.scales)",
+                            format.name(),
+                            format.name()
+                        ),
+                    ));
+                }
+                let data = self.f32(name, shape)?;
+                Ok(WeightData::convert(data, shape[0], cols, format))
+            }
+            _ => self.f32(name, shape).map(WeightData::F32),
+        }
+    }
+
+    /// Read and check `name` stored as `codes_name` + `name.scales`.
+    fn quantized(
+        &self,
+        name: &str,
+        codes_name: &str,
+        scheme: Scheme,
+        shape: &[usize],
+    ) -> Result<QuantMatrix> {
+        let file = self.file_of(codes_name);
+        let bad = |msg: String| Error::file(file, format!("tensor {codes_name}: {msg}"));
+        if self.format.and_then(Format::scheme) != Some(scheme) {
+            return Err(bad(format!(
+                "a {} tensor in a checkpoint whose metadata says {}",
+                scheme.suffix().trim_start_matches('.'),
+                self.format
+                    .map_or("nothing (no spec_llava.quant)", Format::name)
+            )));
+        }
+        if shape.len() != 2 {
+            return Err(bad(format!(
+                "quantized, but the weight has shape {shape:?} (only matrices are)"
+            )));
+        }
+        let (rows, cols) = (shape[0], shape[1]);
+        let nb = quant::blocks_per_row(cols);
+        let codes = self.raw(codes_name)?;
+        let want_dtype = match scheme {
+            Scheme::Q8 => DType::I8,
+            Scheme::Q4 => DType::U8,
+        };
+        let want_shape = [rows, nb * scheme.block_bytes()];
+        if codes.dtype != want_dtype || codes.shape != want_shape {
+            return Err(bad(format!(
+                "{:?} {:?}, but a {}x{} weight needs {want_dtype:?} {want_shape:?}",
+                codes.dtype, codes.shape, rows, cols
+            )));
+        }
+        let scales_name = format!("{name}{}", quant::SCALES_SUFFIX);
+        let scales = self.raw(&scales_name)?;
+        if scales.dtype != DType::F16 || scales.shape != [rows, nb] {
+            return Err(Error::file(
+                self.file_of(&scales_name),
+                format!(
+                    "tensor {scales_name}: {:?} {:?}, but a {rows}x{cols} weight needs F16 [{rows}, {nb}]",
+                    scales.dtype, scales.shape
+                ),
+            ));
+        }
+        let q = QuantMatrix {
+            scheme,
+            rows,
+            cols,
+            qs: codes.bytes.to_vec(),
+            scales: scales
+                .bytes
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect(),
+        };
+        q.check().map_err(bad)?;
+        Ok(q)
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -167,7 +318,7 @@ impl WeightStore {
     }
 
     /// The file a tensor comes from, or the first file (for messages about missing tensors).
-    fn file_of(&self, name: &str) -> &str {
+    pub fn file_of(&self, name: &str) -> &str {
         let index = self.entries.get(name).map(|e| e.file).unwrap_or(0);
         self.files
             .get(index)
@@ -188,8 +339,14 @@ impl WeightStore {
         })
     }
 
-    /// A tensor widened to f32, after checking it has exactly the expected shape.
+    /// A tensor widened to f32 (dequantized if stored quantized), after checking it has exactly
+    /// the expected shape.
     pub fn f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        if let Some((codes_name, scheme)) = self.quantized_name(name) {
+            return Ok(self
+                .quantized(name, &codes_name, scheme, shape)?
+                .dequantize());
+        }
         let raw = self.raw(name)?;
         if raw.shape != shape {
             return Err(Error::file(
@@ -219,6 +376,8 @@ pub fn widen(dtype: DType, bytes: &[u8]) -> Vec<f32> {
             .chunks_exact(2)
             .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
             .collect(),
+        DType::U8 => bytes.iter().map(|&b| f32::from(b)).collect(),
+        DType::I8 => bytes.iter().map(|&b| f32::from(b as i8)).collect(),
     }
 }
 

@@ -185,6 +185,10 @@ impl Backend for CpuBackend {
     }
 
     async fn read(&self, x: &CpuTensor) -> Vec<f32> {
+        // In the browser the CPU engine runs in a worker: give its event loop a turn at every
+        // read so a cancel (or a new image) is seen between tokens.
+        #[cfg(target_arch = "wasm32")]
+        yield_to_event_loop().await;
         x.data.clone()
     }
 
@@ -417,4 +421,21 @@ impl Backend for CpuBackend {
             store.truncate((to_start + from.len()) * d);
         }
     }
+}
+
+/// Resolve after a zero-delay timer: lets queued messages be handled (a microtask would not).
+#[cfg(target_arch = "wasm32")]
+async fn yield_to_event_loop() {
+    use wasm_bindgen::JsCast;
+    let promise = js_sys::Promise::new(&mut |resolve, _| {
+        let global = js_sys::global();
+        if let Ok(set_timeout) = js_sys::Reflect::get(&global, &"setTimeout".into()) {
+            if let Some(f) = set_timeout.dyn_ref::<js_sys::Function>() {
+                let _ = f.call2(&global, &resolve, &0.into());
+                return;
+            }
+        }
+        let _ = resolve.call0(&wasm_bindgen::JsValue::NULL);
+    });
+    let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
 }

@@ -10,6 +10,7 @@ pub mod cpu;
 pub mod gpu;
 
 use crate::config::Activation;
+use crate::quant::WeightData;
 
 /// Which cache slots each new token may attend to, for `n` new tokens written at slots
 /// `start..start + n`.
@@ -70,6 +71,12 @@ pub trait Backend {
 
     /// Upload a weight given as f32 (already widened) with its logical shape.
     fn weight(&self, data: Vec<f32>, shape: &[usize]) -> Self::Weight;
+    /// Upload a weight as the checkpoint stores it (f32, f16 bits, or q8/q4 blocks; see
+    /// [`crate::quant`]). Backends that compute in f32 (the CPU reference) widen it here, so every
+    /// backend sees the same weight values; the GPU keeps f16 and quantized matrices as they are.
+    fn weight_data(&self, data: WeightData, shape: &[usize]) -> Self::Weight {
+        self.weight(data.into_f32(), shape)
+    }
     /// Upload activations from the host.
     fn tensor(&self, data: Vec<f32>, rows: usize, cols: usize) -> Self::Tensor;
     /// `(rows, cols)` of a tensor.

@@ -1,6 +1,11 @@
 //! `spec-llava`: the command-line front end. Every error is one line on stderr naming the file and
 //! the problem, with exit code 2.
 
+#[path = "cli/bench_kernels.rs"]
+mod bench_kernels;
+#[path = "cli/quantize.rs"]
+mod quantize;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +40,10 @@ enum Command {
     Eval(EvalArgs),
     /// Plain vs speculative decoding on the same generated scenes, in one run.
     Bench(BenchArgs),
+    /// GB/s and GFLOP/s of the GPU kernels next to a plain copy's GB/s; tokens/s per engine.
+    BenchKernels(bench_kernels::BenchKernelsArgs),
+    /// Write a quantized (q4 / q8) or f16 copy of a checkpoint as safetensors shards.
+    Quantize(quantize::QuantizeArgs),
     /// Write generated scenes (PNG + captions.jsonl) for training and evaluation.
     Scenes {
         #[arg(long, default_value_t = 100)]
@@ -91,6 +100,10 @@ struct CaptionArgs {
     /// Engine; default: the GPU when an adapter exists, else the CPU (with a notice).
     #[arg(long, value_enum)]
     backend: Option<BackendChoice>,
+    /// Quantize a plain checkpoint's linear weights as they are loaded (the CPU engine then
+    /// computes with the dequantized values).
+    #[arg(long, value_enum)]
+    quant: Option<quantize::QuantFormat>,
 }
 
 #[derive(clap::Args)]
@@ -105,6 +118,9 @@ struct EvalArgs {
     json: bool,
     #[arg(long, value_enum)]
     backend: Option<BackendChoice>,
+    /// Quantize a plain checkpoint's linear weights as they are loaded.
+    #[arg(long, value_enum)]
+    quant: Option<quantize::QuantFormat>,
 }
 
 #[derive(clap::Args)]
@@ -295,11 +311,16 @@ fn caption(args: CaptionArgs) -> Result<()> {
     let options = args.spec.options()?;
     // Everything the user named is read and checked before any engine starts.
     let image = image_io::load_rgb(&args.image, image_io::DEFAULT_MAX_PIXELS)?;
-    let target = Checkpoint::open(&args.model)?;
-    let draft = match (&args.draft, args.no_spec) {
+    let mut target = Checkpoint::open(&args.model)?;
+    let mut draft = match (&args.draft, args.no_spec) {
         (Some(dir), false) => Some(Checkpoint::open(dir)?),
         _ => None,
     };
+    let quant = args.quant.map(quantize::QuantFormat::format);
+    target.weights.set_quantize_on_load(quant);
+    if let Some(d) = draft.as_mut() {
+        d.weights.set_quantize_on_load(quant);
+    }
     let req = CaptionRequest {
         prompt: args.prompt.clone(),
         max_new_tokens: args.max_new_tokens,
@@ -398,7 +419,10 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Caption(args) => caption(args),
         Command::Eval(args) => {
-            let checkpoint = Checkpoint::open(&args.model)?;
+            let mut checkpoint = Checkpoint::open(&args.model)?;
+            checkpoint
+                .weights
+                .set_quantize_on_load(args.quant.map(quantize::QuantFormat::format));
             on_backend(args.backend, EvalJob(args, checkpoint))
         }
         Command::Bench(args) => {
@@ -409,6 +433,8 @@ fn run(cli: Cli) -> Result<()> {
             );
             on_backend(args.backend, BenchJob(args, t, d, options))
         }
+        Command::BenchKernels(args) => bench_kernels::run(args),
+        Command::Quantize(args) => quantize::run(args),
         Command::Scenes { count, seed, out } => spec_llava::scenes::write_scenes(&out, count, seed),
     }
 }

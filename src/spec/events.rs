@@ -1,10 +1,10 @@
 //! One typed record per speculation round: what the UI draws and `--trace` writes (JSON lines).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::spec::tree::{DraftTree, NodeStatus};
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeEvent {
     pub id: usize,
     pub parent: Option<usize>,
@@ -18,14 +18,14 @@ pub struct NodeEvent {
     pub status: NodeStatus,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RoundTimings {
     pub draft_ms: f64,
     pub verify_ms: f64,
     pub bookkeeping_ms: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoundEvent {
     pub round: usize,
     pub nodes: Vec<NodeEvent>,

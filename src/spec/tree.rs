@@ -7,10 +7,10 @@
 //! budget. A child's cumulative score never exceeds its parent's (log-probabilities are <= 0) and
 //! ties go to the older node, so the top-`budget` set is always a connected tree.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What happened to a node by the end of its round.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeStatus {
     /// Drafted and sent to verification, but never decided: an ancestor was rejected.

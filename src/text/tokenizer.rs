@@ -26,6 +26,8 @@ use std::fmt;
 #[cfg(not(target_arch = "wasm32"))]
 use std::path::Path;
 
+use crate::checkpoint::CheckpointFiles;
+
 use minijinja::value::{Kwargs, ValueKind};
 use minijinja::{Environment, ErrorKind, Value};
 use serde_json::Value as Json;
@@ -127,17 +129,23 @@ impl TextTokenizer {
     /// `chat_template.json` or tokenizer_config.json, in that order.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn load(dir: &Path) -> Result<Self> {
-        let tokenizer_path = dir.join("tokenizer.json");
-        let name = tokenizer_path.display().to_string();
-        let tokenizer_json = read_required(&tokenizer_path)?;
-        let config_path = dir.join("tokenizer_config.json");
-        let config_bytes = read_optional(&config_path)?;
-        let config_name = config_path.display().to_string();
-        let config = match &config_bytes {
-            Some(bytes) => parse_config(bytes, &config_name)?,
+        let files = crate::checkpoint::DirFiles(dir.to_path_buf());
+        Self::from_files(&files)
+    }
+
+    /// Read a tokenizer from any checkpoint file source (a directory, or files held in memory
+    /// in the browser), with the same rules as [`TextTokenizer::load`].
+    pub fn from_files(files: &dyn CheckpointFiles) -> Result<Self> {
+        let name = files.path("tokenizer.json");
+        let tokenizer_json = files
+            .read("tokenizer.json")?
+            .ok_or_else(|| Error::file(&name, "missing (every checkpoint needs tokenizer.json)"))?;
+        let config_name = files.path("tokenizer_config.json");
+        let config = match files.read("tokenizer_config.json")? {
+            Some(bytes) => parse_config(&bytes, &config_name)?,
             None => serde_json::Map::new(),
         };
-        let template = match template_from_files(dir)? {
+        let template = match template_from_files(files)? {
             Some(found) => Some(found),
             None => template_from_config(&config, &config_name)?
                 .map(|source| (source, format!("{config_name} (chat_template)"))),
@@ -451,35 +459,18 @@ fn parse_config(bytes: &[u8], name: &str) -> Result<serde_json::Map<String, Json
     }
 }
 
-#[cfg(not(target_arch = "wasm32"))]
-fn read_required(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| Error::file(path.display(), format!("cannot read: {e}")))
-}
-
-#[cfg(not(target_arch = "wasm32"))]
-fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
-    match std::fs::read(path) {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::file(path.display(), format!("cannot read: {e}"))),
-    }
-}
-
 /// The chat template from `chat_template.jinja` or `chat_template.json`, with its file name.
-#[cfg(not(target_arch = "wasm32"))]
-fn template_from_files(dir: &Path) -> Result<Option<(String, String)>> {
-    let jinja = dir.join("chat_template.jinja");
-    if let Some(bytes) = read_optional(&jinja)? {
-        let name = jinja.display().to_string();
+fn template_from_files(files: &dyn CheckpointFiles) -> Result<Option<(String, String)>> {
+    if let Some(bytes) = files.read("chat_template.jinja")? {
+        let name = files.path("chat_template.jinja");
         let source =
             String::from_utf8(bytes).map_err(|_| Error::file(&name, "not valid UTF-8 text"))?;
         return Ok(Some((source, name)));
     }
-    let json_path = dir.join("chat_template.json");
-    let Some(bytes) = read_optional(&json_path)? else {
+    let Some(bytes) = files.read("chat_template.json")? else {
         return Ok(None);
     };
-    let name = json_path.display().to_string();
+    let name = files.path("chat_template.json");
     let map = parse_config(&bytes, &name)?;
     match template_from_config(&map, &name)? {
         Some(source) => Ok(Some((source, name))),

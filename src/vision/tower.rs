@@ -33,14 +33,15 @@ pub struct VisionTower<B: Backend> {
     layers: Vec<EncoderLayer<B>>,
 }
 
-/// Load `name` from the store with the expected shape and upload it.
+/// Load `name` from the store with the expected shape and upload it (quantized or f16 where the
+/// checkpoint, or quantize-on-load, says so; see `WeightStore::weight_data`).
 pub(crate) fn load<B: Backend>(
     b: &B,
     store: &WeightStore,
     name: &str,
     shape: &[usize],
 ) -> Result<B::Weight> {
-    Ok(b.weight(store.f32(name, shape)?, shape))
+    Ok(b.weight_data(store.weight_data(name, shape)?, shape))
 }
 
 /// Weight + bias of a linear layer `prefix.{weight,bias}`.

@@ -14,6 +14,10 @@ use crate::{cargo, prereq};
 enum Action {
     Cargo(Vec<&'static str>),
     Prereqs,
+    /// Build the browser app into web/pkg (`app::build`).
+    App,
+    /// The browser end-to-end suite (tests/e2e, playwright-core driving headless Chromium).
+    E2e,
 }
 
 struct Step {
@@ -32,13 +36,20 @@ impl Step {
     fn describe(&self) -> String {
         match &self.action {
             Action::Cargo(args) => format!("cargo {}", args.join(" ")),
-            Action::Prereqs => "install missing build prerequisites".to_string(),
+            Action::Prereqs => "install missing build and browser prerequisites".to_string(),
+            Action::App => "build the wasm app into web/pkg".to_string(),
+            Action::E2e => format!("node {E2E_SCRIPT} (headless Chromium, WebGPU)"),
         }
     }
 
     fn execute(&self, root: &Path) -> Result<(), String> {
         match &self.action {
-            Action::Prereqs => prereq::ensure_build_prereqs(),
+            Action::Prereqs => {
+                prereq::ensure_build_prereqs()?;
+                prereq::ensure_browser_prereqs(root)
+            }
+            Action::App => crate::app::build(root),
+            Action::E2e => run_e2e(root),
             Action::Cargo(args) => {
                 let mut cmd = cargo();
                 cmd.args(args).current_dir(root);
@@ -94,18 +105,41 @@ fn steps(nextest: bool, plain: bool) -> Vec<Step> {
             &["test", "--workspace", "--no-fail-fast"],
         ));
     }
-    steps.push(Step::cargo(
-        "wasm build",
-        &[
-            "build",
-            "--package",
-            "spec-llava",
-            "--lib",
-            "--target",
-            prereq::WASM_TARGET,
-        ],
-    ));
+    steps.push(Step {
+        name: "app build",
+        action: Action::App,
+    });
+    steps.push(Step {
+        name: "browser e2e",
+        action: Action::E2e,
+    });
     steps
+}
+
+/// The end-to-end script, relative to the repository root.
+pub const E2E_SCRIPT: &str = "tests/e2e/app.spec.mjs";
+
+/// Run the browser suite against this xtask's own server (`serve --no-build`), comparing the
+/// page's captions with the native CLI's.
+fn run_e2e(root: &Path) -> Result<(), String> {
+    run_status(cargo().current_dir(root).args([
+        "build",
+        "--package",
+        "spec-llava",
+        "--bin",
+        "spec-llava",
+    ]))?;
+    let xtask = std::env::current_exe().map_err(|e| format!("xtask path: {e}"))?;
+    let artifacts = root.join("target/e2e");
+    std::fs::create_dir_all(&artifacts).map_err(|e| format!("{}: {e}", artifacts.display()))?;
+    run_status(
+        Command::new("node")
+            .current_dir(root)
+            .arg(E2E_SCRIPT)
+            .env("SPEC_LLAVA_BIN", root.join("target/debug/spec-llava"))
+            .env("XTASK_BIN", xtask)
+            .env("E2E_ARTIFACTS", artifacts),
+    )
 }
 
 /// Runs every step in order; returns an error naming the first step that failed.
@@ -192,10 +226,17 @@ mod tests {
     }
 
     #[test]
-    fn steps_run_cheapest_first_and_end_with_the_wasm_build() {
+    fn steps_run_cheapest_first_and_end_with_the_browser() {
         assert_eq!(
             names(&steps(false, false)),
-            ["prerequisites", "fmt", "clippy", "tests", "wasm build"]
+            [
+                "prerequisites",
+                "fmt",
+                "clippy",
+                "tests",
+                "app build",
+                "browser e2e"
+            ]
         );
         assert_eq!(
             names(&steps(true, false)),
@@ -205,14 +246,13 @@ mod tests {
                 "clippy",
                 "tests",
                 "doctests",
-                "wasm build"
+                "app build",
+                "browser e2e"
             ]
         );
         let all = steps(true, false);
-        assert_eq!(
-            all[5].describe(),
-            "cargo build --package spec-llava --lib --target wasm32-unknown-unknown"
-        );
+        assert_eq!(all[5].describe(), "build the wasm app into web/pkg");
+        assert!(all[6].describe().contains(E2E_SCRIPT));
         assert_eq!(
             all[2].describe(),
             "cargo clippy --workspace --all-targets -- -D warnings"

@@ -2,11 +2,13 @@
 //!
 //! Follows the cargo-xtask convention: a plain binary in the workspace, std only, so it compiles in
 //! seconds and needs nothing installed beyond rustup/cargo. Commands:
-//! - `test`: install missing prerequisites, then fmt, clippy, tests and the wasm build (see `check`).
+//! - `test`: install missing prerequisites, then fmt, clippy, tests, the wasm app build and the browser end-to-end suite (see `check`).
 //! - `serve [--port P]`: static file server for the web app on 127.0.0.1 (see `serve`).
 //! - `scenes --count N --seed S --out DIR`: render procedural scenes with the `spec-llava` CLI.
+//! - `bench [--json]`: release build, then `spec-llava bench-kernels` and the speculation `bench`.
 //! - `setup [--browser]`: install prerequisites only (`--browser` adds the browser-test tools).
 
+mod app;
 mod check;
 mod prereq;
 mod serve;
@@ -19,9 +21,10 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  test                                 prerequisites, fmt, clippy, tests, wasm build
-  serve [--port P]                     serve the web app on http://127.0.0.1:P (default 8080)
+  test                                 prerequisites, fmt, clippy, tests, app build, browser e2e
+  serve [--port P] [--no-build]        build, then serve the web app on http://127.0.0.1:P (default 8080)
   scenes --count N --seed S --out DIR  render procedural scenes (spec-llava scenes)
+  bench [--json]                       kernel and speculation benchmarks (release build)
   setup [--browser]                    install missing prerequisites only";
 
 fn main() -> ExitCode {
@@ -46,17 +49,20 @@ fn run(args: &[String]) -> Result<(), String> {
             check::run_all(&root)
         }
         "serve" => {
-            let opts = Flags::parse(rest, &["--port"], &[])?;
+            let opts = Flags::parse(rest, &["--port"], &["--no-build"])?;
             let port = match opts.value("--port") {
                 Some(p) => p
                     .parse::<u16>()
                     .map_err(|_| format!("--port: not a port: {p}"))?,
                 None => 8080,
             };
-            prepare_app(&root)?;
+            if !opts.switch("--no-build") {
+                prepare_app(&root)?;
+            }
             serve::serve(&root, port).map_err(|e| format!("serve: {e}"))
         }
         "scenes" => scenes(&root, rest),
+        "bench" => bench(&root, rest),
         "setup" => {
             let opts = Flags::parse(rest, &[], &["--browser"])?;
             prereq::ensure_build_prereqs()?;
@@ -86,18 +92,13 @@ fn repo_root() -> PathBuf {
     }
 }
 
-/// Builds what the page loads before serving it.
-///
-/// Today the page is static (`index.html`, `web/`), so there is nothing to build. The web-app work
-/// adds its steps here: `cargo build --release --target wasm32-unknown-unknown`, `wasm-bindgen
-/// --target web` into a served folder (add that folder to `serve::PUBLIC`), then `wasm-opt` from
-/// npm binaryen (see `prereq::ensure_browser_prereqs`).
+/// Builds what the page loads (the wasm app, see `app`) before serving it.
 fn prepare_app(root: &Path) -> Result<(), String> {
     let index = root.join("index.html");
     if !index.is_file() {
         return Err(format!("{} is missing", index.display()));
     }
-    Ok(())
+    app::build(root)
 }
 
 /// `cargo xtask scenes`: forwards the given flags to `spec-llava scenes`, which owns the defaults.
@@ -118,6 +119,37 @@ fn scenes(root: &Path, args: &[String]) -> Result<(), String> {
     }
     cmd.current_dir(root);
     check::run_status(&mut cmd)
+}
+
+/// `cargo xtask bench`: the kernel benchmark, then plain vs speculative decoding of the demo pair,
+/// both from one release build (`--json` is passed on: one JSON line each).
+fn bench(root: &Path, args: &[String]) -> Result<(), String> {
+    let opts = Flags::parse(args, &[], &["--json"])?;
+    let json: &[&str] = if opts.switch("--json") {
+        &["--json"]
+    } else {
+        &[]
+    };
+    let demo = |m: &str| format!("web/models/demo/{m}");
+    let runs = [
+        vec!["bench-kernels".to_string()],
+        vec![
+            "bench".to_string(),
+            "--target".to_string(),
+            demo("target"),
+            "--draft".to_string(),
+            demo("draft"),
+            "--scenes".to_string(),
+            "10".to_string(),
+        ],
+    ];
+    for run in runs {
+        let mut cmd = cargo();
+        cmd.args(["run", "--quiet", "--release", "--bin", "spec-llava", "--"]);
+        cmd.args(run).args(json).current_dir(root);
+        check::run_status(&mut cmd)?;
+    }
+    Ok(())
 }
 
 /// The cargo that launched us (so nested builds use the same toolchain), else `cargo` on PATH.

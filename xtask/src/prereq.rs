@@ -17,7 +17,7 @@ use crate::check::run_status;
 pub const WASM_TARGET: &str = "wasm32-unknown-unknown";
 
 /// npm packages for the browser tests, pinned: (name, exact version).
-const NPM_PACKAGES: &[(&str, &str)] = &[("playwright-core", "1.65.1"), ("binaryen", "132.0.0")];
+pub const NPM_PACKAGES: &[(&str, &str)] = &[("playwright-core", "1.65.1"), ("binaryen", "132.0.0")];
 
 /// What `cargo xtask test` needs today: the wasm target, and Mesa's lavapipe Vulkan driver, on
 /// which the WGSL kernel tests run when the machine has no GPU.

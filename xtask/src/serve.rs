@@ -18,7 +18,7 @@ use std::time::Duration;
 
 /// Top-level entries of the repository that the server exposes. The web-app build adds its output
 /// folder here.
-pub const PUBLIC: &[&str] = &["index.html", "web"];
+pub const PUBLIC: &[&str] = &["index.html", "sw.js", "web"];
 
 /// Longest request head (request line + headers) accepted, in bytes.
 const MAX_HEAD: u64 = 16 * 1024;

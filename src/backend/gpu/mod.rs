@@ -7,6 +7,7 @@
 //! - `pipelines`: kernel sources and layouts, pipeline and bind-group caches.
 //! - `encoder`: the pending command encoder, uniform and upload arenas, submits.
 //! - `ops`: the `Backend` implementation, one function per op.
+//! - `bench`: kernel timing against a plain copy kernel (`spec-llava bench-kernels`).
 //!
 //! Ops only record commands; nothing runs until [`Backend::read`](crate::backend::Backend::read)
 //! submits the step and awaits `map_async` (natively by polling the device, in the browser by
@@ -15,6 +16,7 @@
 //! The trait's ops cannot return errors, so shape mismatches and wgpu validation errors are logged
 //! and surfaced by [`GpuBackend::take_error`]; a failed read returns NaNs of the expected length.
 
+pub mod bench;
 mod device;
 mod encoder;
 mod ops;
@@ -51,18 +53,28 @@ impl GpuTensor {
     }
 }
 
-/// How a weight's elements are stored. Only f32 exists today; quantised (q8/q4 blocks) and packed
-/// f16 variants slot in here, each with its own matmul kernels.
+/// How a weight's elements are stored; each has its own matmul kernels (`matmul_*_{f32,f16,q8,q4}`).
+/// Only matrices used by `linear` are ever stored as anything but f32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WeightDType {
     /// Plain f32, each row zero-padded to a multiple of 4 floats so matmuls read whole vec4s.
     F32,
+    /// f16 packed two per u32, each row zero-padded to a multiple of 4 halves.
+    F16,
+    /// q8 blocks (`crate::quant`): int8 codes, 8 u32 words per block of 32, planar f16 scales in
+    /// a second buffer per chunk.
+    Q8,
+    /// q4 blocks (`crate::quant`): nibble codes, 4 u32 words per block of 32, planar f16 scales in
+    /// a second buffer per chunk.
+    Q4,
 }
 
 /// Rows `row_start..row_start + rows` of a weight, in one buffer (one storage binding).
 #[derive(Debug)]
 struct WeightChunk {
     buf: GpuBuf,
+    /// The chunk's f16 scales, two per u32 (q8 / q4 only).
+    scales: Option<GpuBuf>,
     row_start: usize,
     rows: usize,
 }
@@ -75,7 +87,8 @@ pub struct GpuWeight {
     dtype: WeightDType,
     rows: usize,
     cols: usize,
-    /// Floats from one row to the next in a chunk (`cols` rounded up to a multiple of 4).
+    /// From one row to the next in a chunk: f32: floats (`cols` rounded up to a multiple of 4);
+    /// f16: halves (likewise); q8 / q4: u32 code words (8 or 4 per block of 32 columns).
     row_stride: usize,
     chunks: Vec<WeightChunk>,
 }
@@ -91,8 +104,12 @@ impl GpuWeight {
     pub fn chunks(&self) -> usize {
         self.chunks.len()
     }
+    /// The first chunk of an f32 weight (vectors and tables; other dtypes are matmul-only).
     fn first(&self) -> Option<&GpuBuf> {
-        self.chunks.first().map(|c| &c.buf)
+        self.chunks
+            .first()
+            .filter(|_| self.dtype == WeightDType::F32)
+            .map(|c| &c.buf)
     }
 }
 

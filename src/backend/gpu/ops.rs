@@ -5,6 +5,7 @@
 use crate::backend::cpu::rope_inv_freq;
 use crate::backend::{AttnMask, Backend, Heads, Rope};
 use crate::config::Activation;
+use crate::quant::WeightData;
 
 use super::pipelines::Kernel;
 use super::pool::GpuBuf;
@@ -18,6 +19,9 @@ const VEC_ROWS_PER_WORKGROUP: usize = 32;
 
 /// Rows of x up to which `matmul_small` is used (above: `matmul_tiled`).
 const SMALL_ROWS: usize = 64;
+
+/// Weight rows per workgroup of `matmul_small_f32` (CPW in the shader).
+const SMALL_F32_COLS: usize = 8;
 
 fn act_id(act: Activation) -> f64 {
     match act {
@@ -97,6 +101,95 @@ impl GpuBackend {
         GpuBuf::new(buffer, &self.graveyard)
     }
 
+    /// A weight buffer holding `bytes` (zero-padded to a whole number of 16-byte vec4s).
+    fn create_weight_bytes(&self, bytes: &[u8]) -> GpuBuf {
+        let size = bytes.len().next_multiple_of(16).max(16);
+        let buffer = self.dev.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("weight"),
+            size: size as u64,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: true,
+        });
+        if let Ok(mut view) = buffer.get_mapped_range_mut(..) {
+            let mut padded = bytes.to_vec();
+            padded.resize(size, 0);
+            view.copy_from_slice(&padded);
+        }
+        buffer.unmap();
+        GpuBuf::new(buffer, &self.graveyard)
+    }
+
+    /// Rows per chunk for rows of `row_bytes` bytes.
+    fn rows_per_chunk(&self, row_bytes: usize) -> usize {
+        ((self.dev.limits.max_chunk as usize) / row_bytes.max(1)).max(1)
+    }
+
+    /// An f16 matrix `[rows, cols]` (bits): rows zero-padded to a multiple of 4 halves, split by
+    /// rows into chunks of at most one binding.
+    fn weight_f16(&self, bits: &[u16], shape: &[usize], rows: usize, cols: usize) -> GpuWeight {
+        let stride = cols.next_multiple_of(4);
+        let per_chunk = self.rows_per_chunk(stride * 2);
+        let mut chunks = Vec::new();
+        let mut row_start = 0;
+        while row_start < rows || chunks.is_empty() {
+            let n = per_chunk.min(rows - row_start);
+            let mut padded = vec![0u16; n * stride];
+            for (dst, src) in padded
+                .chunks_mut(stride)
+                .zip(bits[row_start * cols..(row_start + n) * cols].chunks(cols.max(1)))
+            {
+                dst[..cols].copy_from_slice(src);
+            }
+            chunks.push(WeightChunk {
+                buf: self.create_weight_bytes(bytemuck::cast_slice(&padded)),
+                scales: None,
+                row_start,
+                rows: n,
+            });
+            row_start += n;
+        }
+        GpuWeight {
+            shape: shape.to_vec(),
+            dtype: WeightDType::F16,
+            rows,
+            cols,
+            row_stride: stride,
+            chunks,
+        }
+    }
+
+    /// A q8 / q4 matrix: per chunk one buffer of codes and one of scales, both planar.
+    fn weight_quant(&self, q: &crate::quant::QuantMatrix, shape: &[usize]) -> GpuWeight {
+        let nb = q.blocks_per_row();
+        let row_bytes = nb * q.scheme.block_bytes();
+        let per_chunk = self.rows_per_chunk(row_bytes);
+        let mut chunks = Vec::new();
+        let mut row_start = 0;
+        while row_start < q.rows || chunks.is_empty() {
+            let n = per_chunk.min(q.rows - row_start);
+            let codes = &q.qs[row_start * row_bytes..(row_start + n) * row_bytes];
+            let scales = &q.scales[row_start * nb..(row_start + n) * nb];
+            chunks.push(WeightChunk {
+                buf: self.create_weight_bytes(codes),
+                scales: Some(self.create_weight_bytes(bytemuck::cast_slice(scales))),
+                row_start,
+                rows: n,
+            });
+            row_start += n;
+        }
+        GpuWeight {
+            shape: shape.to_vec(),
+            dtype: match q.scheme {
+                crate::quant::Scheme::Q8 => WeightDType::Q8,
+                crate::quant::Scheme::Q4 => WeightDType::Q4,
+            },
+            rows: q.rows,
+            cols: q.cols,
+            row_stride: row_bytes / 4,
+            chunks,
+        }
+    }
+
     /// `x W^T + b` over one weight chunk, written at its output columns.
     fn linear_chunk(
         &self,
@@ -110,23 +203,66 @@ impl GpuBackend {
         let n = chunk.rows;
         let consts = [("HAS_BIAS", flag(bias.is_some()))];
         let bias = bias.unwrap_or(&self.dummy);
-        let bufs = [x.buffer(), &chunk.buf, bias, out.buffer()];
+        let (vec, small, tiled) = match w.dtype {
+            WeightDType::F32 => (Kernel::MatmulVec, Kernel::MatmulSmall, Kernel::MatmulTiled),
+            WeightDType::F16 => (
+                Kernel::MatmulVecF16,
+                Kernel::MatmulSmallF16,
+                Kernel::MatmulTiledF16,
+            ),
+            WeightDType::Q8 => (
+                Kernel::MatmulVecQ8,
+                Kernel::MatmulSmallQ8,
+                Kernel::MatmulTiledQ8,
+            ),
+            WeightDType::Q4 => (
+                Kernel::MatmulVecQ4,
+                Kernel::MatmulSmallQ4,
+                Kernel::MatmulTiledQ4,
+            ),
+        };
+        // Quantized kernels bind the chunk's scales after its codes and take the blocks per row
+        // as their last parameter; f32 / f16 ones take neither.
+        let quant = matches!(w.dtype, WeightDType::Q8 | WeightDType::Q4);
+        let mut bufs = vec![x.buffer(), &chunk.buf];
+        if quant {
+            bufs.push(chunk.scales.as_ref().unwrap_or(&self.dummy));
+        }
+        bufs.extend([bias, out.buffer()]);
+        let nb = w.cols.div_ceil(crate::quant::GROUP) as u32;
         let (out_stride, col_offset) = (out.cols as u32, chunk.row_start as u32);
-        let k4 = (w.row_stride / 4) as u32;
+        // Per weight row: f32 vec4s / f16 vec2<u32>s (stride / 4), or q8 / q4 code words.
+        let k4 = if quant {
+            w.row_stride as u32
+        } else {
+            (w.row_stride / 4) as u32
+        };
         if m == 1 {
-            let params = [n as u32, k as u32, k4, out_stride, col_offset];
+            let mut params = vec![n as u32, k as u32, k4, out_stride, col_offset];
+            if quant {
+                params.push(nb);
+            }
             self.run(
-                Kernel::MatmulVec,
+                vec,
                 &consts,
                 &params,
                 &bufs,
                 self.grid(n.div_ceil(VEC_ROWS_PER_WORKGROUP)),
             );
         } else if m <= SMALL_ROWS {
-            let col_groups = n.div_ceil(8);
+            // matmul_small_f32: SMALL_F32_COLS weight rows a workgroup, one invocation per row of
+            // x, TM (its workgroup size) rows of x a workgroup.
+            let f32_small = w.dtype == WeightDType::F32;
+            let col_groups = n.div_ceil(if f32_small { SMALL_F32_COLS } else { 8 });
             let mut grid = self.grid(col_groups);
             grid[2] = m.div_ceil(8) as u32;
-            let params = [
+            let mut consts = consts.to_vec();
+            if f32_small {
+                let tm = m.next_power_of_two().clamp(8, SMALL_ROWS);
+                grid[2] = m.div_ceil(tm) as u32;
+                consts.push(("TM", tm as f64));
+            }
+            let mut params = vec![
                 m as u32,
                 n as u32,
                 k as u32,
@@ -135,9 +271,13 @@ impl GpuBackend {
                 col_offset,
                 col_groups as u32,
             ];
-            self.run(Kernel::MatmulSmall, &consts, &params, &bufs, grid);
+            if quant {
+                params.push(nb);
+            }
+            self.run(small, &consts, &params, &bufs, grid);
         } else {
-            let params = [
+            // f32: floats per row; f16: halves per row; q8 / q4: code words per row.
+            let mut params = vec![
                 m as u32,
                 n as u32,
                 k as u32,
@@ -145,8 +285,11 @@ impl GpuBackend {
                 out_stride,
                 col_offset,
             ];
+            if quant {
+                params.push(nb);
+            }
             let grid = [n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1];
-            self.run(Kernel::MatmulTiled, &consts, &params, &bufs, grid);
+            self.run(tiled, &consts, &params, &bufs, grid);
         }
     }
 
@@ -284,6 +427,7 @@ impl Backend for GpuBackend {
             let part = &data[row_start * cols..(row_start + n) * cols];
             chunks.push(WeightChunk {
                 buf: self.create_weight_chunk(part, n, cols, row_stride),
+                scales: None,
                 row_start,
                 rows: n,
             });
@@ -296,6 +440,29 @@ impl Backend for GpuBackend {
             cols,
             row_stride,
             chunks,
+        }
+    }
+
+    fn weight_data(&self, data: WeightData, shape: &[usize]) -> GpuWeight {
+        let (rows, cols) = match shape {
+            [r, c] => (*r, *c),
+            // Only matrices are kept packed; anything else is widened.
+            _ => return self.weight(data.into_f32(), shape),
+        };
+        match data {
+            WeightData::F32(v) => self.weight(v, shape),
+            WeightData::F16(bits) if bits.len() == rows * cols => {
+                self.weight_f16(&bits, shape, rows, cols)
+            }
+            WeightData::Quant(q) if q.rows == rows && q.cols == cols && q.check().is_ok() => {
+                self.weight_quant(&q, shape)
+            }
+            other => {
+                self.errors().push(format!(
+                    "weight of shape {shape:?} given mismatched packed data"
+                ));
+                self.weight(other.into_f32(), shape)
+            }
         }
     }
 
@@ -506,6 +673,13 @@ impl Backend for GpuBackend {
     fn embed(&self, table: &GpuWeight, ids: &[u32]) -> GpuTensor {
         let dim = table.cols;
         let out = self.alloc(ids.len(), dim);
+        if table.dtype != WeightDType::F32 {
+            self.errors().push(format!(
+                "embed: a {:?} table (only f32 tables are gathered)",
+                table.dtype
+            ));
+            return out;
+        }
         if let Some(bad) = ids.iter().find(|&&id| id as usize >= table.rows) {
             self.errors().push(format!(
                 "embed: id {bad} outside a table of {} rows",

@@ -31,6 +31,15 @@ pub enum Kernel {
     MatmulVec,
     MatmulSmall,
     MatmulTiled,
+    MatmulVecQ8,
+    MatmulSmallQ8,
+    MatmulTiledQ8,
+    MatmulVecQ4,
+    MatmulSmallQ4,
+    MatmulTiledQ4,
+    MatmulVecF16,
+    MatmulSmallF16,
+    MatmulTiledF16,
     AttentionTree,
     AttentionFull,
     RmsNorm,
@@ -43,16 +52,27 @@ pub enum Kernel {
     RowsCopy,
     KvWrite,
     KvCompact,
+    /// Plain vec4 buffer copy: the bandwidth reference of `spec-llava bench-kernels`.
+    CopyVec4,
 }
 
 /// Shared activation functions, prepended to the two kernels that use them (WGSL has no imports).
 const ACTIVATION_FNS: &str = include_str!("../../../shaders/activation_fns_f32.wgsl");
 
 impl Kernel {
-    pub const ALL: [Kernel; 15] = [
+    pub const ALL: [Kernel; 25] = [
         Kernel::MatmulVec,
         Kernel::MatmulSmall,
         Kernel::MatmulTiled,
+        Kernel::MatmulVecQ8,
+        Kernel::MatmulSmallQ8,
+        Kernel::MatmulTiledQ8,
+        Kernel::MatmulVecQ4,
+        Kernel::MatmulSmallQ4,
+        Kernel::MatmulTiledQ4,
+        Kernel::MatmulVecF16,
+        Kernel::MatmulSmallF16,
+        Kernel::MatmulTiledF16,
         Kernel::AttentionTree,
         Kernel::AttentionFull,
         Kernel::RmsNorm,
@@ -65,6 +85,7 @@ impl Kernel {
         Kernel::RowsCopy,
         Kernel::KvWrite,
         Kernel::KvCompact,
+        Kernel::CopyVec4,
     ];
 
     /// The shader file's stem.
@@ -73,6 +94,15 @@ impl Kernel {
             Kernel::MatmulVec => "matmul_vec_f32",
             Kernel::MatmulSmall => "matmul_small_f32",
             Kernel::MatmulTiled => "matmul_tiled_f32",
+            Kernel::MatmulVecQ8 => "matmul_vec_q8",
+            Kernel::MatmulSmallQ8 => "matmul_small_q8",
+            Kernel::MatmulTiledQ8 => "matmul_tiled_q8",
+            Kernel::MatmulVecQ4 => "matmul_vec_q4",
+            Kernel::MatmulSmallQ4 => "matmul_small_q4",
+            Kernel::MatmulTiledQ4 => "matmul_tiled_q4",
+            Kernel::MatmulVecF16 => "matmul_vec_f16",
+            Kernel::MatmulSmallF16 => "matmul_small_f16",
+            Kernel::MatmulTiledF16 => "matmul_tiled_f16",
             Kernel::AttentionTree => "attention_tree_f32",
             Kernel::AttentionFull => "attention_full_f32",
             Kernel::RmsNorm => "rmsnorm_rows_f32",
@@ -85,6 +115,7 @@ impl Kernel {
             Kernel::RowsCopy => "rows_copy_f32",
             Kernel::KvWrite => "kv_write_f32",
             Kernel::KvCompact => "kv_compact_f32",
+            Kernel::CopyVec4 => "copy_vec4_f32",
         }
     }
 
@@ -94,6 +125,15 @@ impl Kernel {
             Kernel::MatmulVec => include_str!("../../../shaders/matmul_vec_f32.wgsl"),
             Kernel::MatmulSmall => include_str!("../../../shaders/matmul_small_f32.wgsl"),
             Kernel::MatmulTiled => include_str!("../../../shaders/matmul_tiled_f32.wgsl"),
+            Kernel::MatmulVecQ8 => include_str!("../../../shaders/matmul_vec_q8.wgsl"),
+            Kernel::MatmulSmallQ8 => include_str!("../../../shaders/matmul_small_q8.wgsl"),
+            Kernel::MatmulTiledQ8 => include_str!("../../../shaders/matmul_tiled_q8.wgsl"),
+            Kernel::MatmulVecQ4 => include_str!("../../../shaders/matmul_vec_q4.wgsl"),
+            Kernel::MatmulSmallQ4 => include_str!("../../../shaders/matmul_small_q4.wgsl"),
+            Kernel::MatmulTiledQ4 => include_str!("../../../shaders/matmul_tiled_q4.wgsl"),
+            Kernel::MatmulVecF16 => include_str!("../../../shaders/matmul_vec_f16.wgsl"),
+            Kernel::MatmulSmallF16 => include_str!("../../../shaders/matmul_small_f16.wgsl"),
+            Kernel::MatmulTiledF16 => include_str!("../../../shaders/matmul_tiled_f16.wgsl"),
             Kernel::AttentionTree => include_str!("../../../shaders/attention_tree_f32.wgsl"),
             Kernel::AttentionFull => include_str!("../../../shaders/attention_full_f32.wgsl"),
             Kernel::RmsNorm => include_str!("../../../shaders/rmsnorm_rows_f32.wgsl"),
@@ -106,6 +146,7 @@ impl Kernel {
             Kernel::RowsCopy => include_str!("../../../shaders/rows_copy_f32.wgsl"),
             Kernel::KvWrite => include_str!("../../../shaders/kv_write_f32.wgsl"),
             Kernel::KvCompact => include_str!("../../../shaders/kv_compact_f32.wgsl"),
+            Kernel::CopyVec4 => include_str!("../../../shaders/copy_vec4_f32.wgsl"),
         };
         match self {
             Kernel::Activation | Kernel::Gated => format!("{ACTIVATION_FNS}\n{own}"),
@@ -119,12 +160,22 @@ impl Kernel {
             Kernel::MatmulVec | Kernel::MatmulSmall | Kernel::MatmulTiled => {
                 &[Read, Read, Read, Write]
             }
+            Kernel::MatmulVecF16 | Kernel::MatmulSmallF16 | Kernel::MatmulTiledF16 => {
+                &[Read, Read, Read, Write]
+            }
+            // x, codes, scales, bias, out
+            Kernel::MatmulVecQ8
+            | Kernel::MatmulSmallQ8
+            | Kernel::MatmulTiledQ8
+            | Kernel::MatmulVecQ4
+            | Kernel::MatmulSmallQ4
+            | Kernel::MatmulTiledQ4 => &[Read, Read, Read, Read, Write],
             Kernel::AttentionTree => &[Read, Read, Read, Read, Write],
             Kernel::AttentionFull => &[Read, Read, Read, Write],
             Kernel::RmsNorm => &[Read, Read, Write],
             Kernel::LayerNorm => &[Read, Read, Read, Write],
             Kernel::Rope => &[Read, Read, Write],
-            Kernel::Activation => &[Read, Write],
+            Kernel::Activation | Kernel::CopyVec4 => &[Read, Write],
             Kernel::Gated | Kernel::Add | Kernel::Embed | Kernel::RowsCopy => &[Read, Read, Write],
             Kernel::KvWrite => &[Read, Read, Write, Write],
             Kernel::KvCompact => &[Read, Read, Read, Write],

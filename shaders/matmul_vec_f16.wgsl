@@ -1,0 +1,106 @@
+// out[0, col_offset + j] = dot(x[0, :], w[j, :]) + bias[col_offset + j] for one row of x
+// (decoding), with f16 weights packed two per u32 (no shader-f16: unpack2x16float).
+// Layout as matmul_vec_f32: each workgroup computes RPW = GROUPS * RPT outputs; the TPR
+// invocations of a group walk the k axis together, 4 weights (one vec2<u32>) per step, each
+// serving RPT weight rows.
+
+override HAS_BIAS: bool = false;
+
+struct Params {
+    // weight rows in this chunk (outputs written by this dispatch)
+    n: u32,
+    // input features
+    k: u32,
+    // vec2<u32> (4 halves) per weight row (rows are zero-padded to a multiple of 4 halves)
+    k4: u32,
+    // floats per output row
+    out_stride: u32,
+    // first output column written by this dispatch (the chunk's first weight row)
+    col_offset: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+const WG: u32 = 256u;
+// invocations per group (sharing the k axis)
+const TPR: u32 = 32u;
+// groups per workgroup
+const GROUPS: u32 = 8u;
+// weight rows per invocation
+const RPT: u32 = 4u;
+// weight rows per workgroup
+const RPW: u32 = 32u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+// x: [1, k] as vec4s; the buffer extends to a whole vec4 (pool sizes are multiples of 16 bytes)
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+// w: [n, k4] vec2<u32>, each 4 f16 (element 4q + 2c + h in half h of component c) (this chunk)
+@group(0) @binding(2) var<storage, read> w: array<vec2<u32>>;
+// bias: [out_stride] (read only when HAS_BIAS)
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+// out: [1, out_stride]
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+
+var<workgroup> red: array<f32, 1024>; // RPT * WG
+
+fn halves(v: vec2<u32>) -> vec4<f32> {
+    return vec4<f32>(unpack2x16float(v.x), unpack2x16float(v.y));
+}
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let block = wid.y * nwg.x + wid.x;
+    if block * RPW >= p.n {
+        return;
+    }
+    let g = lid / TPR;
+    let t = lid % TPR;
+    // Rows j0, j0 + GROUPS, ... (clamped to the last row: duplicates are computed, never written).
+    let j0 = block * RPW + g;
+    var rows: array<u32, RPT>;
+    var acc: array<vec4<f32>, RPT>;
+    for (var r = 0u; r < RPT; r++) {
+        rows[r] = min(j0 + r * GROUPS, p.n - 1u) * p.k4;
+        acc[r] = vec4<f32>(0.0);
+    }
+    // Whole vec4s of x, then the last partial one masked (past k the activation buffer holds stale
+    // data; the zero-padded weights there would give 0 * NaN = NaN).
+    let full = p.k / 4u;
+    for (var q = t; q < full; q += TPR) {
+        let xv = x[q];
+        for (var r = 0u; r < RPT; r++) {
+            acc[r] = fma(xv, halves(w[rows[r] + q]), acc[r]);
+        }
+    }
+    if t == full % TPR && full < p.k4 {
+        let rem = p.k - full * 4u;
+        let xv = select(vec4<f32>(0.0), x[full], vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(rem));
+        for (var r = 0u; r < RPT; r++) {
+            acc[r] = fma(xv, halves(w[rows[r] + full]), acc[r]);
+        }
+    }
+    for (var r = 0u; r < RPT; r++) {
+        red[r * WG + lid] = (acc[r].x + acc[r].y) + (acc[r].z + acc[r].w);
+    }
+    workgroupBarrier();
+    // Invocation t < RPT of each group sums row r = t of that group.
+    if t < RPT {
+        let j = j0 + t * GROUPS;
+        if j < p.n {
+            let base = t * WG + g * TPR;
+            var y = 0.0;
+            for (var s = 0u; s < TPR; s++) {
+                y += red[base + s];
+            }
+            if HAS_BIAS {
+                y += bias[p.col_offset + j];
+            }
+            out[p.col_offset + j] = y;
+        }
+    }
+}

@@ -1,0 +1,127 @@
+// out[0, col_offset + j] = dot(x[0, :], dequant(w[j, :])) + bias[col_offset + j] for one row of x
+// (decoding), with q4 weights (src/quant.rs: GGML Q4_0 blocks of 32 4-bit codes and one f16
+// scale, value = scale * (code - 8), stored planar: codes row-major, scales separately).
+// Layout as matmul_vec_f32: each workgroup computes RPW = GROUPS * RPT outputs; the TPR
+// invocations of a group walk a row's code words together, each serving RPT weight rows. Word i
+// (0..4) of block b holds elements 32b + 4i.. in its low nibbles and 32b + 16 + 4i.. in its high
+// nibbles, so it pairs with x vec4s 8b + i and 8b + 4 + i. Nibbles are unpacked with shifts and
+// masks, scaled per word, summed in f32.
+
+override HAS_BIAS: bool = false;
+
+struct Params {
+    // weight rows in this chunk (outputs written by this dispatch)
+    n: u32,
+    // input features
+    k: u32,
+    // u32 code words per weight row (blocks per row * 4)
+    row_words: u32,
+    // floats per output row
+    out_stride: u32,
+    // first output column written by this dispatch (the chunk's first weight row)
+    col_offset: u32,
+    // blocks (scales) per weight row: ceil(k / 32)
+    nb: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+const WG: u32 = 256u;
+// invocations per group (sharing the k axis)
+const TPR: u32 = 32u;
+// groups per workgroup
+const GROUPS: u32 = 8u;
+// weight rows per invocation
+const RPT: u32 = 4u;
+// weight rows per workgroup
+const RPW: u32 = 32u;
+// code words per block of 32
+const WPB: u32 = 4u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+// x: [1, k] as vec4s; the buffer extends to a whole vec4 (pool sizes are multiples of 16 bytes)
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+// w: [n, row_words] u32, each 8 nibble codes (see above) (this chunk)
+@group(0) @binding(2) var<storage, read> w: array<u32>;
+// scales: [n, nb] f16, two per u32 (low half first) (this chunk)
+@group(0) @binding(3) var<storage, read> scales: array<u32>;
+// bias: [out_stride] (read only when HAS_BIAS)
+@group(0) @binding(4) var<storage, read> bias: array<f32>;
+// out: [1, out_stride]
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+
+var<workgroup> red: array<f32, 1024>; // RPT * WG
+
+fn scale(i: u32) -> f32 {
+    return unpack2x16float(scales[i >> 1u])[i & 1u];
+}
+
+// The low (elements 4i..4i+3 of the block) and high (16 + 4i..) nibbles of a word, minus 8.
+fn lo(wd: u32) -> vec4<f32> {
+    return vec4<f32>(vec4<u32>(wd, wd >> 8u, wd >> 16u, wd >> 24u) & vec4<u32>(15u)) - 8.0;
+}
+fn hi(wd: u32) -> vec4<f32> {
+    return vec4<f32>(vec4<u32>(wd >> 4u, wd >> 12u, wd >> 20u, wd >> 28u) & vec4<u32>(15u)) - 8.0;
+}
+
+// x[4q..4q+4], zero past k (past k the buffer holds stale data: the zero codes there would give
+// 0 * NaN = NaN).
+fn xq(q: u32) -> vec4<f32> {
+    let e = q * 4u;
+    if e + 4u <= p.k {
+        return x[q];
+    }
+    return select(vec4<f32>(0.0), x[q], vec4<u32>(e, e + 1u, e + 2u, e + 3u) < vec4<u32>(p.k));
+}
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let block = wid.y * nwg.x + wid.x;
+    if block * RPW >= p.n {
+        return;
+    }
+    let g = lid / TPR;
+    let t = lid % TPR;
+    // Rows j0, j0 + GROUPS, ... (clamped to the last row: duplicates are computed, never written).
+    let j0 = block * RPW + g;
+    var rows: array<u32, RPT>;
+    var acc: array<f32, RPT>;
+    for (var r = 0u; r < RPT; r++) {
+        rows[r] = min(j0 + r * GROUPS, p.n - 1u);
+        acc[r] = 0.0;
+    }
+    for (var q = t; q < p.row_words; q += TPR) {
+        let b = q / WPB;
+        let i = q % WPB;
+        let xl = xq(b * 8u + i);
+        let xh = xq(b * 8u + 4u + i);
+        for (var r = 0u; r < RPT; r++) {
+            let row = rows[r];
+            let wd = w[row * p.row_words + q];
+            acc[r] += scale(row * p.nb + b) * (dot(xl, lo(wd)) + dot(xh, hi(wd)));
+        }
+    }
+    for (var r = 0u; r < RPT; r++) {
+        red[r * WG + lid] = acc[r];
+    }
+    workgroupBarrier();
+    // Invocation t < RPT of each group sums row r = t of that group.
+    if t < RPT {
+        let j = j0 + t * GROUPS;
+        if j < p.n {
+            let base = t * WG + g * TPR;
+            var y = 0.0;
+            for (var s = 0u; s < TPR; s++) {
+                y += red[base + s];
+            }
+            if HAS_BIAS {
+                y += bias[p.col_offset + j];
+            }
+            out[p.col_offset + j] = y;
+        }
+    }
+}

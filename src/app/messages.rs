@@ -1,0 +1,239 @@
+//! The typed messages between the page and the engine worker.
+//!
+//! Both directions travel as one JSON string plus, where a message carries files (model files, an
+//! image), a list of byte buffers transferred alongside it (never copied through JSON). The same
+//! types are used natively by the tests, which drive [`super::session::Session`] directly.
+
+use serde::{Deserialize, Serialize};
+
+use crate::caption::{CaptionRequest, SpecSummary};
+use crate::error::{Error, Result};
+use crate::generate::SamplingOptions;
+use crate::spec::events::RoundEvent;
+use crate::spec::SpecOptions;
+
+/// Which executor runs the models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Our WGSL kernels on WebGPU.
+    Webgpu,
+    /// The plain-Rust reference engine (always available; slower).
+    Cpu,
+}
+
+impl BackendKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            BackendKind::Webgpu => "WebGPU",
+            BackendKind::Cpu => "CPU",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelRole {
+    Target,
+    Draft,
+}
+
+/// Plain decoding (the target alone) or speculative decoding (draft tree + target verification).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunMode {
+    Speculative,
+    Plain,
+}
+
+/// Everything the settings panel controls. The defaults are the CLI's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    pub budget: usize,
+    pub depth: usize,
+    pub top_k: usize,
+    pub threshold: f32,
+    /// Choose the tree size per round from costs measured on this device.
+    pub adaptive: bool,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub seed: u64,
+    pub max_new_tokens: usize,
+    /// The user's instruction, put through the checkpoint's chat template.
+    pub instruction: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        let spec = SpecOptions::default();
+        let sampling = SamplingOptions::default();
+        Settings {
+            budget: spec.budget,
+            depth: spec.depth,
+            top_k: spec.top_k,
+            threshold: spec.threshold,
+            adaptive: false,
+            temperature: sampling.temperature,
+            top_p: sampling.top_p,
+            seed: sampling.seed,
+            max_new_tokens: CaptionRequest::default().max_new_tokens,
+            instruction: crate::caption::DEFAULT_INSTRUCTION.to_string(),
+        }
+    }
+}
+
+impl Settings {
+    pub fn spec_options(&self) -> SpecOptions {
+        SpecOptions {
+            budget: self.budget,
+            depth: self.depth,
+            top_k: self.top_k,
+            threshold: self.threshold,
+        }
+    }
+
+    pub fn sampling(&self) -> SamplingOptions {
+        SamplingOptions {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            seed: self.seed,
+        }
+    }
+
+    /// Check every field, with a message a user can act on.
+    pub fn validate(&self) -> Result<()> {
+        self.spec_options().validate()?;
+        self.sampling().validate()?;
+        if self.max_new_tokens == 0 || self.max_new_tokens > 1024 {
+            return Err(Error::invalid(format!(
+                "max tokens must be between 1 and 1024, got {}",
+                self.max_new_tokens
+            )));
+        }
+        if self.instruction.trim().is_empty() {
+            return Err(Error::invalid("the prompt is empty"));
+        }
+        Ok(())
+    }
+}
+
+/// Page -> worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Request {
+    /// Open the engine on `backend` (WebGPU falls back to the CPU with a notice) and load the
+    /// models at these base URLs. Sent again to switch backends or after a device loss.
+    Init {
+        backend: BackendKind,
+        target_url: String,
+        draft_url: Option<String>,
+    },
+    /// Load a checkpoint for a role from a base URL (files cached for offline use) or from the
+    /// files transferred with the message (`names[i]` is the i-th buffer's file name). The models
+    /// already loaded stay in place until the new one has loaded and checked out.
+    LoadModel {
+        role: ModelRole,
+        url: Option<String>,
+        names: Vec<String>,
+    },
+    /// Caption the image transferred with the message. A new caption cancels a running one.
+    Caption {
+        run: u64,
+        image_name: String,
+        mode: RunMode,
+        settings: Settings,
+    },
+    Cancel {
+        run: u64,
+    },
+}
+
+/// What a finished run produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunResult {
+    pub text: String,
+    pub tokens: Vec<u32>,
+    /// Generated tokens per second of decoding (prefill and image encoding excluded).
+    pub tokens_per_s: f64,
+    pub total_ms: f64,
+    pub spec: Option<SpecSummary>,
+}
+
+/// A loaded model, as the page lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub role: ModelRole,
+    pub source: String,
+    pub bytes: u64,
+    pub summary: String,
+}
+
+/// Worker -> page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// A long step: `done` of `total` (bytes for downloads, steps otherwise; `total` 0 = unknown).
+    Progress {
+        task: String,
+        done: u64,
+        total: u64,
+    },
+    /// The engine is ready to caption.
+    Ready {
+        backend: BackendKind,
+        /// Why the engine is not on the backend asked for, if it is not.
+        notice: Option<String>,
+        models: Vec<ModelInfo>,
+    },
+    /// A model finished loading (it replaced the previous one of its role).
+    ModelLoaded {
+        model: ModelInfo,
+    },
+    Started {
+        run: u64,
+        mode: RunMode,
+    },
+    /// The caption so far (plain decoding streams token by token).
+    Text {
+        run: u64,
+        text: String,
+    },
+    /// One speculation round, and the caption so far.
+    Round {
+        run: u64,
+        round: RoundEvent,
+        text: String,
+    },
+    Done {
+        run: u64,
+        mode: RunMode,
+        result: RunResult,
+    },
+    Cancelled {
+        run: u64,
+    },
+    /// Something failed; `run` names the caption it belongs to, if any. What was loaded before
+    /// stays usable.
+    Error {
+        run: Option<u64>,
+        message: String,
+    },
+}
+
+impl Request {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("requests serialize")
+    }
+    pub fn from_json(text: &str) -> Result<Self> {
+        serde_json::from_str(text).map_err(|e| Error::invalid(format!("bad request: {e}")))
+    }
+}
+
+impl Event {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("events serialize")
+    }
+    pub fn from_json(text: &str) -> Result<Self> {
+        serde_json::from_str(text).map_err(|e| Error::invalid(format!("bad event: {e}")))
+    }
+}

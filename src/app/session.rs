@@ -1,0 +1,222 @@
+//! The engine state the worker owns: one backend, the loaded target (and draft), and the runs.
+//!
+//! Backend-agnostic and free of browser APIs, so the tests drive exactly what the page drives:
+//! load checkpoints from files, caption an image in plain or speculative mode, stream
+//! [`Event`]s, cancel. Loading never disturbs what is already loaded: a new model replaces the
+//! old one only after it has loaded and passed every check.
+
+use crate::app::messages::{Event, ModelInfo, ModelRole, RunMode, RunResult, Settings};
+use crate::backend::Backend;
+use crate::caption::{Caption, CaptionRequest, Captioner, Drafter};
+use crate::checkpoint::{Checkpoint, CheckpointFiles};
+use crate::error::{Error, Result};
+use crate::image_io;
+use crate::spec::events::RoundEvent;
+
+pub struct Session<B: Backend> {
+    pub backend: B,
+    target: Option<(Captioner<B>, ModelInfo)>,
+    draft: Option<(Drafter<B>, ModelInfo)>,
+}
+
+/// The lowest score the page is sent: JSON has no infinities.
+const SCORE_FLOOR: f32 = -1e30;
+
+impl<B: Backend> Session<B> {
+    pub fn new(backend: B) -> Self {
+        Session {
+            backend,
+            target: None,
+            draft: None,
+        }
+    }
+
+    pub fn models(&self) -> Vec<ModelInfo> {
+        let t = self.target.as_ref().map(|(_, i)| i.clone());
+        let d = self.draft.as_ref().map(|(_, i)| i.clone());
+        t.into_iter().chain(d).collect()
+    }
+
+    pub fn has_target(&self) -> bool {
+        self.target.is_some()
+    }
+
+    pub fn has_draft(&self) -> bool {
+        self.draft.is_some()
+    }
+
+    /// Load a checkpoint into a role. On any error nothing changes. Loading a target re-pairs
+    /// the current draft with it; a draft that cannot serve the new target is unloaded, and the
+    /// returned notice says why.
+    pub fn load(
+        &mut self,
+        role: ModelRole,
+        files: &dyn CheckpointFiles,
+        bytes: u64,
+    ) -> Result<(ModelInfo, Option<String>)> {
+        let checkpoint = Checkpoint::from_files(files)?;
+        let info = ModelInfo {
+            role,
+            source: files.source(),
+            bytes,
+            summary: summary(&checkpoint),
+        };
+        let captioner = Captioner::new(&self.backend, checkpoint)?;
+        match role {
+            ModelRole::Draft => {
+                let (target, _) = self.target.as_ref().ok_or_else(|| {
+                    Error::invalid("load a target model before its draft".to_string())
+                })?;
+                let drafter = target.drafter(captioner)?;
+                self.draft = Some((drafter, info.clone()));
+                Ok((info, None))
+            }
+            ModelRole::Target => {
+                let mut notice = None;
+                if let Some((old, draft_info)) = self.draft.take() {
+                    match captioner.drafter(old.captioner) {
+                        Ok(d) => self.draft = Some((d, draft_info)),
+                        Err(e) => {
+                            notice = Some(format!(
+                            "the draft {} was unloaded: {e}; load a matching draft to speculate",
+                            draft_info.source
+                        ))
+                        }
+                    }
+                }
+                self.target = Some((captioner, info.clone()));
+                Ok((info, notice))
+            }
+        }
+    }
+
+    /// Caption an image. Events go to `emit` as they happen; `cancelled` is polled at every
+    /// token (plain) or round (speculative). Speculative mode without a draft decodes plainly.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn caption(
+        &mut self,
+        run: u64,
+        image_bytes: &[u8],
+        image_name: &str,
+        mode: RunMode,
+        settings: &Settings,
+        cancelled: &dyn Fn() -> bool,
+        emit: &mut dyn FnMut(Event),
+    ) -> Result<RunResult> {
+        settings.validate()?;
+        let image = image_io::decode_rgb(image_bytes, image_name, image_io::DEFAULT_MAX_PIXELS)?;
+        let (target, _) = self
+            .target
+            .as_ref()
+            .ok_or_else(|| Error::invalid("no model is loaded yet"))?;
+        let req = request(target, settings);
+        emit(Event::Started { run, mode });
+        let b = &self.backend;
+        let caption = match (mode, self.draft.as_mut()) {
+            (RunMode::Speculative, Some((drafter, _))) => {
+                if settings.adaptive && drafter.cost.is_none() {
+                    emit(Event::Progress {
+                        task: "measuring this device's costs for the adaptive tree".into(),
+                        done: 0,
+                        total: 1,
+                    });
+                    target.calibrate(b, drafter, settings.spec_options()).await;
+                }
+                // Measured costs stay for later adaptive runs; a fixed-size run sets them aside.
+                let saved = if settings.adaptive {
+                    None
+                } else {
+                    drafter.cost.take()
+                };
+                let tok = &target.checkpoint.tokenizer;
+                let mut tokens = Vec::new();
+                let out = target
+                    .caption_speculative(
+                        b,
+                        drafter,
+                        &image,
+                        &req,
+                        settings.spec_options(),
+                        |round: &RoundEvent| {
+                            tokens.extend_from_slice(&round.emitted);
+                            let text = tok.decode(&tokens).unwrap_or_default();
+                            emit(Event::Round {
+                                run,
+                                round: sanitize(round),
+                                text,
+                            });
+                            !cancelled()
+                        },
+                    )
+                    .await;
+                if saved.is_some() {
+                    drafter.cost = saved;
+                }
+                out?
+            }
+            _ => {
+                let tok = &target.checkpoint.tokenizer;
+                let mut tokens = Vec::new();
+                target
+                    .caption(b, &image, &req, |t| {
+                        tokens.push(t);
+                        let text = tok.decode(&tokens).unwrap_or_default();
+                        emit(Event::Text { run, text });
+                        !cancelled()
+                    })
+                    .await?
+            }
+        };
+        Ok(result(&caption))
+    }
+}
+
+/// The caption request a settings panel describes, with the instruction put through the
+/// target's chat template.
+fn request<B: Backend>(target: &Captioner<B>, settings: &Settings) -> CaptionRequest {
+    let prompt = target.checkpoint.default_prompt(&settings.instruction).ok();
+    CaptionRequest {
+        prompt,
+        max_new_tokens: settings.max_new_tokens,
+        sampling: settings.sampling(),
+    }
+}
+
+fn result(c: &Caption) -> RunResult {
+    let gen_ms = c.timings_ms.prefill_ms + c.timings_ms.decode_ms;
+    RunResult {
+        text: c.text.clone(),
+        tokens: c.tokens.clone(),
+        tokens_per_s: if gen_ms > 0.0 {
+            c.tokens.len() as f64 / (gen_ms / 1e3)
+        } else {
+            0.0
+        },
+        total_ms: c.timings_ms.total_ms,
+        spec: c.spec.clone(),
+    }
+}
+
+/// A round event the page can always parse (finite numbers only).
+fn sanitize(round: &RoundEvent) -> RoundEvent {
+    let mut r = round.clone();
+    for n in &mut r.nodes {
+        if !n.score.is_finite() {
+            n.score = SCORE_FLOOR;
+        }
+        if !n.prob.is_finite() {
+            n.prob = 0.0;
+        }
+    }
+    r
+}
+
+/// One line describing a checkpoint.
+fn summary(c: &Checkpoint) -> String {
+    let t = &c.config.text;
+    let v = &c.config.vision;
+    format!(
+        "{} layers x {} hidden text decoder, vocabulary {}; vision {} px, {} layers",
+        t.num_hidden_layers, t.hidden_size, t.vocab_size, v.image_size, v.num_hidden_layers
+    )
+}

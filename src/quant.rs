@@ -1,0 +1,917 @@
+//! Quantized and half-precision weights: the q8 / q4 block formats, the [`WeightData`] a backend
+//! receives for each weight, and (natively) `spec-llava quantize`, which writes a quantized copy of
+//! a checkpoint.
+//!
+//! # Block formats
+//!
+//! Both schemes quantize each matrix row `[out, in]` in groups of [`GROUP`] = 32 consecutive input
+//! columns (the reduction axis of `x W^T`), one f16 scale per group, symmetric (no zero point).
+//! They are GGML's `Q8_0` and `Q4_0`, block for block:
+//!
+//! - **q8** ([`BlockQ8`], 34 bytes = 8.5 bits/weight): `d = amax / 127`, `q = round(x / d)` as
+//!   int8; `x ≈ d * q`.
+//! - **q4** ([`BlockQ4`], 18 bytes = 4.5 bits/weight): `d = m / -8` where `m` is the value of
+//!   largest magnitude (sign kept, so it maps exactly to code 0 = -8), `q = clamp(round(x / d) + 8,
+//!   0, 15)`; `x ≈ d * (q - 8)`. Byte `i` of the block holds element `i` in its low nibble and
+//!   element `i + 16` in its high nibble.
+//!
+//! A row whose width is not a multiple of 32 ends in a partial group, zero-padded (the padding
+//! quantizes to exact zeros); `blocks per row = ceil(in / 32)`.
+//!
+//! # Storage (safetensors and GPU buffers)
+//!
+//! A [`QuantMatrix`] keeps its blocks *planar*: all quant bytes row-major (`rows * nb * 32` int8 or
+//! `rows * nb * 16` packed nibbles), then all scales (`rows * nb` f16). Quant bytes stay 4-byte
+//! aligned that way, so the WGSL kernels read them as `u32` words; checkpoint tensors and GPU
+//! buffers hold exactly these two arrays. In a checkpoint written by `spec-llava quantize`, a
+//! weight `NAME` (2-D, `[out, in]`) is stored as
+//!
+//! - `NAME.q8`: I8 `[out, nb * 32]` or `NAME.q4`: U8 `[out, nb * 16]`, and
+//! - `NAME.scales`: F16 `[out, nb]`,
+//!
+//! and the file's `__metadata__` says `{"spec_llava.quant": "q4" | "q8" | "f16", "group_size":
+//! "32"}`. Only the large linear weights are quantized ([`quantizable`]: 2-D `*.weight` tensors
+//! that are not embedding tables: attention q/k/v/o, MLPs, the projector and an untied `lm_head`);
+//! norms, biases, embeddings (token, position, patch, class) keep their checkpoint dtype. The f16
+//! format stores every floating-point tensor as plain F16 (loadable by any safetensors reader) and
+//! the engine keeps the linear weights as f16 on the GPU.
+
+use half::f16;
+
+use crate::error::{Error, Result};
+
+/// Input columns per quantization group.
+pub const GROUP: usize = 32;
+
+/// Safetensors metadata key naming the scheme.
+pub const META_QUANT: &str = "spec_llava.quant";
+/// Safetensors metadata key giving the group size.
+pub const META_GROUP: &str = "group_size";
+
+/// A weight storage format of a quantized checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    Q8,
+    Q4,
+    F16,
+}
+
+impl Format {
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Q8 => "q8",
+            Format::Q4 => "q4",
+            Format::F16 => "f16",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Format> {
+        match s {
+            "q8" => Some(Format::Q8),
+            "q4" => Some(Format::Q4),
+            "f16" => Some(Format::F16),
+            _ => None,
+        }
+    }
+
+    /// The quant scheme, for q8 / q4.
+    pub fn scheme(self) -> Option<Scheme> {
+        match self {
+            Format::Q8 => Some(Scheme::Q8),
+            Format::Q4 => Some(Scheme::Q4),
+            Format::F16 => None,
+        }
+    }
+}
+
+/// A block quantization scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    Q8,
+    Q4,
+}
+
+impl Scheme {
+    /// Quant bytes per block of 32 weights.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            Scheme::Q8 => 32,
+            Scheme::Q4 => 16,
+        }
+    }
+    /// Suffix of the quant tensor in a checkpoint (`NAME.q8`, `NAME.q4`).
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Scheme::Q8 => ".q8",
+            Scheme::Q4 => ".q4",
+        }
+    }
+}
+
+/// Suffix of the scale tensor of a quantized weight.
+pub const SCALES_SUFFIX: &str = ".scales";
+
+/// GGML `Q8_0`: one f16 scale and 32 int8 codes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct BlockQ8 {
+    /// f16 bits of the scale `d`.
+    pub d: u16,
+    pub qs: [i8; GROUP],
+}
+
+/// GGML `Q4_0`: one f16 scale and 32 4-bit codes (byte i: element i low, element i + 16 high).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct BlockQ4 {
+    /// f16 bits of the scale `d`.
+    pub d: u16,
+    pub qs: [u8; GROUP / 2],
+}
+
+const _: () = assert!(std::mem::size_of::<BlockQ8>() == 34);
+const _: () = assert!(std::mem::size_of::<BlockQ4>() == 18);
+// 4.5 bits per weight for q4 (32 * 4 + 16 bits over 32 weights), 8.5 for q8.
+const _: () = assert!(std::mem::size_of::<BlockQ4>() * 8 * 2 == 9 * GROUP);
+
+/// One group of 32 values, zero-padded past the end of `x`.
+fn group(x: &[f32]) -> [f32; GROUP] {
+    let mut g = [0f32; GROUP];
+    g[..x.len()].copy_from_slice(x);
+    g
+}
+
+impl BlockQ8 {
+    /// Quantize up to 32 values (fewer: zero-padded).
+    pub fn quantize(x: &[f32]) -> BlockQ8 {
+        let g = group(x);
+        let amax = g.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = f16::from_f32(amax / 127.0);
+        let df = d.to_f32();
+        let inv = if df > 0.0 { 1.0 / df } else { 0.0 };
+        let mut qs = [0i8; GROUP];
+        for (q, v) in qs.iter_mut().zip(g) {
+            *q = (v * inv).round().clamp(-127.0, 127.0) as i8;
+        }
+        BlockQ8 { d: d.to_bits(), qs }
+    }
+
+    pub fn dequantize(&self) -> [f32; GROUP] {
+        let d = f16::from_bits(self.d).to_f32();
+        self.qs.map(|q| d * f32::from(q))
+    }
+}
+
+impl BlockQ4 {
+    /// Quantize up to 32 values (fewer: zero-padded), choosing the scale that minimises the
+    /// squared error (see [`q4_scale`]).
+    pub fn quantize(x: &[f32]) -> BlockQ4 {
+        let g = group(x);
+        let d = f16::from_f32(q4_scale(&g));
+        let df = d.to_f32();
+        let inv = if df != 0.0 { 1.0 / df } else { 0.0 };
+        let code = |v: f32| ((v * inv).round() + 8.0).clamp(0.0, 15.0) as u8;
+        let mut qs = [0u8; GROUP / 2];
+        for (i, q) in qs.iter_mut().enumerate() {
+            *q = code(g[i]) | (code(g[i + GROUP / 2]) << 4);
+        }
+        BlockQ4 { d: d.to_bits(), qs }
+    }
+
+    /// GGML's plain `Q4_0` encoder: `d = m / -8` for the value `m` of largest magnitude.
+    pub fn quantize_max(x: &[f32]) -> BlockQ4 {
+        let g = group(x);
+        let m = g
+            .iter()
+            .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+        let d = f16::from_f32(m / -8.0);
+        let df = d.to_f32();
+        let inv = if df != 0.0 { 1.0 / df } else { 0.0 };
+        let code = |v: f32| ((v * inv).round() + 8.0).clamp(0.0, 15.0) as u8;
+        let mut qs = [0u8; GROUP / 2];
+        for (i, q) in qs.iter_mut().enumerate() {
+            *q = code(g[i]) | (code(g[i + GROUP / 2]) << 4);
+        }
+        BlockQ4 { d: d.to_bits(), qs }
+    }
+
+    pub fn dequantize(&self) -> [f32; GROUP] {
+        let d = f16::from_bits(self.d).to_f32();
+        let mut out = [0f32; GROUP];
+        for (i, q) in self.qs.iter().enumerate() {
+            out[i] = d * (f32::from(q & 15) - 8.0);
+            out[i + GROUP / 2] = d * (f32::from(q >> 4) - 8.0);
+        }
+        out
+    }
+}
+
+/// The q4 scale of one group: the plain `Q4_0` choice `m / -8` and 40 nearby candidates (the
+/// codes `round(x / d)` clamped to -8..=7 for `d = m / t`, `t` from -10 to 10 in both signs), each
+/// refitted by least squares to its codes; the one with the smallest squared error wins (as in
+/// GGML's `make_qx_quants`). Decoding is unchanged: `x = d * (q - 8)`.
+pub fn q4_scale(g: &[f32; GROUP]) -> f32 {
+    let m = g
+        .iter()
+        .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+    if m == 0.0 {
+        return 0.0;
+    }
+    let error = |d: f32| -> f32 {
+        let inv = 1.0 / d;
+        g.iter()
+            .map(|&v| {
+                let q = (v * inv).round().clamp(-8.0, 7.0);
+                (v - d * q) * (v - d * q)
+            })
+            .sum()
+    };
+    let d0 = f16::from_f32(m / -8.0).to_f32();
+    if d0 == 0.0 {
+        return 0.0;
+    }
+    let mut best = (error(d0), d0);
+    for step in 0..=40 {
+        let t = -10.0 + step as f32 * 0.5;
+        if t.abs() < 4.0 {
+            continue;
+        }
+        let inv = t / m;
+        let (mut xl, mut ll) = (0f32, 0f32);
+        for &v in g {
+            let q = (v * inv).round().clamp(-8.0, 7.0);
+            xl += v * q;
+            ll += q * q;
+        }
+        if ll == 0.0 {
+            continue;
+        }
+        let d = xl / ll;
+        let d16 = f16::from_f32(d).to_f32();
+        if d16 == 0.0 || !d16.is_finite() {
+            continue;
+        }
+        let e = error(d16);
+        if e < best.0 {
+            best = (e, d16);
+        }
+    }
+    best.1
+}
+
+/// A quantized matrix `[rows, cols]`, blocks stored planar (see the module doc).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantMatrix {
+    pub scheme: Scheme,
+    pub rows: usize,
+    pub cols: usize,
+    /// `rows * blocks_per_row * scheme.block_bytes()` bytes (int8 codes, or packed nibbles).
+    pub qs: Vec<u8>,
+    /// `rows * blocks_per_row` f16 bits.
+    pub scales: Vec<u16>,
+}
+
+/// Groups per row of `cols` columns.
+pub fn blocks_per_row(cols: usize) -> usize {
+    cols.div_ceil(GROUP)
+}
+
+impl QuantMatrix {
+    /// Quantize a row-major f32 matrix.
+    pub fn quantize(scheme: Scheme, data: &[f32], rows: usize, cols: usize) -> QuantMatrix {
+        assert_eq!(
+            data.len(),
+            rows * cols,
+            "quantize: data is not [rows, cols]"
+        );
+        let nb = blocks_per_row(cols);
+        let mut qs = Vec::with_capacity(rows * nb * scheme.block_bytes());
+        let mut scales = Vec::with_capacity(rows * nb);
+        for row in data.chunks(cols.max(1)).take(rows) {
+            for g in row.chunks(GROUP) {
+                match scheme {
+                    Scheme::Q8 => {
+                        let b = BlockQ8::quantize(g);
+                        scales.push(b.d);
+                        qs.extend_from_slice(bytemuck::cast_slice(&b.qs));
+                    }
+                    Scheme::Q4 => {
+                        let b = BlockQ4::quantize(g);
+                        scales.push(b.d);
+                        qs.extend_from_slice(&b.qs);
+                    }
+                }
+            }
+        }
+        QuantMatrix {
+            scheme,
+            rows,
+            cols,
+            qs,
+            scales,
+        }
+    }
+
+    pub fn blocks_per_row(&self) -> usize {
+        blocks_per_row(self.cols)
+    }
+
+    /// Check the array sizes against the shape (after reading from a file).
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let nb = self.blocks_per_row();
+        let (want_q, want_s) = (self.rows * nb * self.scheme.block_bytes(), self.rows * nb);
+        if self.qs.len() != want_q || self.scales.len() != want_s {
+            return Err(format!(
+                "{} bytes of codes and {} scales for a [{}, {}] matrix (expected {want_q} and {want_s})",
+                self.qs.len(),
+                self.scales.len(),
+                self.rows,
+                self.cols
+            ));
+        }
+        Ok(())
+    }
+
+    /// Block `b` of row `r`.
+    fn block(&self, r: usize, b: usize) -> [f32; GROUP] {
+        let i = r * self.blocks_per_row() + b;
+        let bytes = self.scheme.block_bytes();
+        let q = &self.qs[i * bytes..(i + 1) * bytes];
+        match self.scheme {
+            Scheme::Q8 => BlockQ8 {
+                d: self.scales[i],
+                qs: bytemuck::cast_slice::<u8, i8>(q)
+                    .try_into()
+                    .unwrap_or([0; GROUP]),
+            }
+            .dequantize(),
+            Scheme::Q4 => BlockQ4 {
+                d: self.scales[i],
+                qs: q.try_into().unwrap_or([0; GROUP / 2]),
+            }
+            .dequantize(),
+        }
+    }
+
+    /// Widen to a row-major f32 matrix.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let nb = self.blocks_per_row();
+        let mut out = Vec::with_capacity(self.rows * nb * GROUP);
+        for r in 0..self.rows {
+            let start = out.len();
+            for b in 0..nb {
+                out.extend_from_slice(&self.block(r, b));
+            }
+            out.truncate(start + self.cols);
+        }
+        out
+    }
+}
+
+/// A weight as a backend receives it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WeightData {
+    F32(Vec<f32>),
+    /// Row-major f16 bits.
+    F16(Vec<u16>),
+    Quant(QuantMatrix),
+}
+
+impl WeightData {
+    /// Widen to f32 (what the CPU reference computes with).
+    pub fn into_f32(self) -> Vec<f32> {
+        match self {
+            WeightData::F32(v) => v,
+            WeightData::F16(v) => v.into_iter().map(|h| f16::from_bits(h).to_f32()).collect(),
+            WeightData::Quant(q) => q.dequantize(),
+        }
+    }
+
+    /// Store a f32 matrix `[rows, cols]` in `format`.
+    pub fn convert(data: Vec<f32>, rows: usize, cols: usize, format: Format) -> WeightData {
+        match format.scheme() {
+            Some(s) => WeightData::Quant(QuantMatrix::quantize(s, &data, rows, cols)),
+            None => WeightData::F16(
+                data.into_iter()
+                    .map(|v| f16::from_f32(v).to_bits())
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// Whether a checkpoint tensor is one of the big linear weights that get quantized: a 2-D
+/// `*.weight` that is not an embedding table (token, position or patch embeddings).
+pub fn quantizable(name: &str, shape: &[usize]) -> bool {
+    shape.len() == 2
+        && shape.iter().all(|&d| d > 0)
+        && name.ends_with(".weight")
+        && !name.contains("embed")
+        && !name.contains("norm")
+}
+
+/// The scheme a checkpoint's safetensors metadata names, checked (`None`: a plain checkpoint).
+pub fn format_from_metadata(
+    meta: &std::collections::HashMap<String, String>,
+    file: &str,
+) -> Result<Option<Format>> {
+    let Some(name) = meta.get(META_QUANT) else {
+        return Ok(None);
+    };
+    let format = Format::parse(name).ok_or_else(|| {
+        Error::file(
+            file,
+            format!(
+                "unknown quantization scheme \"{name}\" in {META_QUANT} (expected q4, q8 or f16)"
+            ),
+        )
+    })?;
+    if let Some(g) = meta.get(META_GROUP) {
+        if format != Format::F16 && g.parse::<usize>().ok() != Some(GROUP) {
+            return Err(Error::file(
+                file,
+                format!("unsupported {META_GROUP} \"{g}\" (only {GROUP} is supported)"),
+            ));
+        }
+    }
+    Ok(Some(format))
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+pub use write::{quantize_checkpoint, QuantizeReport, DEFAULT_MAX_SHARD_BYTES};
+
+#[cfg(not(target_arch = "wasm32"))]
+mod write {
+    use std::collections::HashMap;
+    use std::path::Path;
+
+    use half::f16;
+    use safetensors::tensor::TensorView;
+    use safetensors::Dtype;
+
+    use super::{blocks_per_row, quantizable, Format, QuantMatrix, GROUP, META_GROUP, META_QUANT};
+    use crate::error::{Error, Result};
+    use crate::weights::{widen, DType, WeightStore};
+
+    /// Largest shard `spec-llava quantize` writes by default.
+    pub const DEFAULT_MAX_SHARD_BYTES: u64 = 256 << 20;
+
+    /// What `quantize_checkpoint` wrote.
+    #[derive(Debug, Clone, serde::Serialize)]
+    pub struct QuantizeReport {
+        pub format: &'static str,
+        /// Shard file names, in order.
+        pub shards: Vec<String>,
+        pub quantized_tensors: usize,
+        pub other_tensors: usize,
+        pub input_bytes: u64,
+        pub output_bytes: u64,
+        pub copied_files: Vec<String>,
+    }
+
+    /// One output tensor: name, safetensors dtype, shape, and how to make its bytes.
+    struct Planned {
+        name: String,
+        dtype: Dtype,
+        shape: Vec<usize>,
+        bytes: usize,
+        source: String,
+        part: Part,
+    }
+
+    #[derive(Clone, Copy)]
+    enum Part {
+        /// The source tensor's bytes, unchanged.
+        Copy,
+        /// Source widened and stored as f16.
+        Half,
+        /// A quantized weight's codes (the scales follow it in the plan, in the same shard or the
+        /// next: codes and scales are consecutive in sorted order).
+        Codes,
+        Scales,
+    }
+
+    fn st_dtype(d: DType) -> Dtype {
+        match d {
+            DType::F32 => Dtype::F32,
+            DType::F16 => Dtype::F16,
+            DType::BF16 => Dtype::BF16,
+            DType::U8 => Dtype::U8,
+            DType::I8 => Dtype::I8,
+        }
+    }
+
+    fn plan(store: &WeightStore, format: Format) -> Result<Vec<Planned>> {
+        let mut names: Vec<&str> = store.names().collect();
+        names.sort();
+        let mut out = Vec::new();
+        for name in names {
+            let raw = store.raw(name)?;
+            let shape = raw.shape.to_vec();
+            let elems: usize = shape.iter().product();
+            let float = matches!(raw.dtype, DType::F32 | DType::F16 | DType::BF16);
+            match format.scheme() {
+                Some(s) if float && quantizable(name, &shape) => {
+                    let (rows, nb) = (shape[0], blocks_per_row(shape[1]));
+                    let codes_dtype = match s {
+                        super::Scheme::Q8 => Dtype::I8,
+                        super::Scheme::Q4 => Dtype::U8,
+                    };
+                    out.push(Planned {
+                        name: format!("{name}{}", s.suffix()),
+                        dtype: codes_dtype,
+                        shape: vec![rows, nb * s.block_bytes()],
+                        bytes: rows * nb * s.block_bytes(),
+                        source: name.to_string(),
+                        part: Part::Codes,
+                    });
+                    out.push(Planned {
+                        name: format!("{name}{}", super::SCALES_SUFFIX),
+                        dtype: Dtype::F16,
+                        shape: vec![rows, nb],
+                        bytes: rows * nb * 2,
+                        source: name.to_string(),
+                        part: Part::Scales,
+                    });
+                }
+                None if float && raw.dtype != DType::F16 => out.push(Planned {
+                    name: name.to_string(),
+                    dtype: Dtype::F16,
+                    shape,
+                    bytes: elems * 2,
+                    source: name.to_string(),
+                    part: Part::Half,
+                }),
+                _ => out.push(Planned {
+                    name: name.to_string(),
+                    dtype: st_dtype(raw.dtype),
+                    shape,
+                    bytes: raw.bytes.len(),
+                    source: name.to_string(),
+                    part: Part::Copy,
+                }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Conservative bytes of a safetensors header entry for a tensor.
+    fn header_bytes(name: &str) -> u64 {
+        name.len() as u64 + 120
+    }
+
+    /// Header bytes of a shard besides its tensors' entries (metadata, braces, alignment).
+    const HEADER_BASE: u64 = 512;
+
+    /// Quantize the checkpoint in `model` into `out` (created if missing): safetensors shards of at
+    /// most `max_shard_bytes` each (a single tensor bigger than that gets a shard of its own), plus
+    /// copies of the checkpoint's other files. Tensors are converted one at a time, so at most one
+    /// shard's output is in memory.
+    pub fn quantize_checkpoint(
+        model: &Path,
+        out: &Path,
+        format: Format,
+        max_shard_bytes: u64,
+    ) -> Result<QuantizeReport> {
+        if !model.is_dir() {
+            return Err(Error::file(model.display(), "not a checkpoint directory"));
+        }
+        if model.canonicalize().ok() == out.canonicalize().ok() {
+            return Err(Error::file(
+                out.display(),
+                "the output directory must differ from the model directory",
+            ));
+        }
+        // Check the checkpoint opens as a whole (config, tokenizer, weights) before writing.
+        let checkpoint = crate::checkpoint::Checkpoint::open(model)?;
+        if let Some(f) = checkpoint.weights.format() {
+            return Err(Error::file(
+                model.display(),
+                format!("already a {} checkpoint; quantize the original", f.name()),
+            ));
+        }
+        let store = &checkpoint.weights;
+        let planned = plan(store, format)?;
+
+        // Shards: greedy in sorted-name order.
+        let mut shards: Vec<Vec<usize>> = vec![Vec::new()];
+        let mut size = HEADER_BASE;
+        for (i, p) in planned.iter().enumerate() {
+            let add = p.bytes as u64 + header_bytes(&p.name);
+            let last = shards.last_mut().expect("one shard");
+            if !last.is_empty() && size + add > max_shard_bytes {
+                shards.push(vec![i]);
+                size = HEADER_BASE + add;
+            } else {
+                last.push(i);
+                size += add;
+            }
+        }
+        std::fs::create_dir_all(out).map_err(|e| Error::file(out.display(), e))?;
+        let count = shards.len();
+        let file_name = |k: usize| {
+            if count == 1 {
+                "model.safetensors".to_string()
+            } else {
+                format!("model-{:05}-of-{count:05}.safetensors", k + 1)
+            }
+        };
+        let mut metadata = HashMap::new();
+        metadata.insert("format".to_string(), "pt".to_string());
+        metadata.insert(META_QUANT.to_string(), format.name().to_string());
+        metadata.insert(META_GROUP.to_string(), GROUP.to_string());
+
+        let mut report = QuantizeReport {
+            format: format.name(),
+            shards: Vec::new(),
+            quantized_tensors: 0,
+            other_tensors: 0,
+            input_bytes: 0,
+            output_bytes: 0,
+            copied_files: Vec::new(),
+        };
+        let mut weight_map = serde_json::Map::new();
+        for (k, members) in shards.iter().enumerate() {
+            let name = file_name(k);
+            // The bytes of every tensor of this shard; a quantized weight's codes and scales are
+            // made together and its f32 copy dropped right after.
+            let mut data: Vec<Vec<u8>> = Vec::with_capacity(members.len());
+            let mut cache: Option<(String, QuantMatrix)> = None;
+            for &i in members {
+                let p = &planned[i];
+                let raw = store.raw(&p.source)?;
+                report.input_bytes += match p.part {
+                    Part::Scales => 0,
+                    _ => raw.bytes.len() as u64,
+                };
+                let converted = quantizable(&p.source, raw.shape)
+                    && matches!(raw.dtype, DType::F32 | DType::F16 | DType::BF16);
+                match p.part {
+                    Part::Scales => {}
+                    _ if converted => report.quantized_tensors += 1,
+                    _ => report.other_tensors += 1,
+                }
+                let bytes = match p.part {
+                    Part::Copy => raw.bytes.to_vec(),
+                    Part::Half => widen(raw.dtype, raw.bytes)
+                        .into_iter()
+                        .flat_map(|v| f16::from_f32(v).to_le_bytes())
+                        .collect(),
+                    Part::Codes | Part::Scales => {
+                        if cache.as_ref().map(|(n, _)| n.as_str()) != Some(p.source.as_str()) {
+                            let (rows, cols) = (raw.shape[0], raw.shape[1]);
+                            let scheme = format.scheme().expect("a quant scheme");
+                            let q = QuantMatrix::quantize(
+                                scheme,
+                                &widen(raw.dtype, raw.bytes),
+                                rows,
+                                cols,
+                            );
+                            cache = Some((p.source.clone(), q));
+                        }
+                        let q = &cache.as_ref().expect("just made").1;
+                        match p.part {
+                            Part::Codes => q.qs.clone(),
+                            _ => q.scales.iter().flat_map(|s| s.to_le_bytes()).collect(),
+                        }
+                    }
+                };
+                if bytes.len() != p.bytes {
+                    return Err(Error::file(
+                        store.file_of(&p.source),
+                        format!(
+                            "tensor {} has {} bytes, expected {}",
+                            p.source,
+                            bytes.len(),
+                            p.bytes
+                        ),
+                    ));
+                }
+                data.push(bytes);
+            }
+            let views = members
+                .iter()
+                .zip(&data)
+                .map(|(&i, bytes)| {
+                    let p = &planned[i];
+                    TensorView::new(p.dtype, p.shape.clone(), bytes)
+                        .map(|v| (p.name.clone(), v))
+                        .map_err(|e| Error::file(&name, format!("tensor {}: {e}", p.name)))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let path = out.join(&name);
+            safetensors::serialize_to_file(views, Some(metadata.clone()), &path)
+                .map_err(|e| Error::file(path.display(), format!("cannot write: {e}")))?;
+            report.output_bytes += std::fs::metadata(&path)
+                .map_err(|e| Error::file(path.display(), e))?
+                .len();
+            for &i in members {
+                weight_map.insert(planned[i].name.clone(), name.clone().into());
+            }
+            report.shards.push(name);
+        }
+        let index_path = out.join("model.safetensors.index.json");
+        if count > 1 {
+            let index = serde_json::json!({
+                "metadata": {
+                    "total_size": planned.iter().map(|p| p.bytes).sum::<usize>(),
+                    META_QUANT: format.name(),
+                    META_GROUP: GROUP.to_string(),
+                },
+                "weight_map": weight_map,
+            });
+            let text = serde_json::to_string_pretty(&index)
+                .map_err(|e| Error::file(index_path.display(), e))?;
+            std::fs::write(&index_path, text).map_err(|e| Error::file(index_path.display(), e))?;
+        } else if index_path.exists() {
+            std::fs::remove_file(&index_path).map_err(|e| Error::file(index_path.display(), e))?;
+        }
+        // Everything else of the checkpoint (config, tokenizer, processor, templates).
+        let entries = std::fs::read_dir(model).map_err(|e| Error::file(model.display(), e))?;
+        let mut copied = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::file(model.display(), e))?;
+            let fname = entry.file_name().to_string_lossy().to_string();
+            let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
+            if !is_file
+                || fname.ends_with(".safetensors")
+                || fname == "model.safetensors.index.json"
+            {
+                continue;
+            }
+            let dst = out.join(&fname);
+            std::fs::copy(entry.path(), &dst).map_err(|e| Error::file(dst.display(), e))?;
+            copied.push(fname);
+        }
+        copied.sort();
+        report.copied_files = copied;
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        (0..n).map(|_| rng.random_range(-scale..scale)).collect()
+    }
+
+    #[test]
+    fn q8_round_trip_is_within_half_a_step() {
+        for (seed, scale) in [(1, 1.0), (2, 1e-3), (3, 50.0)] {
+            let x = random(32, seed, scale);
+            let b = BlockQ8::quantize(&x);
+            let d = f16::from_bits(b.d).to_f32();
+            let y = b.dequantize();
+            for (a, b) in x.iter().zip(y) {
+                // Half a quantization step, plus the f16 rounding of d (relative 2^-11) times 127.
+                assert!(
+                    (a - b).abs() <= d * 0.5 + d * 127.0 / 2048.0,
+                    "{a} vs {b} (d {d})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn plain_q4_round_trip_is_within_one_step_and_exact_at_the_extreme() {
+        for (seed, scale) in [(4, 1.0), (5, 1e-3), (6, 50.0)] {
+            let x = random(32, seed, scale);
+            let b = BlockQ4::quantize_max(&x);
+            let d = f16::from_bits(b.d).to_f32().abs();
+            let y = b.dequantize();
+            for (a, b) in x.iter().zip(y) {
+                // Half a step inside the code range; up to one step where +8 clips to +7.
+                assert!(
+                    (a - b).abs() <= d * (1.0 + 8.0 / 2048.0),
+                    "{a} vs {b} (d {d})"
+                );
+            }
+            let (i, m) = x.iter().enumerate().fold((0, 0f32), |(bi, m), (i, &v)| {
+                if v.abs() > m.abs() {
+                    (i, v)
+                } else {
+                    (bi, m)
+                }
+            });
+            assert!((y[i] - m).abs() <= m.abs() / 1024.0, "{} vs {m}", y[i]);
+        }
+    }
+
+    #[test]
+    fn fitted_q4_scale_never_loses_to_the_plain_one() {
+        let sq = |x: &[f32], y: &[f32; 32]| -> f32 {
+            x.iter().zip(y).map(|(a, b)| (a - b) * (a - b)).sum()
+        };
+        let (mut fitted, mut plain) = (0f32, 0f32);
+        for seed in 0..200 {
+            let x = random(32, 100 + seed, 1.0);
+            let b = BlockQ4::quantize(&x);
+            let d = f16::from_bits(b.d).to_f32().abs();
+            let y = b.dequantize();
+            // Clipping is allowed where it pays: still within 2.5 steps of the value.
+            for (a, b) in x.iter().zip(y) {
+                assert!((a - b).abs() <= d * 2.5, "{a} vs {b} (d {d})");
+            }
+            let e = sq(&x, &y);
+            let e0 = sq(&x, &BlockQ4::quantize_max(&x).dequantize());
+            assert!(e <= e0 * (1.0 + 1e-3), "seed {seed}: {e} > {e0}");
+            fitted += e;
+            plain += e0;
+        }
+        // On uniform data the fitted scales cut the squared error substantially.
+        assert!(fitted < 0.9 * plain, "{fitted} vs {plain}");
+    }
+
+    #[test]
+    fn zero_blocks_and_padding_stay_zero() {
+        let b = BlockQ4::quantize(&[0.0; 32]);
+        assert_eq!(b.dequantize(), [0.0; 32]);
+        let b = BlockQ8::quantize(&[0.0; 5]);
+        assert_eq!(b.dequantize(), [0.0; 32]);
+        let b = BlockQ4::quantize(&[1.0, -2.0, 0.5]);
+        assert_eq!(&b.dequantize()[3..], &[0.0; 29]);
+    }
+
+    #[test]
+    fn matrix_round_trip_with_a_partial_group() {
+        let (rows, cols) = (3, 70);
+        let x = random(rows * cols, 7, 1.0);
+        for scheme in [Scheme::Q8, Scheme::Q4] {
+            let q = QuantMatrix::quantize(scheme, &x, rows, cols);
+            q.check().unwrap();
+            assert_eq!(q.blocks_per_row(), 3);
+            assert_eq!(q.qs.len(), rows * 3 * scheme.block_bytes());
+            let y = q.dequantize();
+            assert_eq!(y.len(), rows * cols);
+            let step = match scheme {
+                Scheme::Q8 => 1.0 / 127.0,
+                Scheme::Q4 => 1.0 / 8.0,
+            };
+            let err = x
+                .iter()
+                .zip(&y)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(err <= step * 1.01, "{scheme:?}: {err}");
+            // Block layout matches the GGML block: row 1, block 2 is the same as quantizing alone.
+            let alone = match scheme {
+                Scheme::Q8 => BlockQ8::quantize(&x[cols + 64..2 * cols]).dequantize(),
+                Scheme::Q4 => BlockQ4::quantize(&x[cols + 64..2 * cols]).dequantize(),
+            };
+            assert_eq!(&y[cols + 64..2 * cols], &alone[..6]);
+        }
+    }
+
+    #[test]
+    fn only_big_linear_weights_are_quantizable() {
+        assert!(quantizable(
+            "model.language_model.layers.0.self_attn.q_proj.weight",
+            &[8, 8]
+        ));
+        assert!(quantizable("lm_head.weight", &[8, 8]));
+        assert!(quantizable(
+            "model.multi_modal_projector.linear_1.weight",
+            &[8, 8]
+        ));
+        assert!(!quantizable(
+            "model.language_model.embed_tokens.weight",
+            &[8, 8]
+        ));
+        assert!(!quantizable(
+            "x.embeddings.position_embedding.weight",
+            &[8, 8]
+        ));
+        assert!(!quantizable(
+            "x.embeddings.patch_embedding.weight",
+            &[8, 3, 2, 2]
+        ));
+        assert!(!quantizable("x.layers.0.input_layernorm.weight", &[8]));
+        assert!(!quantizable("x.q_proj.bias", &[8]));
+    }
+
+    #[test]
+    fn metadata_schemes_are_checked() {
+        let mut m = std::collections::HashMap::new();
+        assert_eq!(format_from_metadata(&m, "f").unwrap(), None);
+        m.insert(META_QUANT.to_string(), "q4".to_string());
+        m.insert(META_GROUP.to_string(), "32".to_string());
+        assert_eq!(format_from_metadata(&m, "f").unwrap(), Some(Format::Q4));
+        m.insert(META_GROUP.to_string(), "64".to_string());
+        let e = format_from_metadata(&m, "f.safetensors")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("f.safetensors: unsupported group_size"),
+            "{e}"
+        );
+        m.insert(META_QUANT.to_string(), "q3".to_string());
+        let e = format_from_metadata(&m, "f.safetensors")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown quantization scheme \"q3\""), "{e}");
+    }
+}

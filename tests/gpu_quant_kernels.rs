@@ -1,0 +1,177 @@
+//! The q8 / q4 / f16 matmul kernels (`shaders/matmul_{vec,small,tiled}_{q8,q4,f16}.wgsl`) against
+//! the CPU reference, which computes with the same weights dequantized to f32 (so the two see
+//! identical weight values and differ only in the order and grouping of the sums).
+//!
+//! Shapes: x rows 1 (mat-vec), 2..=64 (small-M), 65.. (tiled); input widths that are whole groups
+//! of 32, a partial last group (70, 688 as in the demo target's MLP) and odd widths (1, 7, 45);
+//! output widths odd and not multiples of the workgroup tiles; with and without bias; weights split
+//! over several storage bindings.
+//!
+//! Tolerance: max |gpu - cpu| <= 1e-5 x max |cpu| over the output, as for the f32 kernels (the
+//! quantized kernels scale each word's partial dot product instead of each weight, which moves
+//! rounding by a few ulps).
+//!
+//! Without an adapter these tests FAIL, unless `SPEC_LLAVA_SKIP_GPU=1` is set.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use spec_llava::backend::cpu::CpuBackend;
+use spec_llava::backend::gpu::{GpuBackend, GpuOptions, WeightDType};
+use spec_llava::backend::Backend;
+use spec_llava::quant::{Format, WeightData};
+
+fn gpu_with(opts: GpuOptions) -> Option<GpuBackend> {
+    match pollster::block_on(GpuBackend::with_options(opts)) {
+        Ok(b) => Some(b),
+        Err(e) if std::env::var("SPEC_LLAVA_SKIP_GPU").as_deref() == Ok("1") => {
+            eprintln!("skipping: {e} (SPEC_LLAVA_SKIP_GPU=1)");
+            None
+        }
+        Err(e) => {
+            panic!("{e}: install Mesa lavapipe (mesa-vulkan-drivers) or set SPEC_LLAVA_SKIP_GPU=1")
+        }
+    }
+}
+
+fn random(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+fn read<B: Backend>(b: &B, t: &B::Tensor) -> Vec<f32> {
+    pollster::block_on(b.read(t))
+}
+
+/// max |got - want| / max |want|, after checking it is <= tol.
+fn check(what: &str, got: &[f32], want: &[f32], tol: f32) -> f32 {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want
+        .iter()
+        .fold(0f32, |m, x| m.max(x.abs()))
+        .max(f32::MIN_POSITIVE);
+    let err = got
+        .iter()
+        .zip(want)
+        .map(|(g, w)| (g - w).abs())
+        .fold(
+            0f32,
+            |m, e| if e.is_nan() { f32::INFINITY } else { m.max(e) },
+        );
+    assert!(
+        err <= tol * scale,
+        "{what}: max error {err:e} > {tol:e} x {scale:e}"
+    );
+    err / scale
+}
+
+const FORMATS: [(Format, WeightDType); 3] = [
+    (Format::Q8, WeightDType::Q8),
+    (Format::Q4, WeightDType::Q4),
+    (Format::F16, WeightDType::F16),
+];
+
+/// One linear on both backends with the weight stored in `format`; returns the relative error.
+#[allow(clippy::too_many_arguments)]
+fn compare(
+    g: &GpuBackend,
+    rng: &mut StdRng,
+    format: Format,
+    dtype: WeightDType,
+    m: usize,
+    k: usize,
+    n: usize,
+    with_bias: bool,
+) -> f32 {
+    let cpu = CpuBackend;
+    let data = WeightData::convert(random(rng, n * k), n, k, format);
+    let wc = cpu.weight_data(data.clone(), &[n, k]);
+    let wg = g.weight_data(data, &[n, k]);
+    assert_eq!(wg.dtype(), dtype);
+    let x = random(rng, m * k);
+    let b = random(rng, n);
+    let (bc, bg) = (cpu.weight(b.clone(), &[n]), g.weight(b, &[n]));
+    let c = cpu.linear(&cpu.tensor(x.clone(), m, k), &wc, with_bias.then_some(&bc));
+    let gt = g.linear(&g.tensor(x, m, k), &wg, with_bias.then_some(&bg));
+    let got = read(g, &gt);
+    if let Some(e) = g.take_error() {
+        panic!("{e}");
+    }
+    let what = format!(
+        "{} linear m={m} k={k} n={n} bias={with_bias}",
+        format.name()
+    );
+    check(&what, &got, &c.data, 1e-5)
+}
+
+#[test]
+fn quantized_and_f16_linear_match_cpu_for_every_kernel_and_odd_shape() {
+    let Some(g) = gpu_with(GpuOptions::default()) else {
+        return;
+    };
+    g.compile_all().unwrap();
+    let mut rng = StdRng::seed_from_u64(11);
+    let rows = [1, 2, 3, 17, 64, 65, 130];
+    // (k, n): whole groups, a partial last group, odd widths, a long row for matmul_vec.
+    let shapes = [
+        (32, 5),
+        (64, 33),
+        (70, 17),
+        (45, 64),
+        (7, 3),
+        (1, 1),
+        (688, 70),
+        (2080, 9),
+    ];
+    for (format, dtype) in FORMATS {
+        let mut worst = 0f32;
+        for (i, &m) in rows.iter().enumerate() {
+            for (s, &(k, n)) in shapes.iter().enumerate() {
+                let e = compare(&g, &mut rng, format, dtype, m, k, n, (i + s) % 2 == 0);
+                worst = worst.max(e);
+            }
+        }
+        println!("{}: worst relative error {worst:e}", format.name());
+    }
+}
+
+#[test]
+fn quantized_weights_split_over_bindings_give_the_same_results() {
+    // 1 KiB chunks: a [257, 96] q8 weight (3 blocks = 96 code bytes per row) becomes 26 chunks,
+    // q4 (48 bytes per row) 13, f16 (192 bytes per row) 52.
+    let Some(g) = gpu_with(GpuOptions {
+        max_binding_bytes: Some(1024),
+    }) else {
+        return;
+    };
+    let mut rng = StdRng::seed_from_u64(12);
+    let (n, k) = (257, 96);
+    for ((format, dtype), chunks) in FORMATS.into_iter().zip([26, 13, 52]) {
+        let data = WeightData::convert(random(&mut rng, n * k), n, k, format);
+        assert_eq!(g.weight_data(data, &[n, k]).chunks(), chunks, "{format:?}");
+        for m in [1, 5, 100] {
+            compare(&g, &mut rng, format, dtype, m, k, n, true);
+        }
+    }
+}
+
+#[test]
+fn packed_weights_stay_packed_and_vectors_are_widened() {
+    let Some(g) = gpu_with(GpuOptions::default()) else {
+        return;
+    };
+    let cpu = CpuBackend;
+    let mut rng = StdRng::seed_from_u64(13);
+    // A 1-D weight given as f16 is widened to f32 (only matrices are kept packed).
+    let v = random(&mut rng, 40);
+    let data = WeightData::convert(v.clone(), 1, 40, Format::F16);
+    let wg = g.weight_data(data.clone(), &[40]);
+    assert_eq!(wg.dtype(), WeightDType::F32);
+    let x = random(&mut rng, 3 * 40);
+    let want = cpu.rms_norm(
+        &cpu.tensor(x.clone(), 3, 40),
+        &cpu.weight_data(data, &[40]),
+        1e-5,
+    );
+    let got = read(&g, &g.rms_norm(&g.tensor(x, 3, 40), &wg, 1e-5));
+    assert!(g.take_error().is_none());
+    check("rms_norm with an f16 weight", &got, &want.data, 1e-5);
+}
