@@ -100,17 +100,17 @@ fn greedy_speculation_on_the_gpu_equals_plain_decoding() {
     }
 }
 
-/// The demo pair on the GPU engine: greedy speculation equals plain decoding on 40 held-out scenes
-/// (the CPU test covers 200; lavapipe is slower), for a chain and the default tree.
+/// The demo pair on the GPU engine: greedy speculation equals plain decoding on 12 held-out scenes
+/// (the CPU test covers 200; lavapipe is much slower), for a chain and the default tree.
 #[test]
-fn demo_pair_on_the_gpu_is_lossless_on_40_scenes() {
+fn demo_pair_on_the_gpu_is_lossless_on_12_scenes() {
     let Some(b) = gpu() else { return };
     let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("web/models/demo");
     let target = Captioner::new(&b, Checkpoint::open(&demo.join("target")).unwrap()).unwrap();
     let draft = Captioner::new(&b, Checkpoint::open(&demo.join("draft")).unwrap()).unwrap();
     let drafter = target.drafter(draft).unwrap();
     let req = CaptionRequest::default();
-    for seed in 3000..3040u64 {
+    for seed in 3000..3012u64 {
         let scene = spec_llava::scenes::generate(seed);
         let plain = pollster::block_on(target.caption(&b, &scene.image, &req, |_| true)).unwrap();
         for o in [

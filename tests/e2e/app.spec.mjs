@@ -175,13 +175,18 @@ try {
   check(cmp.includes('identical outputs'), 'compare shows identical outputs');
   check((await page.getByTestId('plain-caption').textContent()).trim() === (await page.getByTestId('caption').textContent()).trim(), 'the plain caption equals the speculative one');
 
-  // 6. A corrupt file shows an error naming it; the next good drop still works.
+  // 6. A new drop during generation cancels the running caption; the new image's caption wins.
+  await page.getByTestId('drop-input').setInputFiles(scenes[1].path);
+  await page.waitForFunction(() => document.querySelector('[data-testid=status]').textContent === 'generating');
+  check((await caption(scenes[2])) === scenes[2].expected, 'a drop during generation cancels it and captions the new image');
+
+  // 7. A corrupt file shows an error naming it; the next good drop still works.
   check((await drop(corrupt)) === 'error', 'a corrupt image sets the error status');
   const err = await page.getByTestId('error').textContent();
   check(err.includes('broken.png'), `the error names the file: ${JSON.stringify(err)}`);
   check((await caption(scenes[0])) === scenes[0].expected, 'a good image after the error still captions');
 
-  // 7. Offline: stop the server, reload, caption again.
+  // 8. Offline: stop the server, reload, caption again.
   server.kill();
   await new Promise((r) => server.on('exit', r));
   await page.reload();

@@ -103,6 +103,8 @@ pub fn TreeView() -> impl IntoView {
                 width=width
                 height=height
                 viewBox=format!("0 0 {width} {height}")
+                // Scaled to the panel, but never below about half size: wider trees scroll.
+                style=format!("min-width: {:.0}px", width * 0.55)
                 role="img"
                 aria-label=format!("speculation tree of round {}: {} nodes, {} accepted", round.round, round.nodes.len(), round.accepted)
             >

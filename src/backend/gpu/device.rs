@@ -106,6 +106,14 @@ pub async fn open(opts: &GpuOptions) -> Result<GpuDevice> {
     let errors = ErrorLog::default();
     let log = errors.clone();
     device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| log.push(e.to_string())));
+    // A lost device (driver reset, browser reclaiming the GPU) surfaces like any error, so the
+    // caller (the app's worker) re-initialises the engine.
+    let lost = errors.clone();
+    device.set_device_lost_callback(move |reason, msg| {
+        if reason != wgpu::DeviceLostReason::Destroyed {
+            lost.push(format!("the GPU device was lost ({reason:?}): {msg}"));
+        }
+    });
     let max_binding = required_limits
         .max_storage_buffer_binding_size
         .min(required_limits.max_buffer_size);
