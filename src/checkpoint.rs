@@ -105,7 +105,7 @@ impl Checkpoint {
         let read = |name: &str| -> Result<String> {
             let bytes = files
                 .read(name)?
-                .ok_or_else(|| Error::file(files.path(name), "missing"))?;
+                .ok_or_else(|| Error::file(files.path(name), "cannot read: no such file"))?;
             String::from_utf8(bytes).map_err(|_| Error::file(files.path(name), "not UTF-8 text"))
         };
         let optional = |name: &str| -> Option<String> {
@@ -224,10 +224,12 @@ impl CheckpointFiles for MemoryFiles {
         };
         let mut files = Vec::new();
         for name in names {
-            let bytes = self
-                .files
-                .get(&name)
-                .ok_or_else(|| Error::file(self.path(&name), "missing"))?;
+            let bytes = self.files.get(&name).ok_or_else(|| {
+                Error::file(
+                    self.path(&name),
+                    "cannot read: no such file (named by the shard index)",
+                )
+            })?;
             files.push((self.path(&name), bytes.clone() as FileBytes));
         }
         WeightStore::from_files(files)

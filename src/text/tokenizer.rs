@@ -137,9 +137,12 @@ impl TextTokenizer {
     /// in the browser), with the same rules as [`TextTokenizer::load`].
     pub fn from_files(files: &dyn CheckpointFiles) -> Result<Self> {
         let name = files.path("tokenizer.json");
-        let tokenizer_json = files
-            .read("tokenizer.json")?
-            .ok_or_else(|| Error::file(&name, "missing (every checkpoint needs tokenizer.json)"))?;
+        let tokenizer_json = files.read("tokenizer.json")?.ok_or_else(|| {
+            Error::file(
+                &name,
+                "cannot read: no such file (every checkpoint needs tokenizer.json)",
+            )
+        })?;
         let config_name = files.path("tokenizer_config.json");
         let config = match files.read("tokenizer_config.json")? {
             Some(bytes) => parse_config(&bytes, &config_name)?,

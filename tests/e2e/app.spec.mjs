@@ -193,6 +193,12 @@ try {
   await waitStatus(['ready', 'error']);
   check((await status()) === 'ready', 'with the server stopped, the page reloads from the service worker cache');
   check((await caption(scenes[0])) === scenes[0].expected, 'and captions offline');
+
+  // 9. The CPU engine in the browser (what runs without WebGPU) gives the same caption.
+  await page.getByTestId('backend').selectOption('cpu');
+  await page.waitForFunction(() => document.querySelector('.backend').textContent.includes('CPU'), null, { timeout: 120_000 });
+  await waitStatus(['ready', 'done', 'error']);
+  check((await caption(scenes[1])) === scenes[1].expected, 'the CPU engine in the browser gives the native caption');
   server = null;
 } catch (e) {
   console.error(e.message);
