@@ -48,7 +48,7 @@ pub async fn fetch_checkpoint(
     let mut total = 0u64;
     for name in REQUIRED {
         let bytes = get(&cache, base, name, false, label, progress, &mut total).await?;
-        files.insert(name, bytes.expect("required"));
+        files.insert(name, bytes.unwrap_or_default());
     }
     for name in OPTIONAL {
         if let Some(bytes) = get(&cache, base, name, true, label, progress, &mut total).await? {
@@ -67,7 +67,7 @@ pub async fn fetch_checkpoint(
     };
     for name in shards {
         let bytes = get(&cache, base, &name, false, label, progress, &mut total).await?;
-        files.insert(&name, bytes.expect("required"));
+        files.insert(&name, bytes.unwrap_or_default());
     }
     Ok(files)
 }

@@ -114,7 +114,8 @@ pub fn DropZone() -> impl IntoView {
                     data-testid="drop-input"
                     node_ref=input
                     on:change=move |e: ev::Event| {
-                        let target: web_sys::HtmlInputElement = e.target().unwrap().unchecked_into();
+                        let Some(target) = e.target() else { return };
+                        let target: web_sys::HtmlInputElement = target.unchecked_into();
                         if let Some(file) = first_file(target.files()) {
                             take_file(st, file);
                         }

@@ -107,7 +107,8 @@ fn ModelLoader(role: ModelRole) -> impl IntoView {
                     prop:webkitdirectory=true
                     data-testid=format!("{name}-folder")
                     on:change=move |e: ev::Event| {
-                        let input: web_sys::HtmlInputElement = e.target().unwrap().unchecked_into();
+                        let Some(input) = e.target() else { return };
+                        let input: web_sys::HtmlInputElement = input.unchecked_into();
                         if let Some(files) = input.files() {
                             if files.length() > 0 {
                                 load_folder(st, role, files);
@@ -178,7 +179,8 @@ pub fn SettingsPanel() -> impl IntoView {
                         type="checkbox"
                         prop:checked=move || st.settings.with(|s| s.adaptive)
                         on:change=move |e: ev::Event| {
-                            let input: web_sys::HtmlInputElement = e.target().unwrap().unchecked_into();
+                            let Some(input) = e.target() else { return };
+                        let input: web_sys::HtmlInputElement = input.unchecked_into();
                             st.settings.update(|s| s.adaptive = input.checked());
                         }
                     />
