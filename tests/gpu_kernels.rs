@@ -144,9 +144,22 @@ fn every_kernel_compiles() {
 
 #[test]
 fn linear_matches_cpu_for_every_kernel_and_odd_shape() {
-    let Some(g) = gpu() else { return };
+    // With and without the CPU-driver choice: every m > 64 goes to matmul_small, or to
+    // matmul_tiled, whatever adapter runs the test.
+    for cpu_kernels in [true, false] {
+        let Some(g) = gpu_with(GpuOptions {
+            cpu_kernels: Some(cpu_kernels),
+            ..GpuOptions::default()
+        }) else {
+            return;
+        };
+        linear_matches_cpu_on(&g);
+    }
+}
+
+fn linear_matches_cpu_on(g: &GpuBackend) {
     let cpu = CpuBackend;
-    let p = Pair { cpu: &cpu, gpu: &g };
+    let p = Pair { cpu: &cpu, gpu: g };
     let mut rng = StdRng::seed_from_u64(1);
     // Rows 1 (vec), 2..=64 (small), 65.. (tiled); k = 2100 spans several of matmul_vec's x tiles.
     let rows = [1, 2, 3, 8, 9, 17, 64, 65, 130];
@@ -173,6 +186,7 @@ fn weights_split_over_bindings_give_the_same_results() {
     // 1 KiB chunks: a [257, 33] weight (36 floats = 144 bytes per padded row) becomes 37 chunks.
     let Some(g) = gpu_with(GpuOptions {
         max_binding_bytes: Some(1024),
+        ..GpuOptions::default()
     }) else {
         return;
     };

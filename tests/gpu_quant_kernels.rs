@@ -139,6 +139,7 @@ fn quantized_weights_split_over_bindings_give_the_same_results() {
     // q4 (48 bytes per row) 13, f16 (192 bytes per row) 52.
     let Some(g) = gpu_with(GpuOptions {
         max_binding_bytes: Some(1024),
+        ..GpuOptions::default()
     }) else {
         return;
     };

@@ -185,15 +185,24 @@ trait Job {
 fn on_backend(choice: Option<BackendChoice>, job: impl Job) -> Result<()> {
     match choice {
         Some(BackendChoice::Cpu) => job.run(&CpuBackend),
-        Some(BackendChoice::Gpu) => job.run(&pollster::block_on(GpuBackend::new())?),
+        Some(BackendChoice::Gpu) => run_on_gpu(&pollster::block_on(GpuBackend::new())?, job),
         None => match pollster::block_on(GpuBackend::new()) {
-            Ok(gpu) => job.run(&gpu),
+            Ok(gpu) => run_on_gpu(&gpu, job),
             Err(e) => {
                 eprintln!("notice: no usable GPU ({e}); using the CPU engine");
                 job.run(&CpuBackend)
             }
         },
     }
+}
+
+/// Run `job` on the GPU; print the per-kernel profile after it when `SPEC_LLAVA_GPU_PROFILE` is set.
+fn run_on_gpu(gpu: &GpuBackend, job: impl Job) -> Result<()> {
+    let result = job.run(gpu);
+    if let Some(report) = gpu.profile_report() {
+        eprint!("{report}");
+    }
+    result
 }
 
 fn json_line<T: serde::Serialize>(value: &T) -> Result<()> {

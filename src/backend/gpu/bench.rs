@@ -287,7 +287,6 @@ impl GpuBackend {
             words as u32,
             scale.to_bits(),
         ];
-        let grid = self.grid(n * heads.q_heads);
         // Held here while timing (no RefCell borrow across the awaits).
         let Some((_, mask_buf)) = self.mask_bits.borrow_mut().take() else {
             return Err(Error::invalid("GPU: the tree mask was not uploaded"));
@@ -301,13 +300,7 @@ impl GpuBackend {
         ];
         let secs = self
             .time_kernel(target_s, &mut || {
-                self.run(
-                    Kernel::AttentionTree,
-                    &[("CAUSAL", 0.0)],
-                    &params,
-                    &bufs,
-                    grid,
-                );
+                self.dispatch_attention(n, heads, false, &params, &bufs);
             })
             .await?;
         Ok((secs, pairs))

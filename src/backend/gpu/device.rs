@@ -20,6 +20,9 @@ pub struct GpuOptions {
     /// Cap on the bytes of one weight chunk (and so of one storage binding of a weight), below
     /// the device's own limit. Tests set it small to exercise the row-split paths.
     pub max_binding_bytes: Option<u64>,
+    /// Use (true) or avoid (false) the kernels chosen for CPU drivers whatever the adapter is;
+    /// `None` detects it. Tests force both ways so every kernel runs on lavapipe.
+    pub cpu_kernels: Option<bool>,
 }
 
 /// The limits the engine works within (a subset of what was granted).
@@ -62,6 +65,9 @@ pub struct GpuDevice {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
     pub info: String,
+    /// A software rasterizer on the CPU (lavapipe, SwiftShader): workgroups run as SIMD lanes of a
+    /// CPU thread, so the engine prefers its lane-per-row kernels even for long inputs.
+    pub cpu: bool,
     pub limits: EngineLimits,
     pub errors: ErrorLog,
 }
@@ -93,6 +99,9 @@ pub async fn open(opts: &GpuOptions) -> Result<GpuDevice> {
         "{} ({:?}, {:?}, {} {})",
         a.name, a.backend, a.device_type, a.driver, a.driver_info
     );
+    let cpu = opts
+        .cpu_kernels
+        .unwrap_or(a.device_type == wgpu::DeviceType::Cpu || is_software(&info));
     let required_limits = wanted_limits(&adapter.limits());
     let (device, queue) = adapter
         .request_device(&wgpu::DeviceDescriptor {
@@ -124,6 +133,7 @@ pub async fn open(opts: &GpuOptions) -> Result<GpuDevice> {
         device,
         queue,
         info,
+        cpu,
         limits: EngineLimits {
             max_binding,
             max_chunk,
@@ -133,6 +143,14 @@ pub async fn open(opts: &GpuOptions) -> Result<GpuDevice> {
         },
         errors,
     })
+}
+
+/// Whether an adapter description names a CPU implementation (browsers report no device type).
+fn is_software(info: &str) -> bool {
+    let info = info.to_ascii_lowercase();
+    ["llvmpipe", "lavapipe", "swiftshader", "warp"]
+        .iter()
+        .any(|name| info.contains(name))
 }
 
 #[cfg(test)]

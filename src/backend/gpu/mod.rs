@@ -29,7 +29,7 @@ use std::rc::Rc;
 pub use device::{EngineLimits, GpuOptions};
 pub use pipelines::Kernel;
 
-use crate::backend::AttnMask;
+use crate::backend::{AttnMask, Heads};
 use crate::error::{Error, Result};
 use device::{ErrorLog, GpuDevice};
 use encoder::Recorder;
@@ -139,6 +139,9 @@ struct RopeTable {
 }
 
 /// The WebGPU executor.
+/// Largest head dim `attention_tree_f32.wgsl` keeps in registers (its `MAX_HD4` * 4).
+const MAX_LANE_HEAD_DIM: usize = 128;
+
 pub struct GpuBackend {
     dev: GpuDevice,
     pool: Rc<RefCell<Pool>>,
@@ -150,6 +153,10 @@ pub struct GpuBackend {
     /// Every layer of a forward pass ropes and masks with the same positions and mask: upload once.
     rope_table: RefCell<Option<RopeTable>>,
     mask_bits: RefCell<Option<(AttnMask, PoolBuf)>>,
+    /// Per-kernel wall time when `SPEC_LLAVA_GPU_PROFILE` is set (native only): every dispatch is
+    /// submitted and waited for on its own, so the totals show where a step's time goes.
+    #[cfg(not(target_arch = "wasm32"))]
+    profile: Option<RefCell<std::collections::BTreeMap<String, (usize, f64, f64)>>>,
 }
 
 impl GpuBackend {
@@ -191,6 +198,8 @@ impl GpuBackend {
             dummy,
             rope_table: RefCell::new(None),
             mask_bits: RefCell::new(None),
+            #[cfg(not(target_arch = "wasm32"))]
+            profile: std::env::var_os("SPEC_LLAVA_GPU_PROFILE").map(|_| RefCell::default()),
         };
         match backend.take_error() {
             Some(e) => Err(e),
@@ -297,6 +306,88 @@ impl GpuBackend {
         self.rec
             .borrow_mut()
             .dispatch(&pipeline, &group, params, grid);
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(profile) = &self.profile {
+            self.rec.borrow_mut().flush();
+            let start = std::time::Instant::now();
+            let _ = self.dev.device.poll(wgpu::PollType::wait_indefinitely());
+            let ms = start.elapsed().as_secs_f64() * 1e3;
+            let key = format!("{} {:?}", kernel.name(), params.get(..3).unwrap_or(params));
+            let mut table = profile.borrow_mut();
+            let entry = table.entry(key).or_insert((0, 0.0, f64::MAX));
+            entry.0 += 1;
+            entry.1 += ms;
+            entry.2 = entry.2.min(ms);
+        }
+    }
+
+    /// The profile table (kernel and first params, dispatches, total ms, dispatches x fastest ms:
+    /// the total without first-use compilation), most expensive first.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn profile_report(&self) -> Option<String> {
+        let table = self.profile.as_ref()?.borrow();
+        let mut rows: Vec<_> = table.iter().collect();
+        let steady = |r: &(usize, f64, f64)| r.0 as f64 * r.2;
+        rows.sort_by(|a, b| steady(b.1).total_cmp(&steady(a.1)));
+        let total: f64 = rows.iter().map(|r| r.1 .1).sum();
+        let total_steady: f64 = rows.iter().map(|r| steady(r.1)).sum();
+        let mut out =
+            format!("GPU profile: {total:.1} ms in all, {total_steady:.1} ms without compilation\n");
+        for (key, r) in rows {
+            out += &format!("{:10.2} ms {:10.2} ms {:6}x  {key}\n", steady(r), r.1, r.0);
+        }
+        Some(out)
+    }
+
+    /// Whether `attention_tree_f32.wgsl` (query and accumulator in registers) handles `heads`.
+    fn lane_attention(heads: Heads) -> bool {
+        heads.head_dim % 4 == 0 && heads.head_dim <= MAX_LANE_HEAD_DIM
+    }
+
+    /// Record one attention_tree_f32 dispatch (`lane_attention(heads)` must hold) over `bufs` =
+    /// [q, k cache, v cache, mask, out] with `params` as the shader lays them out.
+    fn dispatch_lane_attention(
+        &self,
+        n: usize,
+        heads: Heads,
+        mode: (bool, bool),
+        params: &[u32],
+        bufs: &[&GpuBuf; 5],
+    ) {
+        let (causal, full) = mode;
+        let tq = [8, 16, 32, 64].into_iter().find(|&t| t >= n).unwrap_or(64);
+        let consts = [
+            ("CAUSAL", if causal { 1.0 } else { 0.0 }),
+            ("FULL", if full { 1.0 } else { 0.0 }),
+            ("TQ", tq as f64),
+            ("HD4", (heads.head_dim / 4) as f64),
+        ];
+        let groups = n.div_ceil(tq) * heads.q_heads;
+        self.run(Kernel::AttentionTree, &consts, params, bufs, self.grid(groups));
+    }
+
+    /// Record one tree/causal attention dispatch over `bufs` = [q, k cache, v cache, mask, out]
+    /// with `params` as attention_tree_f32.wgsl lays them out; picks the kernel variant.
+    fn dispatch_attention(
+        &self,
+        n: usize,
+        heads: Heads,
+        causal: bool,
+        params: &[u32],
+        bufs: &[&GpuBuf; 5],
+    ) {
+        if Self::lane_attention(heads) {
+            self.dispatch_lane_attention(n, heads, (causal, false), params, bufs);
+        } else {
+            let causal = if causal { 1.0 } else { 0.0 };
+            self.run(
+                Kernel::AttentionTreeBlock,
+                &[("CAUSAL", causal)],
+                params,
+                bufs,
+                self.grid(n * heads.q_heads),
+            );
+        }
     }
 
     fn copy(&self, src: &GpuBuf, src_offset: usize, dst: &GpuBuf, dst_offset: usize, bytes: usize) {

@@ -20,8 +20,10 @@ const VEC_ROWS_PER_WORKGROUP: usize = 32;
 /// Rows of x up to which `matmul_small` is used (above: `matmul_tiled`).
 const SMALL_ROWS: usize = 64;
 
-/// Weight rows per workgroup of `matmul_small_f32` (CPW in the shader).
-const SMALL_F32_COLS: usize = 8;
+/// Rows of x and weight rows (output columns) per invocation of `matmul_small_f32` (TR, TC).
+const SMALL_F32_TILE: (usize, usize) = (4, 8);
+/// Largest workgroup of `matmul_small_f32` (WG).
+const SMALL_F32_WG: usize = 32;
 
 fn act_id(act: Activation) -> f64 {
     match act {
@@ -249,19 +251,23 @@ impl GpuBackend {
                 &bufs,
                 self.grid(n.div_ceil(VEC_ROWS_PER_WORKGROUP)),
             );
-        } else if m <= SMALL_ROWS {
-            // matmul_small_f32: SMALL_F32_COLS weight rows a workgroup, one invocation per row of
-            // x, TM (its workgroup size) rows of x a workgroup.
+        } else if m <= SMALL_ROWS || (self.dev.cpu && w.dtype == WeightDType::F32) {
+            // On CPU drivers the lane-per-tile kernel beats the workgroup-memory GEMM at any m
+            // (4x at 75 rows on lavapipe); the grid's z covers the row tiles.
             let f32_small = w.dtype == WeightDType::F32;
-            let col_groups = n.div_ceil(if f32_small { SMALL_F32_COLS } else { 8 });
-            let mut grid = self.grid(col_groups);
-            grid[2] = m.div_ceil(8) as u32;
             let mut consts = consts.to_vec();
-            if f32_small {
-                let tm = m.next_power_of_two().clamp(8, SMALL_ROWS);
-                grid[2] = m.div_ceil(tm) as u32;
-                consts.push(("TM", tm as f64));
-            }
+            let (col_groups, row_blocks) = if f32_small {
+                // SMALL_F32_WG lanes a workgroup, each a tile of SMALL_F32_TILE rows x columns.
+                let (tile_rows, tile_cols) = SMALL_F32_TILE;
+                let lanes = n.div_ceil(tile_cols);
+                let wg = SMALL_F32_WG.min(lanes.next_power_of_two().max(8));
+                consts.push(("WG", wg as f64));
+                (lanes.div_ceil(wg), m.div_ceil(tile_rows))
+            } else {
+                (n.div_ceil(8), m.div_ceil(8))
+            };
+            let mut grid = self.grid(col_groups);
+            grid[2] = row_blocks as u32;
             let mut params = vec![
                 m as u32,
                 n as u32,
@@ -867,6 +873,15 @@ impl Backend for GpuBackend {
         }
         let out = self.alloc(q.rows, width);
         let scale = 1.0 / (heads.head_dim as f32).sqrt();
+        if Self::lane_attention(heads) {
+            // The tree kernel with every key visible: n queries over this pass's n keys.
+            let n = q.rows as u32;
+            let h = heads.q_heads as u32;
+            let params = [n, 0, 0, h, h, heads.head_dim as u32, 0, scale.to_bits()];
+            let bufs = [q.buffer(), k.buffer(), v.buffer(), &self.dummy, out.buffer()];
+            self.dispatch_lane_attention(q.rows, heads, (false, true), &params, &bufs);
+            return out;
+        }
         let params = [
             q.rows as u32,
             heads.q_heads as u32,
@@ -970,13 +985,7 @@ impl Backend for GpuBackend {
             _ => &self.dummy,
         };
         let bufs = [q.buffer(), kc, vc, mask_buf, out.buffer()];
-        self.run(
-            Kernel::AttentionTree,
-            &[("CAUSAL", flag(causal))],
-            &params,
-            &bufs,
-            self.grid(n * heads.q_heads),
-        );
+        self.dispatch_attention(n, heads, causal, &params, &bufs);
         out
     }
 

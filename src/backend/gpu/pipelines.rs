@@ -41,6 +41,8 @@ pub enum Kernel {
     MatmulSmallF16,
     MatmulTiledF16,
     AttentionTree,
+    /// `attention_tree` for head dims it cannot keep in registers.
+    AttentionTreeBlock,
     AttentionFull,
     RmsNorm,
     LayerNorm,
@@ -60,7 +62,7 @@ pub enum Kernel {
 const ACTIVATION_FNS: &str = include_str!("../../../shaders/activation_fns_f32.wgsl");
 
 impl Kernel {
-    pub const ALL: [Kernel; 25] = [
+    pub const ALL: [Kernel; 26] = [
         Kernel::MatmulVec,
         Kernel::MatmulSmall,
         Kernel::MatmulTiled,
@@ -74,6 +76,7 @@ impl Kernel {
         Kernel::MatmulSmallF16,
         Kernel::MatmulTiledF16,
         Kernel::AttentionTree,
+        Kernel::AttentionTreeBlock,
         Kernel::AttentionFull,
         Kernel::RmsNorm,
         Kernel::LayerNorm,
@@ -104,6 +107,7 @@ impl Kernel {
             Kernel::MatmulSmallF16 => "matmul_small_f16",
             Kernel::MatmulTiledF16 => "matmul_tiled_f16",
             Kernel::AttentionTree => "attention_tree_f32",
+            Kernel::AttentionTreeBlock => "attention_treeblock_f32",
             Kernel::AttentionFull => "attention_full_f32",
             Kernel::RmsNorm => "rmsnorm_rows_f32",
             Kernel::LayerNorm => "layernorm_rows_f32",
@@ -135,6 +139,9 @@ impl Kernel {
             Kernel::MatmulSmallF16 => include_str!("../../../shaders/matmul_small_f16.wgsl"),
             Kernel::MatmulTiledF16 => include_str!("../../../shaders/matmul_tiled_f16.wgsl"),
             Kernel::AttentionTree => include_str!("../../../shaders/attention_tree_f32.wgsl"),
+            Kernel::AttentionTreeBlock => {
+                include_str!("../../../shaders/attention_treeblock_f32.wgsl")
+            }
             Kernel::AttentionFull => include_str!("../../../shaders/attention_full_f32.wgsl"),
             Kernel::RmsNorm => include_str!("../../../shaders/rmsnorm_rows_f32.wgsl"),
             Kernel::LayerNorm => include_str!("../../../shaders/layernorm_rows_f32.wgsl"),
@@ -170,7 +177,7 @@ impl Kernel {
             | Kernel::MatmulVecQ4
             | Kernel::MatmulSmallQ4
             | Kernel::MatmulTiledQ4 => &[Read, Read, Read, Read, Write],
-            Kernel::AttentionTree => &[Read, Read, Read, Read, Write],
+            Kernel::AttentionTree | Kernel::AttentionTreeBlock => &[Read, Read, Read, Read, Write],
             Kernel::AttentionFull => &[Read, Read, Read, Write],
             Kernel::RmsNorm => &[Read, Read, Write],
             Kernel::LayerNorm => &[Read, Read, Read, Write],

@@ -35,6 +35,13 @@ pub struct BenchKernelsArgs {
     /// `attention`); the copy rows always run. Skips the tokens/s measurement.
     #[arg(long)]
     filter: Option<String>,
+    /// Matmul rows of x to time instead of the suite's (e.g. `1,25,75`: a token, a speculation
+    /// tree, a prompt).
+    #[arg(long, value_delimiter = ',')]
+    rows: Vec<usize>,
+    /// Matmul weight shapes `OUTxIN` to time instead of the suite's (e.g. `688x256,256x688`).
+    #[arg(long, value_delimiter = ',', value_parser = parse_shape)]
+    weights: Vec<(usize, usize)>,
     /// Print one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -96,6 +103,12 @@ pub fn run(args: BenchKernelsArgs) -> Result<()> {
             Suite::full()
         };
         suite.filter = args.filter.clone();
+        if !args.rows.is_empty() {
+            suite.matmul_rows = args.rows.clone();
+        }
+        if !args.weights.is_empty() {
+            suite.matmul_weights = args.weights.clone();
+        }
         report.kernels = pollster::block_on(bench::run_suite(g, &suite))?;
         if args.filter.is_some() {
             return print_report(report, &args);
@@ -112,6 +125,16 @@ pub fn run(args: BenchKernelsArgs) -> Result<()> {
         );
     }
     print_report(report, &args)
+}
+
+/// `OUTxIN` (e.g. `688x256`), both positive.
+fn parse_shape(s: &str) -> std::result::Result<(usize, usize), String> {
+    let bad = || format!("`{s}` is not a weight shape OUTxIN such as 688x256");
+    let (n, k) = s.split_once('x').ok_or_else(bad)?;
+    match (n.trim().parse(), k.trim().parse()) {
+        (Ok(n), Ok(k)) if n > 0 && k > 0 => Ok((n, k)),
+        _ => Err(bad()),
+    }
 }
 
 fn print_report(mut report: Report, args: &BenchKernelsArgs) -> Result<()> {
