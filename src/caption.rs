@@ -174,8 +174,9 @@ impl<B: Backend> Captioner<B> {
         })
     }
 
-    /// Pair a draft with this target, refusing one that cannot speculate for it.
-    pub fn drafter(&self, draft: Captioner<B>) -> Result<Drafter<B>> {
+    /// Pair a draft (on this backend or another) with this target, refusing one that cannot
+    /// speculate for it.
+    pub fn drafter<D: Backend>(&self, draft: Captioner<D>) -> Result<Drafter<D>> {
         self.check_draft(&draft)?;
         let shared_vision = self.shares_vision_with(&draft);
         Ok(Drafter {
@@ -187,13 +188,25 @@ impl<B: Backend> Captioner<B> {
 
     /// Measure verification and drafting costs on this device so the tree adapts to them.
     pub async fn calibrate(&self, b: &B, drafter: &mut Drafter<B>, options: SpecOptions) {
+        self.calibrate_with(b, b, drafter, options).await;
+    }
+
+    /// `calibrate` with the draft on backend `d`.
+    pub async fn calibrate_with<D: Backend>(
+        &self,
+        b: &B,
+        d: &D,
+        drafter: &mut Drafter<D>,
+        options: SpecOptions,
+    ) {
         let draft = &drafter.captioner.model;
-        let cost = CostModel::measure(b, &self.model, draft, options.budget, options.top_k).await;
+        let (budget, top_k) = (options.budget, options.top_k);
+        let cost = CostModel::measure(b, d, &self.model, draft, budget, top_k).await;
         drafter.cost = Some(cost);
     }
 
     /// Refuse a draft that cannot speculate for this target.
-    pub fn check_draft(&self, draft: &Captioner<B>) -> Result<()> {
+    pub fn check_draft<D: Backend>(&self, draft: &Captioner<D>) -> Result<()> {
         let (t, d) = (&self.checkpoint.tokenizer, &draft.checkpoint.tokenizer);
         if !t.same_vocabulary(d) {
             return Err(Error::invalid(format!(
@@ -213,7 +226,7 @@ impl<B: Backend> Captioner<B> {
 
     /// Whether the draft's vision tower and image processor are identical to the target's, so the
     /// image is encoded once.
-    pub fn shares_vision_with(&self, draft: &Captioner<B>) -> bool {
+    pub fn shares_vision_with<D: Backend>(&self, draft: &Captioner<D>) -> bool {
         let (a, b) = (&self.checkpoint, &draft.checkpoint);
         a.config.vision == b.config.vision
             && a.config.vision_feature_layers == b.config.vision_feature_layers
@@ -234,6 +247,24 @@ impl<B: Backend> Captioner<B> {
         options: SpecOptions,
         on_round: impl FnMut(&RoundEvent) -> bool,
     ) -> Result<Caption> {
+        self.caption_speculative_with(b, b, drafter, image, req, options, on_round)
+            .await
+    }
+
+    /// `caption_speculative` with the draft on backend `d`: when that is another backend type
+    /// than `b`'s, shared image features are read back from `b` and uploaded to `d` (a backend of
+    /// the same type is taken to be the same engine).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn caption_speculative_with<D: Backend>(
+        &self,
+        b: &B,
+        d: &D,
+        drafter: &Drafter<D>,
+        image: &image::RgbImage,
+        req: &CaptionRequest,
+        options: SpecOptions,
+        on_round: impl FnMut(&RoundEvent) -> bool,
+    ) -> Result<Caption> {
         let (draft, shared_vision) = (&drafter.captioner, drafter.shared_vision);
         let t0 = web_time::Instant::now();
         let (pixels, ids) = self.prepare(image, req)?;
@@ -242,12 +273,21 @@ impl<B: Backend> Captioner<B> {
         let t1 = web_time::Instant::now();
         let (tf, df) = if shared_vision {
             let v = self.model.vision_features(b, &pixels)?;
-            (self.model.project(b, &v), draft.model.project(b, &v))
+            let df = match (&v as &dyn std::any::Any).downcast_ref::<D::Tensor>() {
+                Some(same) => draft.model.project(d, same),
+                None => {
+                    let (rows, cols) = b.dims(&v);
+                    draft
+                        .model
+                        .project(d, &d.tensor(b.read(&v).await, rows, cols))
+                }
+            };
+            (self.model.project(b, &v), df)
         } else {
             let draft_pixels = draft.checkpoint.processor.preprocess(image)?;
             (
                 self.model.encode_image(b, &pixels)?,
-                draft.model.encode_image(b, &draft_pixels)?,
+                draft.model.encode_image(d, &draft_pixels)?,
             )
         };
         let vision_ms = t1.elapsed().as_secs_f64() * 1e3;
@@ -266,7 +306,7 @@ impl<B: Backend> Captioner<B> {
             options,
             cost: drafter.cost.as_ref(),
         };
-        let out = decode_speculative(b, inputs, &|t| tok.token_text(t), on_round).await?;
+        let out = decode_speculative(b, d, inputs, &|t| tok.token_text(t), on_round).await?;
         Ok(Caption {
             text: tok.decode(&out.tokens)?,
             prompt_tokens: ids.len(),

@@ -71,16 +71,39 @@ pub async fn evaluate<B: Backend>(
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Speed {
     pub tokens: usize,
+    /// Whole captions: image encoding, prefill (both models' when speculating) and decoding.
     pub seconds: f64,
     pub tokens_per_s: f64,
+    /// The decoding phase only: every token after the first (which prefill yields), over the
+    /// time after prefill. This is the phase speculation changes.
+    pub decode_tokens: usize,
+    pub decode_seconds: f64,
+    pub decode_tokens_per_s: f64,
     pub target_passes: usize,
+}
+
+impl Speed {
+    fn add(&mut self, c: &crate::caption::Caption) {
+        self.tokens += c.tokens.len();
+        self.seconds += c.timings_ms.total_ms / 1e3;
+        self.decode_seconds += c.timings_ms.decode_ms / 1e3;
+        self.decode_tokens += c.tokens.len().saturating_sub(1);
+    }
+
+    fn finish(&mut self) {
+        self.tokens_per_s = self.tokens as f64 / self.seconds.max(1e-9);
+        self.decode_tokens_per_s = self.decode_tokens as f64 / self.decode_seconds.max(1e-9);
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BenchReport {
     pub plain: Speed,
     pub spec: Speed,
+    /// Whole-caption tokens/s, speculative over plain.
     pub speedup: f64,
+    /// Decoding-phase tokens/s, speculative over plain.
+    pub decode_speedup: f64,
     pub tau: f64,
     pub tau_without_bonus: f64,
     pub draft_passes: usize,
@@ -98,6 +121,7 @@ pub struct BenchReport {
 pub struct AdaptiveReport {
     pub spec: Speed,
     pub speedup: f64,
+    pub decode_speedup: f64,
     pub tau: f64,
     pub mean_tree_nodes: f64,
     pub identical: usize,
@@ -127,8 +151,7 @@ struct SpecTotals {
 
 impl SpecTotals {
     fn add(&mut self, c: &crate::caption::Caption, plain: &[u32]) {
-        self.speed.tokens += c.tokens.len();
-        self.speed.seconds += c.timings_ms.total_ms / 1e3;
+        self.speed.add(c);
         if let Some(st) = &c.spec {
             // Prefill gives the first token; every round is one more target pass.
             self.speed.target_passes += st.rounds + 1;
@@ -140,7 +163,7 @@ impl SpecTotals {
         self.identical += usize::from(c.tokens == plain);
     }
     fn finish(&mut self) {
-        self.speed.tokens_per_s = self.speed.tokens as f64 / self.speed.seconds.max(1e-9);
+        self.speed.finish();
     }
     fn per_round(&self, x: usize) -> f64 {
         x as f64 / self.rounds.max(1) as f64
@@ -161,6 +184,41 @@ pub async fn bench<B: Backend>(
     max_new_tokens: usize,
     adaptive: bool,
 ) -> Result<BenchReport> {
+    let run = Bench {
+        count,
+        seed,
+        options,
+        max_new_tokens,
+        adaptive,
+    };
+    bench_with(b, b, target, drafter, run).await
+}
+
+/// What `bench` runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Bench {
+    pub count: usize,
+    pub seed: u64,
+    pub options: SpecOptions,
+    pub max_new_tokens: usize,
+    pub adaptive: bool,
+}
+
+/// `bench` with the draft on backend `d`.
+pub async fn bench_with<B: Backend, D: Backend>(
+    b: &B,
+    d: &D,
+    target: &Captioner<B>,
+    drafter: &mut Drafter<D>,
+    run: Bench,
+) -> Result<BenchReport> {
+    let Bench {
+        count,
+        seed,
+        options,
+        max_new_tokens,
+        adaptive,
+    } = run;
     let req = CaptionRequest {
         max_new_tokens,
         ..Default::default()
@@ -168,7 +226,8 @@ pub async fn bench<B: Backend>(
     let saved = drafter.cost.take();
     let cost = if adaptive {
         let draft = &drafter.captioner.model;
-        Some(CostModel::measure(b, &target.model, draft, options.budget, options.top_k).await)
+        let (budget, top_k) = (options.budget, options.top_k);
+        Some(CostModel::measure(b, d, &target.model, draft, budget, top_k).await)
     } else {
         None
     };
@@ -177,29 +236,31 @@ pub async fn bench<B: Backend>(
     for i in 0..count as u64 {
         let scene = scenes::generate(seed + i);
         let p = target.caption(b, &scene.image, &req, |_| true).await?;
-        plain.tokens += p.tokens.len();
-        plain.seconds += p.timings_ms.total_ms / 1e3;
+        plain.add(&p);
         plain.target_passes += p.tokens.len() + usize::from(p.hit_eos);
         drafter.cost = None;
         let s = target
-            .caption_speculative(b, drafter, &scene.image, &req, options, |_| true)
+            .caption_speculative_with(b, d, drafter, &scene.image, &req, options, |_| true)
             .await?;
         spec.add(&s, &p.tokens);
         if let Some(c) = &cost {
             drafter.cost = Some(c.clone());
             let s = target
-                .caption_speculative(b, drafter, &scene.image, &req, options, |_| true)
+                .caption_speculative_with(b, d, drafter, &scene.image, &req, options, |_| true)
                 .await?;
             adapt.add(&s, &p.tokens);
         }
     }
     drafter.cost = saved;
-    plain.tokens_per_s = plain.tokens as f64 / plain.seconds.max(1e-9);
+    plain.finish();
     spec.finish();
     adapt.finish();
     let speedup = |s: &SpecTotals| s.speed.tokens_per_s / plain.tokens_per_s.max(1e-9);
+    let decode_speedup =
+        |s: &SpecTotals| s.speed.decode_tokens_per_s / plain.decode_tokens_per_s.max(1e-9);
     Ok(BenchReport {
         speedup: speedup(&spec),
+        decode_speedup: decode_speedup(&spec),
         tau: 1.0 + spec.per_round(spec.accepted),
         tau_without_bonus: spec.per_round(spec.accepted),
         draft_passes: spec.draft_passes,
@@ -216,6 +277,7 @@ pub async fn bench<B: Backend>(
         },
         adaptive: cost.map(|cost| AdaptiveReport {
             speedup: speedup(&adapt),
+            decode_speedup: decode_speedup(&adapt),
             tau: 1.0 + adapt.per_round(adapt.accepted),
             mean_tree_nodes: adapt.per_round(adapt.verified),
             identical: adapt.identical,

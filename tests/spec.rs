@@ -96,38 +96,44 @@ fn spec(
         options,
         cost: cost.as_ref(),
     };
-    let r = pollster::block_on(decode_speculative(&B, inputs, &|t| t.to_string(), |ev| {
-        use NodeStatus::*;
-        statuses.push([Expanded, Pruned, Accepted, Rejected, Bonus].map(|st| ev.count(st)));
-        // Structural invariants of every round's tree.
-        for n in &ev.nodes[1..] {
-            let p = &ev.nodes[n.parent.unwrap()];
-            assert_eq!(n.depth, p.depth + 1);
-            if n.status != Bonus {
-                assert!(n.score <= p.score + 1e-6);
+    let r = pollster::block_on(decode_speculative(
+        &B,
+        &B,
+        inputs,
+        &|t| t.to_string(),
+        |ev| {
+            use NodeStatus::*;
+            statuses.push([Expanded, Pruned, Accepted, Rejected, Bonus].map(|st| ev.count(st)));
+            // Structural invariants of every round's tree.
+            for n in &ev.nodes[1..] {
+                let p = &ev.nodes[n.parent.unwrap()];
+                assert_eq!(n.depth, p.depth + 1);
+                if n.status != Bonus {
+                    assert!(n.score <= p.score + 1e-6);
+                }
+                if matches!(n.status, Accepted | Rejected | Expanded) {
+                    assert!(
+                        matches!(p.status, Accepted | Rejected | Expanded),
+                        "verified node under an unverified parent"
+                    );
+                }
             }
-            if matches!(n.status, Accepted | Rejected | Expanded) {
-                assert!(
-                    matches!(p.status, Accepted | Rejected | Expanded),
-                    "verified node under an unverified parent"
-                );
-            }
-        }
-        let verified = ev
-            .nodes
-            .iter()
-            .filter(|n| matches!(n.status, Accepted | Rejected | Expanded))
-            .count()
-            - 1;
-        assert!(
-            verified <= options.budget,
-            "{verified} nodes verified, budget {}",
-            options.budget
-        );
-        assert_eq!(ev.count(Bonus), 1);
-        assert_eq!(ev.count(Accepted) - 1, ev.accepted);
-        true
-    }))
+            let verified = ev
+                .nodes
+                .iter()
+                .filter(|n| matches!(n.status, Accepted | Rejected | Expanded))
+                .count()
+                - 1;
+            assert!(
+                verified <= options.budget,
+                "{verified} nodes verified, budget {}",
+                options.budget
+            );
+            assert_eq!(ev.count(Bonus), 1);
+            assert_eq!(ev.count(Accepted) - 1, ev.accepted);
+            true
+        },
+    ))
     .unwrap();
     (r, statuses)
 }

@@ -136,3 +136,59 @@ fn demo_pair_on_the_gpu_is_lossless_on_12_scenes() {
     }
     assert!(b.take_error().is_none());
 }
+
+/// The draft on the CPU engine, the target on the GPU: still lossless, the shared image features
+/// cross from one engine to the other, and the bench's adaptive mode measures the draft where it
+/// runs.
+#[test]
+fn a_cpu_draft_for_a_gpu_target_is_lossless() {
+    use spec_llava::backend::cpu::CpuBackend;
+    let Some(b) = gpu() else { return };
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("web/models/demo");
+    let target = Captioner::new(&b, Checkpoint::open(&demo.join("target")).unwrap()).unwrap();
+    let draft =
+        Captioner::new(&CpuBackend, Checkpoint::open(&demo.join("draft")).unwrap()).unwrap();
+    let mut drafter = target.drafter(draft).unwrap();
+    assert!(drafter.shared_vision);
+    let req = CaptionRequest::default();
+    for seed in 3100..3104u64 {
+        let scene = spec_llava::scenes::generate(seed);
+        let plain = pollster::block_on(target.caption(&b, &scene.image, &req, |_| true)).unwrap();
+        let s = pollster::block_on(target.caption_speculative_with(
+            &b,
+            &CpuBackend,
+            &drafter,
+            &scene.image,
+            &req,
+            SpecOptions::default(),
+            |_| true,
+        ))
+        .unwrap();
+        assert_eq!(s.tokens, plain.tokens, "scene {seed}");
+        assert!(
+            s.spec.unwrap().tau > 1.0,
+            "scene {seed}: the draft never agreed"
+        );
+    }
+    let run = spec_llava::eval::Bench {
+        count: 2,
+        seed: 3200,
+        options: SpecOptions::default(),
+        max_new_tokens: 64,
+        adaptive: true,
+    };
+    let r = pollster::block_on(spec_llava::eval::bench_with(
+        &b,
+        &CpuBackend,
+        &target,
+        &mut drafter,
+        run,
+    ))
+    .unwrap();
+    assert_eq!(r.identical, 2);
+    let a = r.adaptive.unwrap();
+    assert_eq!(a.identical, 2);
+    assert!(a.cost.draft_pass_ms > 0.0);
+    assert!(r.plain.decode_tokens_per_s > 0.0 && r.spec.decode_tokens_per_s > 0.0);
+    assert!(b.take_error().is_none());
+}

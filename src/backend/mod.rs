@@ -62,8 +62,9 @@ pub struct Rope {
 /// An executor of the model's ops.
 #[allow(async_fn_in_trait)]
 pub trait Backend {
-    /// Activations `[rows, cols]`.
-    type Tensor;
+    /// Activations `[rows, cols]` (`'static`: a tensor can be recognised as another backend's
+    /// type when both are the same).
+    type Tensor: 'static;
     /// A constant uploaded once (matrix `[out, in]` or vector).
     type Weight;
     /// Key/value storage for every decoder layer.

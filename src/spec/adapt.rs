@@ -61,11 +61,12 @@ impl CostModel {
             .fold((0, f64::MIN), |best, x| if x.1 > best.1 { x } else { best })
     }
 
-    /// Time target passes of 1..=max_nodes+1 tokens and draft passes on this device.
-    pub async fn measure<B: Backend>(
+    /// Time target passes of 1..=max_nodes+1 tokens on `b` and draft passes on `d`.
+    pub async fn measure<B: Backend, D: Backend>(
         b: &B,
+        d: &D,
         target: &LlavaModel<B>,
-        draft: &LlavaModel<B>,
+        draft: &LlavaModel<D>,
         max_nodes: usize,
         top_k: usize,
     ) -> Self {
@@ -79,7 +80,7 @@ impl CostModel {
         for &n in &sizes {
             verify_ms.push((n, time_pass(b, target, PREFIX, n).await));
         }
-        let draft_pass_ms = time_pass(b, draft, PREFIX, top_k).await;
+        let draft_pass_ms = time_pass(d, draft, PREFIX, top_k).await;
         CostModel {
             verify_ms,
             draft_pass_ms,

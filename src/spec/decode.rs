@@ -97,14 +97,15 @@ impl<'m, B: Backend> Stream<'m, B> {
     }
 }
 
-/// Inputs of one speculative generation.
-pub struct SpecInputs<'a, B: Backend> {
+/// Inputs of one speculative generation. The draft may run on another backend `D` than the
+/// target (e.g. a tiny draft on the CPU engine next to a GPU target).
+pub struct SpecInputs<'a, B: Backend, D: Backend = B> {
     pub target: &'a LlavaModel<B>,
-    pub draft: &'a LlavaModel<B>,
+    pub draft: &'a LlavaModel<D>,
     pub target_ids: &'a [u32],
     pub draft_ids: &'a [u32],
     pub target_features: Option<&'a B::Tensor>,
-    pub draft_features: Option<&'a B::Tensor>,
+    pub draft_features: Option<&'a D::Tensor>,
     pub eos: &'a [u32],
     pub max_new_tokens: usize,
     pub sampling: SamplingOptions,
@@ -114,11 +115,12 @@ pub struct SpecInputs<'a, B: Backend> {
     pub cost: Option<&'a CostModel>,
 }
 
-/// Generate with speculation. `on_round` receives every round's event (token text via `text`)
-/// and may return `false` to cancel.
-pub async fn decode_speculative<B: Backend>(
+/// Generate with speculation, the target on `b` and the draft on `d`. `on_round` receives every
+/// round's event (token text via `text`) and may return `false` to cancel.
+pub async fn decode_speculative<B: Backend, D: Backend>(
     b: &B,
-    inp: SpecInputs<'_, B>,
+    d: &D,
+    inp: SpecInputs<'_, B, D>,
     text: &dyn Fn(u32) -> String,
     mut on_round: impl FnMut(&RoundEvent) -> bool,
 ) -> Result<SpecResult> {
@@ -138,7 +140,7 @@ pub async fn decode_speculative<B: Backend>(
     .await?;
     let draft_room = inp.max_new_tokens + opts.depth * opts.top_k + 2;
     let (mut draft, _) =
-        Stream::prefill(b, inp.draft, inp.draft_ids, inp.draft_features, draft_room).await?;
+        Stream::prefill(d, inp.draft, inp.draft_ids, inp.draft_features, draft_room).await?;
     let mut out = SpecResult {
         prefill_ms: t0.elapsed().as_secs_f64() * 1e3,
         ..Default::default()
@@ -163,7 +165,7 @@ pub async fn decode_speculative<B: Backend>(
         let start = draft.len;
         let pos: Vec<u32> = (start as u32..(start + pending.len()) as u32).collect();
         let rows = draft
-            .run(b, start, &pending, &pos, &AttnMask::Causal, LogitRows::Last)
+            .run(d, start, &pending, &pos, &AttnMask::Causal, LogitRows::Last)
             .await;
         out.draft_passes += 1;
         let root_slot = start + pending.len() - 1;
@@ -222,7 +224,7 @@ pub async fn decode_speculative<B: Backend>(
                 .collect();
             let mask = AttnMask::Tree { ctx, n, allowed };
             let rows = draft
-                .run(b, next_slot, &tokens, &pos, &mask, LogitRows::All)
+                .run(d, next_slot, &tokens, &pos, &mask, LogitRows::All)
                 .await;
             out.draft_passes += 1;
             let mut candidates = Vec::new();
@@ -310,7 +312,7 @@ pub async fn decode_speculative<B: Backend>(
             let dslots: Vec<usize> = std::iter::once(root_slot)
                 .chain(ran.iter().copied())
                 .collect();
-            b.compact_cache(&mut draft.cache, &dslots, root_slot);
+            d.compact_cache(&mut draft.cache, &dslots, root_slot);
             draft.len = root_slot + dslots.len();
             pending = verdict.accepted[ran.len()..]
                 .iter()

@@ -142,6 +142,10 @@ struct RopeTable {
 /// Largest head dim `attention_tree_f32.wgsl` keeps in registers (its `MAX_HD4` * 4).
 const MAX_LANE_HEAD_DIM: usize = 128;
 
+/// Per kernel key: dispatches, total ms, fastest ms.
+#[cfg(not(target_arch = "wasm32"))]
+type ProfileTable = std::collections::BTreeMap<String, (usize, f64, f64)>;
+
 pub struct GpuBackend {
     dev: GpuDevice,
     pool: Rc<RefCell<Pool>>,
@@ -156,7 +160,7 @@ pub struct GpuBackend {
     /// Per-kernel wall time when `SPEC_LLAVA_GPU_PROFILE` is set (native only): every dispatch is
     /// submitted and waited for on its own, so the totals show where a step's time goes.
     #[cfg(not(target_arch = "wasm32"))]
-    profile: Option<RefCell<std::collections::BTreeMap<String, (usize, f64, f64)>>>,
+    profile: Option<RefCell<ProfileTable>>,
 }
 
 impl GpuBackend {
@@ -331,8 +335,9 @@ impl GpuBackend {
         rows.sort_by(|a, b| steady(b.1).total_cmp(&steady(a.1)));
         let total: f64 = rows.iter().map(|r| r.1 .1).sum();
         let total_steady: f64 = rows.iter().map(|r| steady(r.1)).sum();
-        let mut out =
-            format!("GPU profile: {total:.1} ms in all, {total_steady:.1} ms without compilation\n");
+        let mut out = format!(
+            "GPU profile: {total:.1} ms in all, {total_steady:.1} ms without compilation\n"
+        );
         for (key, r) in rows {
             out += &format!("{:10.2} ms {:10.2} ms {:6}x  {key}\n", steady(r), r.1, r.0);
         }
@@ -341,7 +346,7 @@ impl GpuBackend {
 
     /// Whether `attention_tree_f32.wgsl` (query and accumulator in registers) handles `heads`.
     fn lane_attention(heads: Heads) -> bool {
-        heads.head_dim % 4 == 0 && heads.head_dim <= MAX_LANE_HEAD_DIM
+        heads.head_dim.is_multiple_of(4) && heads.head_dim <= MAX_LANE_HEAD_DIM
     }
 
     /// Record one attention_tree_f32 dispatch (`lane_attention(heads)` must hold) over `bufs` =
@@ -363,7 +368,13 @@ impl GpuBackend {
             ("HD4", (heads.head_dim / 4) as f64),
         ];
         let groups = n.div_ceil(tq) * heads.q_heads;
-        self.run(Kernel::AttentionTree, &consts, params, bufs, self.grid(groups));
+        self.run(
+            Kernel::AttentionTree,
+            &consts,
+            params,
+            bufs,
+            self.grid(groups),
+        );
     }
 
     /// Record one tree/causal attention dispatch over `bufs` = [q, k cache, v cache, mask, out]

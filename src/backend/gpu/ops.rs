@@ -878,7 +878,13 @@ impl Backend for GpuBackend {
             let n = q.rows as u32;
             let h = heads.q_heads as u32;
             let params = [n, 0, 0, h, h, heads.head_dim as u32, 0, scale.to_bits()];
-            let bufs = [q.buffer(), k.buffer(), v.buffer(), &self.dummy, out.buffer()];
+            let bufs = [
+                q.buffer(),
+                k.buffer(),
+                v.buffer(),
+                &self.dummy,
+                out.buffer(),
+            ];
             self.dispatch_lane_attention(q.rows, heads, (false, true), &params, &bufs);
             return out;
         }
