@@ -192,3 +192,40 @@ fn a_cpu_draft_for_a_gpu_target_is_lossless() {
     assert!(r.plain.decode_tokens_per_s > 0.0 && r.spec.decode_tokens_per_s > 0.0);
     assert!(b.take_error().is_none());
 }
+
+/// `spec-llava caption --draft-on-cpu` prints the plain caption's tokens and the speculation
+/// summary (the target on the default engine, the GPU here).
+#[test]
+fn caption_cli_with_the_draft_on_the_cpu() {
+    if gpu().is_none() {
+        return;
+    }
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("web/models/demo");
+    let dir = std::env::temp_dir().join(format!("spec-llava-cpu-draft-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let png = dir.join("scene.png");
+    spec_llava::scenes::generate(3300).image.save(&png).unwrap();
+    let caption = |extra: &[&str]| -> serde_json::Value {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_spec-llava"))
+            .args(["caption", "--json", "--model"])
+            .arg(demo.join("target"))
+            .arg("--draft")
+            .arg(demo.join("draft"))
+            .arg("--image")
+            .arg(&png)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let plain = caption(&["--no-spec"]);
+    let hybrid = caption(&["--draft-on-cpu"]);
+    assert_eq!(hybrid["tokens"], plain["tokens"]);
+    assert!(hybrid["spec"]["tau"].as_f64().unwrap() > 1.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}

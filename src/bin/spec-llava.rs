@@ -14,10 +14,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use spec_llava::backend::cpu::CpuBackend;
 use spec_llava::backend::gpu::GpuBackend;
 use spec_llava::backend::Backend;
-use spec_llava::caption::{Caption, CaptionRequest, Captioner};
+use spec_llava::caption::{Caption, CaptionRequest, Captioner, Drafter};
 use spec_llava::checkpoint::Checkpoint;
 use spec_llava::generate::SamplingOptions;
 use spec_llava::image_io;
+use spec_llava::spec::events::RoundEvent;
 use spec_llava::spec::SpecOptions;
 use spec_llava::{Error, Result};
 
@@ -97,6 +98,10 @@ struct CaptionArgs {
     trace: Option<PathBuf>,
     #[command(flatten)]
     spec: SpecArgs,
+    /// Run the draft on the CPU engine whatever --backend the target uses (a tiny draft can cost
+    /// less there than a pass on the device).
+    #[arg(long)]
+    draft_on_cpu: bool,
     /// Engine; default: the GPU when an adapter exists, else the CPU (with a notice).
     #[arg(long, value_enum)]
     backend: Option<BackendChoice>,
@@ -217,6 +222,12 @@ fn json_line<T: serde::Serialize>(value: &T) -> Result<()> {
     Ok(())
 }
 
+/// A draft on the target's engine or on the CPU engine.
+enum DraftOn<B: Backend> {
+    Same(Drafter<B>),
+    Cpu(Drafter<CpuBackend>),
+}
+
 struct CaptionJob {
     args: CaptionArgs,
     image: image::RgbImage,
@@ -231,7 +242,12 @@ impl Job for CaptionJob {
         let args = &self.args;
         let captioner = Captioner::new(backend, self.target)?;
         let drafter = match self.draft {
-            Some(d) => Some(captioner.drafter(Captioner::new(backend, d)?)?),
+            Some(d) if args.draft_on_cpu => Some(DraftOn::Cpu(
+                captioner.drafter(Captioner::new(&CpuBackend, d)?)?,
+            )),
+            Some(d) => Some(DraftOn::Same(
+                captioner.drafter(Captioner::new(backend, d)?)?,
+            )),
             None => None,
         };
         let mut trace = match &args.trace {
@@ -266,13 +282,8 @@ impl Job for CaptionJob {
                 show(t);
                 true
             }))?,
-            Some(d) => pollster::block_on(captioner.caption_speculative(
-                backend,
-                d,
-                &self.image,
-                &self.req,
-                self.options,
-                |ev| {
+            Some(d) => {
+                let mut on_round = |ev: &RoundEvent| {
                     ev.emitted.iter().for_each(|&t| show(t));
                     if let Some((path, w)) = trace.as_mut() {
                         let line = serde_json::to_string(ev).unwrap_or_default();
@@ -282,9 +293,30 @@ impl Job for CaptionJob {
                         }
                     }
                     true
-                },
-            ))
-            .map_err(|e| trace_error.take().unwrap_or(e))?,
+                };
+                let (image, req, o) = (&self.image, &self.req, self.options);
+                let r = match d {
+                    DraftOn::Same(d) => pollster::block_on(captioner.caption_speculative(
+                        backend,
+                        d,
+                        image,
+                        req,
+                        o,
+                        &mut on_round,
+                    )),
+                    DraftOn::Cpu(d) => pollster::block_on(captioner.caption_speculative_with(
+                        backend,
+                        &CpuBackend,
+                        d,
+                        image,
+                        req,
+                        o,
+                        &mut on_round,
+                    )),
+                };
+                drop(on_round);
+                r.map_err(|e| trace_error.take().unwrap_or(e))?
+            }
         };
         if let Some((path, mut w)) = trace {
             w.flush().map_err(|e| Error::file(path, e))?;
