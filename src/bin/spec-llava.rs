@@ -222,10 +222,10 @@ fn json_line<T: serde::Serialize>(value: &T) -> Result<()> {
     Ok(())
 }
 
-/// A draft on the target's engine or on the CPU engine.
+/// A draft on the target's engine or on the CPU engine (boxed: one is built per run).
 enum DraftOn<B: Backend> {
-    Same(Drafter<B>),
-    Cpu(Drafter<CpuBackend>),
+    Same(Box<Drafter<B>>),
+    Cpu(Box<Drafter<CpuBackend>>),
 }
 
 struct CaptionJob {
@@ -242,12 +242,12 @@ impl Job for CaptionJob {
         let args = &self.args;
         let captioner = Captioner::new(backend, self.target)?;
         let drafter = match self.draft {
-            Some(d) if args.draft_on_cpu => Some(DraftOn::Cpu(
+            Some(d) if args.draft_on_cpu => Some(DraftOn::Cpu(Box::new(
                 captioner.drafter(Captioner::new(&CpuBackend, d)?)?,
-            )),
-            Some(d) => Some(DraftOn::Same(
+            ))),
+            Some(d) => Some(DraftOn::Same(Box::new(
                 captioner.drafter(Captioner::new(backend, d)?)?,
-            )),
+            ))),
             None => None,
         };
         let mut trace = match &args.trace {
@@ -314,7 +314,6 @@ impl Job for CaptionJob {
                         &mut on_round,
                     )),
                 };
-                drop(on_round);
                 r.map_err(|e| trace_error.take().unwrap_or(e))?
             }
         };
