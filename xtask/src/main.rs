@@ -121,8 +121,9 @@ fn scenes(root: &Path, args: &[String]) -> Result<(), String> {
     check::run_status(&mut cmd)
 }
 
-/// `cargo xtask bench`: the kernel benchmark, then plain vs speculative decoding of the demo pair,
-/// both from one release build (`--json` is passed on: one JSON line each).
+/// `cargo xtask bench`: the kernel benchmark, then plain vs speculative decoding of the demo pair
+/// (fixed and adaptive trees; the draft on the target's engine, then on the CPU engine), all from
+/// one release build (`--json` is passed on: one JSON line each).
 fn bench(root: &Path, args: &[String]) -> Result<(), String> {
     let opts = Flags::parse(args, &[], &["--json"])?;
     let json: &[&str] = if opts.switch("--json") {
@@ -131,17 +132,18 @@ fn bench(root: &Path, args: &[String]) -> Result<(), String> {
         &[]
     };
     let demo = |m: &str| format!("web/models/demo/{m}");
+    let spec = |extra: &[&str]| {
+        let mut run: Vec<String> = ["bench", "--target"].map(String::from).to_vec();
+        run.extend([demo("target"), "--draft".into(), demo("draft")]);
+        run.extend(["--scenes", "10", "--adaptive"].map(String::from));
+        run.extend(extra.iter().map(|s| s.to_string()));
+        run
+    };
+    // The pair on the default engine, then with the draft on the CPU engine.
     let runs = [
         vec!["bench-kernels".to_string()],
-        vec![
-            "bench".to_string(),
-            "--target".to_string(),
-            demo("target"),
-            "--draft".to_string(),
-            demo("draft"),
-            "--scenes".to_string(),
-            "10".to_string(),
-        ],
+        spec(&[]),
+        spec(&["--draft-on-cpu"]),
     ];
     for run in runs {
         let mut cmd = cargo();
