@@ -35,6 +35,15 @@
 //! norms, biases, embeddings (token, position, patch, class) keep their checkpoint dtype. The f16
 //! format stores every floating-point tensor as plain F16 (loadable by any safetensors reader) and
 //! the engine keeps the linear weights as f16 on the GPU.
+//!
+//! # Choosing the q4 codes
+//!
+//! Round-to-nearest ([`QuantMatrix::quantize`], also what `--quant q4` does on load) minimises each
+//! group's own squared error. `spec-llava quantize --format q4` by default instead runs GPTQ
+//! ([`gptq`], Frantar et al. 2022): it records the inputs of every linear while the f32 model
+//! captions generated calibration scenes ([`calibrate`]) and picks codes that minimise the error
+//! of the layer's *outputs* on them, writing the same blocks. The metadata then also says
+//! `"spec_llava.calibration": "gptq, N scenes"`.
 
 use half::f16;
 
@@ -438,6 +447,14 @@ pub fn format_from_metadata(
 }
 
 #[cfg(not(target_arch = "wasm32"))]
+pub mod calibrate;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod gptq;
+
+/// Safetensors metadata key recording how q4 codes were chosen (absent: round-to-nearest).
+pub const META_CALIBRATION: &str = "spec_llava.calibration";
+
+#[cfg(not(target_arch = "wasm32"))]
 pub use write::{quantize_checkpoint, QuantizeReport, DEFAULT_MAX_SHARD_BYTES};
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -449,7 +466,11 @@ mod write {
     use safetensors::tensor::TensorView;
     use safetensors::Dtype;
 
-    use super::{blocks_per_row, quantizable, Format, QuantMatrix, GROUP, META_GROUP, META_QUANT};
+    use super::calibrate::{calibrate, Calibration};
+    use super::{
+        blocks_per_row, gptq, quantizable, Format, QuantMatrix, Scheme, GROUP, META_CALIBRATION,
+        META_GROUP, META_QUANT,
+    };
     use crate::error::{Error, Result};
     use crate::weights::{widen, DType, WeightStore};
 
@@ -467,6 +488,8 @@ mod write {
         pub input_bytes: u64,
         pub output_bytes: u64,
         pub copied_files: Vec<String>,
+        /// How the q4 codes were chosen, as recorded in the metadata (`None`: round-to-nearest).
+        pub calibration: Option<String>,
     }
 
     /// One output tensor: name, safetensors dtype, shape, and how to make its bytes.
@@ -567,11 +590,16 @@ mod write {
     /// most `max_shard_bytes` each (a single tensor bigger than that gets a shard of its own), plus
     /// copies of the checkpoint's other files. Tensors are converted one at a time, so at most one
     /// shard's output is in memory.
+    ///
+    /// For q4, `calibration_scenes > 0` chooses the codes with GPTQ calibrated on that many
+    /// generated scenes (see [`super::calibrate`]; this loads the model into the f32 CPU engine
+    /// first); 0 rounds to nearest. q8 and f16 ignore it.
     pub fn quantize_checkpoint(
         model: &Path,
         out: &Path,
         format: Format,
         max_shard_bytes: u64,
+        calibration_scenes: usize,
     ) -> Result<QuantizeReport> {
         if !model.is_dir() {
             return Err(Error::file(model.display(), "not a checkpoint directory"));
@@ -592,7 +620,40 @@ mod write {
         }
         let store = &checkpoint.weights;
         let planned = plan(store, format)?;
+        if format != Format::Q4 || calibration_scenes == 0 {
+            return write_checkpoint(model, out, store, &planned, format, max_shard_bytes, None);
+        }
+        // GPTQ on the inputs of the f32 model. (Re-recording them from the quantized model and
+        // requantizing, as the paper's sequential variant does, took twice as long and measured
+        // no better on the demo target: 42-43/50 identical captions against 45/50, plain GPTQ.)
+        let targets: Vec<(String, Vec<usize>)> = planned
+            .iter()
+            .filter(|p| matches!(p.part, Part::Codes))
+            .map(|p| Ok((p.source.clone(), store.raw(&p.source)?.shape.to_vec())))
+            .collect::<Result<_>>()?;
+        let calibration = calibrate(model, &targets, calibration_scenes)?;
+        write_checkpoint(
+            model,
+            out,
+            store,
+            &planned,
+            format,
+            max_shard_bytes,
+            Some(&calibration),
+        )
+    }
 
+    /// Write the planned tensors of `store` (the checkpoint in `model`) into `out`, q4 weights
+    /// quantized with GPTQ where `calibration` has their Hessian.
+    fn write_checkpoint(
+        model: &Path,
+        out: &Path,
+        store: &WeightStore,
+        planned: &[Planned],
+        format: Format,
+        max_shard_bytes: u64,
+        calibration: Option<&Calibration>,
+    ) -> Result<QuantizeReport> {
         // Shards: greedy in sorted-name order.
         let mut shards: Vec<Vec<usize>> = vec![Vec::new()];
         let mut size = HEADER_BASE;
@@ -620,6 +681,9 @@ mod write {
         metadata.insert("format".to_string(), "pt".to_string());
         metadata.insert(META_QUANT.to_string(), format.name().to_string());
         metadata.insert(META_GROUP.to_string(), GROUP.to_string());
+        if let Some(c) = calibration {
+            metadata.insert(META_CALIBRATION.to_string(), c.describe());
+        }
 
         let mut report = QuantizeReport {
             format: format.name(),
@@ -629,6 +693,7 @@ mod write {
             input_bytes: 0,
             output_bytes: 0,
             copied_files: Vec::new(),
+            calibration: calibration.map(Calibration::describe),
         };
         let mut weight_map = serde_json::Map::new();
         for (k, members) in shards.iter().enumerate() {
@@ -661,12 +726,13 @@ mod write {
                         if cache.as_ref().map(|(n, _)| n.as_str()) != Some(p.source.as_str()) {
                             let (rows, cols) = (raw.shape[0], raw.shape[1]);
                             let scheme = format.scheme().expect("a quant scheme");
-                            let q = QuantMatrix::quantize(
-                                scheme,
-                                &widen(raw.dtype, raw.bytes),
-                                rows,
-                                cols,
-                            );
+                            let data = widen(raw.dtype, raw.bytes);
+                            let hessian = calibration
+                                .and_then(|c| c.hessians.get(&p.source).filter(|h| h.dim == cols));
+                            let q = match (scheme, hessian) {
+                                (Scheme::Q4, Some(h)) => gptq::quantize_q4(&data, rows, cols, h),
+                                _ => QuantMatrix::quantize(scheme, &data, rows, cols),
+                            };
                             cache = Some((p.source.clone(), q));
                         }
                         let q = &cache.as_ref().expect("just made").1;
@@ -712,7 +778,7 @@ mod write {
         }
         let index_path = out.join("model.safetensors.index.json");
         if count > 1 {
-            let index = serde_json::json!({
+            let mut index = serde_json::json!({
                 "metadata": {
                     "total_size": planned.iter().map(|p| p.bytes).sum::<usize>(),
                     META_QUANT: format.name(),
@@ -720,6 +786,9 @@ mod write {
                 },
                 "weight_map": weight_map,
             });
+            if let Some(c) = calibration {
+                index["metadata"][META_CALIBRATION] = c.describe().into();
+            }
             let text = serde_json::to_string_pretty(&index)
                 .map_err(|e| Error::file(index_path.display(), e))?;
             std::fs::write(&index_path, text).map_err(|e| Error::file(index_path.display(), e))?;

@@ -1,6 +1,7 @@
 //! Quantized checkpoints: `spec-llava quantize` round trips (files, sizes, metadata, shard limit),
-//! bad quantized files are reported by name, and q8 / q4 captions of the demo target agree with
-//! the f32 engine on held-out scenes.
+//! bad quantized files are reported by name, GPTQ beats round-to-nearest on a layer's outputs, and
+//! q8 / q4 (GPTQ-calibrated, the `quantize` default) captions of the demo target agree with the f32
+//! engine on held-out scenes.
 //!
 //! The 50-scene agreement runs on the CPU engine (it dequantizes on load, so it computes with
 //! exactly the weights the GPU kernels read; tests/gpu_quant_kernels.rs checks the kernels against
@@ -15,7 +16,8 @@ use spec_llava::backend::Backend;
 use spec_llava::caption::{CaptionRequest, Captioner};
 use spec_llava::checkpoint::Checkpoint;
 use spec_llava::eval::EvalReport;
-use spec_llava::quant::{Format, WeightData};
+use spec_llava::quant::gptq::{self, GptqOptions, Hessian};
+use spec_llava::quant::{Format, QuantMatrix, Scheme, WeightData};
 use spec_llava::scenes::{self, AttributeScores};
 
 fn demo_target() -> PathBuf {
@@ -78,8 +80,15 @@ fn quantize_round_trip_sizes_metadata_and_weights() {
         ("f16", Format::F16, 1.01),
     ] {
         let out = scratch(name);
-        let report = quantize(name, &out, &[]);
+        // Round-to-nearest q4 (no calibration) is exactly what quantize-on-load computes; q8 and
+        // f16 ignore the (default) calibration.
+        let extra: &[&str] = match format {
+            Format::Q4 => &["--calibration-scenes", "0"],
+            _ => &[],
+        };
+        let report = quantize(name, &out, extra);
         assert_eq!(report["shards"], serde_json::json!(["model.safetensors"]));
+        assert_eq!(report["calibration"], serde_json::Value::Null, "{report}");
         assert_eq!(report["quantized_tensors"], 49, "{report}");
         let file = out.join("model.safetensors");
         let ratio = file_size(&file) as f64 / src_bytes as f64;
@@ -87,6 +96,7 @@ fn quantize_round_trip_sizes_metadata_and_weights() {
         let meta = metadata(&file);
         assert_eq!(meta["spec_llava.quant"], name);
         assert_eq!(meta["group_size"], "32");
+        assert!(!meta.contains_key("spec_llava.calibration"), "{meta:?}");
         assert!(!out.join("model.safetensors.index.json").exists());
         for f in [
             "config.json",
@@ -130,7 +140,16 @@ fn quantize_round_trip_sizes_metadata_and_weights() {
 fn quantize_respects_the_shard_limit_and_sharded_output_loads() {
     let out = scratch("sharded");
     let limit = 600_000u64;
-    let report = quantize("q4", &out, &["--max-shard-bytes", &limit.to_string()]);
+    let report = quantize(
+        "q4",
+        &out,
+        &[
+            "--max-shard-bytes",
+            &limit.to_string(),
+            "--calibration-scenes",
+            "0",
+        ],
+    );
     let shards: Vec<String> = report["shards"]
         .as_array()
         .unwrap()
@@ -152,7 +171,7 @@ fn quantize_respects_the_shard_limit_and_sharded_output_loads() {
 
     // Sharded and single-file q4 checkpoints caption identically.
     let single = scratch("single");
-    quantize("q4", &single, &[]);
+    quantize("q4", &single, &["--calibration-scenes", "0"]);
     let scene = scenes::generate(7);
     let req = CaptionRequest::default();
     let caption = |dir: &Path| {
@@ -206,7 +225,7 @@ fn load_error(dir: &Path) -> String {
 #[test]
 fn bad_quantized_files_are_errors_naming_the_file() {
     let base = scratch("bad-base");
-    quantize("q4", &base, &[]);
+    quantize("q4", &base, &["--calibration-scenes", "0"]);
     let copy = |name: &str| {
         let dir = scratch(name);
         for e in std::fs::read_dir(&base).unwrap() {
@@ -340,7 +359,8 @@ fn bad_quantized_files_are_errors_naming_the_file() {
     }
 }
 
-/// Greedy captions of scenes `seed..seed + count` with the demo target loaded as `format`.
+/// Greedy captions of scenes `0..count` with the demo target loaded as `format` (quantized on
+/// load, round-to-nearest).
 fn captions<B: Backend>(
     b: &B,
     format: Option<Format>,
@@ -349,7 +369,17 @@ fn captions<B: Backend>(
 ) -> Vec<(Vec<u32>, String)> {
     let mut c = Checkpoint::open(&demo_target()).unwrap();
     c.weights.set_quantize_on_load(format);
-    let captioner = Captioner::new(b, c).unwrap();
+    captions_of(b, c, count, max_new_tokens)
+}
+
+/// Greedy captions of scenes `0..count` by `checkpoint`.
+fn captions_of<B: Backend>(
+    b: &B,
+    checkpoint: Checkpoint,
+    count: u64,
+    max_new_tokens: usize,
+) -> Vec<(Vec<u32>, String)> {
+    let captioner = Captioner::new(b, checkpoint).unwrap();
     let req = CaptionRequest {
         max_new_tokens,
         ..CaptionRequest::default()
@@ -365,15 +395,21 @@ fn captions<B: Backend>(
 }
 
 /// On 50 held-out scenes (seeds 0..50, as `spec-llava eval --scenes 50`), q8 gives the f32
-/// caption on >= 95% of scenes, and neither q8 nor q4 loses more than 2 points of attribute
-/// accuracy (the issue's goals). The issue also asks q4 for >= 85% identical captions; the
-/// under-trained demo target does not reach it (measured 37/50: its shape tokens are near ties that
-/// 4-bit noise flips, while attribute accuracy is unchanged), so this floor is set just below
-/// the measured 74% to catch regressions until a better-trained target is committed.
+/// caption on >= 95% of scenes and q4 on >= 85%, and neither loses more than 2 points of
+/// attribute accuracy (the issue's goals). q8 is quantized on load (round-to-nearest); q4 is the
+/// checkpoint `spec-llava quantize --format q4` writes by default: GPTQ calibrated on 64 generated
+/// scenes (seeds 10000.., disjoint from these). Round-to-nearest q4 measured 37/50 here.
 #[test]
 fn q8_and_q4_captions_agree_with_f32_on_50_demo_scenes() {
     const SCENES: u64 = 50;
     let b = CpuBackend;
+    let q4_dir = scratch("gptq");
+    let report = quantize("q4", &q4_dir, &[]);
+    assert_eq!(report["calibration"], "gptq, 64 scenes", "{report}");
+    let meta = metadata(&q4_dir.join("model.safetensors"));
+    assert_eq!(meta["spec_llava.calibration"], "gptq, 64 scenes");
+    assert_eq!(meta["spec_llava.quant"], "q4");
+
     let reference = captions(&b, None, SCENES, 64);
     let score = |caps: &[(Vec<u32>, String)]| {
         let mut total = AttributeScores::default();
@@ -387,8 +423,9 @@ fn q8_and_q4_captions_agree_with_f32_on_50_demo_scenes() {
         "f32: attribute accuracy {:.1}%",
         base.attribute_accuracy * 100.0
     );
-    for (format, min_identical) in [(Format::Q8, 0.95), (Format::Q4, 0.70)] {
-        let caps = captions(&b, Some(format), SCENES, 64);
+    let q8 = captions(&b, Some(Format::Q8), SCENES, 64);
+    let q4 = captions_of(&b, Checkpoint::open(&q4_dir).unwrap(), SCENES, 64);
+    for (name, caps, min_identical) in [("q8", q8, 0.95), ("q4 (gptq)", q4, 0.85)] {
         let identical = caps
             .iter()
             .zip(&reference)
@@ -397,21 +434,114 @@ fn q8_and_q4_captions_agree_with_f32_on_50_demo_scenes() {
         let report = score(&caps);
         let drop = (base.attribute_accuracy - report.attribute_accuracy) * 100.0;
         println!(
-            "{}: {identical}/{SCENES} identical captions, attribute accuracy {:.1}% (drop {drop:.1} points)",
-            format.name(),
+            "{name}: {identical}/{SCENES} identical captions, attribute accuracy {:.1}% (drop {drop:.1} points)",
             report.attribute_accuracy * 100.0
         );
         assert!(
             identical as f64 >= min_identical * SCENES as f64,
-            "{}: {identical}/{SCENES} identical",
-            format.name()
+            "{name}: {identical}/{SCENES} identical"
         );
-        assert!(
-            drop <= 2.0,
-            "{}: accuracy drop {drop:.1} points",
-            format.name()
-        );
+        assert!(drop <= 2.0, "{name}: accuracy drop {drop:.1} points");
     }
+    let _ = std::fs::remove_dir_all(&q4_dir);
+}
+
+/// Inputs with correlated channels (`factors` latent factors mixed into every channel by `mix`,
+/// some channels much larger than others), as a layer's activations are: `[rows, cols]`.
+fn correlated_inputs(rng: &mut impl rand::Rng, mix: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let factors = mix.len() / cols;
+    let gain: Vec<f32> = (0..cols)
+        .map(|c| if c.is_multiple_of(7) { 4.0 } else { 1.0 })
+        .collect();
+    let mut x = Vec::with_capacity(rows * cols);
+    for _ in 0..rows {
+        let z: Vec<f32> = (0..factors)
+            .map(|_| rng.random_range(-1.0f32..1.0))
+            .collect();
+        for c in 0..cols {
+            let v: f32 = (0..factors).map(|f| z[f] * mix[f * cols + c]).sum::<f32>()
+                + 0.1 * rng.random_range(-1.0f32..1.0);
+            x.push(v * gain[c]);
+        }
+    }
+    x
+}
+
+/// `||X W^T - X Q^T||²` for `X: [n, cols]`, `W, Q: [rows, cols]`.
+fn output_error(x: &[f32], w: &[f32], q: &[f32], rows: usize, cols: usize) -> f64 {
+    let mut e = 0f64;
+    for xr in x.chunks_exact(cols) {
+        for r in 0..rows {
+            let d: f64 = (0..cols)
+                .map(|c| f64::from(xr[c]) * f64::from(w[r * cols + c] - q[r * cols + c]))
+                .sum();
+            e += d * d;
+        }
+    }
+    e
+}
+
+/// GPTQ lowers a layer's output error well below round-to-nearest's, on the calibration inputs and
+/// on fresh inputs from the same distribution, and writes ordinary q4 blocks (a partial last
+/// group included, its padding decoding to zero).
+#[test]
+fn gptq_reduces_output_error_versus_round_to_nearest() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let (rows, cols) = (24, 80);
+    let w: Vec<f32> = (0..rows * cols)
+        .map(|_| rng.random_range(-1.0f32..1.0))
+        .collect();
+    // One distribution (the same mixing) for the calibration and the fresh inputs.
+    let mix: Vec<f32> = (0..8 * cols)
+        .map(|_| rng.random_range(-1.0f32..1.0))
+        .collect();
+    let calib = correlated_inputs(&mut rng, &mix, 512, cols);
+    let fresh = correlated_inputs(&mut rng, &mix, 512, cols);
+    let mut h = Hessian::new(cols);
+    // Added in uneven batches, as the model's calls arrive.
+    h.add(&calib[..100 * cols], 100);
+    h.add(&calib[100 * cols..], 412);
+    assert_eq!(h.samples, 512);
+
+    let g = gptq::quantize_q4(&w, rows, cols, &h);
+    g.check().unwrap();
+    assert_eq!((g.scheme, g.rows, g.cols), (Scheme::Q4, rows, cols));
+    let rtn = QuantMatrix::quantize(Scheme::Q4, &w, rows, cols);
+    let (gq, rq) = (g.dequantize(), rtn.dequantize());
+    // The padded half of the last group holds code 8 (zero) in every row, as round-to-nearest's.
+    for r in 0..rows {
+        let last = (r * 3 + 2) * 16;
+        assert!(g.qs[last..last + 16].iter().all(|b| b >> 4 == 8), "row {r}");
+    }
+    // Plain GPTQ (no scale refit) already beats round-to-nearest; the refit rounds only help.
+    let plain = gptq::quantize_q4_with(
+        &w,
+        rows,
+        cols,
+        &h,
+        GptqOptions {
+            refit_scales: false,
+            rounds: 1,
+            ..GptqOptions::default()
+        },
+    )
+    .dequantize();
+    for (name, x) in [("calibration", &calib), ("fresh", &fresh)] {
+        let eg = output_error(x, &w, &gq, rows, cols);
+        let ep = output_error(x, &w, &plain, rows, cols);
+        let er = output_error(x, &w, &rq, rows, cols);
+        println!(
+            "{name} inputs: gptq {eg:.3e}, without scale refit {ep:.3e}, round-to-nearest {er:.3e}"
+        );
+        assert!(ep < 0.5 * er, "{name}: plain gptq {ep} vs rtn {er}");
+        assert!(eg < 0.2 * er, "{name}: gptq {eg} vs rtn {er}");
+        if name == "calibration" {
+            assert!(eg <= ep * 1.001, "refit made it worse: {eg} vs {ep}");
+        }
+    }
+    // Without calibration data it is round-to-nearest.
+    assert_eq!(gptq::quantize_q4(&w, rows, cols, &Hessian::new(cols)), rtn);
 }
 
 /// The GPU engine with q8 / q4 / f16 weights writes the same greedy tokens as the CPU engine with

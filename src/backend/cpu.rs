@@ -29,6 +29,30 @@ pub struct CpuWeight {
     pub shape: Vec<usize>,
 }
 
+/// A function shown every `linear` this thread runs: the weight and the input rows.
+pub type LinearHook = Box<dyn FnMut(&CpuWeight, &CpuTensor)>;
+
+thread_local! {
+    // Per thread, so a calibration run sees only its own model's calls (tests run models on
+    // several threads at once); `None` outside calibration, which costs one check per matmul.
+    static LINEAR_HOOK: std::cell::RefCell<Option<LinearHook>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Run `f` with `hook` called (on this thread) before every [`Backend::linear`]; the previous hook
+/// is restored afterwards, also on panic. Used to record calibration inputs
+/// (`quant::calibrate`); the hook must not run the model itself.
+pub fn with_linear_hook<R>(hook: LinearHook, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<LinearHook>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let prev = self.0.take();
+            LINEAR_HOOK.with(|h| *h.borrow_mut() = prev);
+        }
+    }
+    let _restore = Restore(LINEAR_HOOK.with(|h| h.replace(Some(hook))));
+    f()
+}
+
 /// Per layer: keys and values, `[slots, kv_dim]` each, grown on demand.
 #[derive(Debug, Clone)]
 pub struct CpuCache {
@@ -195,6 +219,11 @@ impl Backend for CpuBackend {
     fn linear(&self, x: &CpuTensor, w: &CpuWeight, b: Option<&CpuWeight>) -> CpuTensor {
         let (out_dim, in_dim) = (w.shape[0], w.shape[1]);
         debug_assert_eq!(x.cols, in_dim);
+        LINEAR_HOOK.with(|h| {
+            if let Some(hook) = h.borrow_mut().as_mut() {
+                hook(w, x);
+            }
+        });
         // Work on the transposed output [out, n] so each thread streams one weight row once.
         let mut t = vec![0f32; out_dim * x.rows];
         for_rows(&mut t, x.rows, |j, col| {

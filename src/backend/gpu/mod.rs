@@ -27,6 +27,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 pub use device::{EngineLimits, GpuOptions};
+pub use ops::MatmulShape;
 pub use pipelines::Kernel;
 
 use crate::backend::{AttnMask, Heads};

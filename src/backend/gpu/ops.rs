@@ -25,6 +25,39 @@ const SMALL_F32_TILE: (usize, usize) = (4, 8);
 /// Largest workgroup of `matmul_small_f32` (WG).
 const SMALL_F32_WG: usize = 32;
 
+/// The three matmul kernel shapes (`shaders/matmul_{vec,small,tiled}_*.wgsl`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatmulShape {
+    Vec,
+    Small,
+    Tiled,
+}
+
+impl MatmulShape {
+    pub fn name(self) -> &'static str {
+        match self {
+            MatmulShape::Vec => "matmul_vec",
+            MatmulShape::Small => "matmul_small",
+            MatmulShape::Tiled => "matmul_tiled",
+        }
+    }
+}
+
+impl GpuBackend {
+    /// The kernel shape `linear` uses for `m` rows of x against a `dtype` weight.
+    pub fn matmul_shape(&self, m: usize, dtype: WeightDType) -> MatmulShape {
+        if m == 1 {
+            MatmulShape::Vec
+        } else if m <= SMALL_ROWS || (self.dev.cpu && dtype == WeightDType::F32) {
+            // On CPU drivers the lane-per-tile kernel beats the workgroup-memory GEMM at any m
+            // (4x at 75 rows on lavapipe); the grid's z covers the row tiles.
+            MatmulShape::Small
+        } else {
+            MatmulShape::Tiled
+        }
+    }
+}
+
 fn act_id(act: Activation) -> f64 {
     match act {
         Activation::Silu => 0.0,
@@ -239,7 +272,8 @@ impl GpuBackend {
         } else {
             (w.row_stride / 4) as u32
         };
-        if m == 1 {
+        let shape = self.matmul_shape(m, w.dtype);
+        if shape == MatmulShape::Vec {
             let mut params = vec![n as u32, k as u32, k4, out_stride, col_offset];
             if quant {
                 params.push(nb);
@@ -251,9 +285,7 @@ impl GpuBackend {
                 &bufs,
                 self.grid(n.div_ceil(VEC_ROWS_PER_WORKGROUP)),
             );
-        } else if m <= SMALL_ROWS || (self.dev.cpu && w.dtype == WeightDType::F32) {
-            // On CPU drivers the lane-per-tile kernel beats the workgroup-memory GEMM at any m
-            // (4x at 75 rows on lavapipe); the grid's z covers the row tiles.
+        } else if shape == MatmulShape::Small {
             let f32_small = w.dtype == WeightDType::F32;
             let mut consts = consts.to_vec();
             let (col_groups, row_blocks) = if f32_small {

@@ -39,6 +39,10 @@ pub struct QuantizeArgs {
     /// Largest safetensors shard to write, in bytes.
     #[arg(long, default_value_t = quant::DEFAULT_MAX_SHARD_BYTES)]
     max_shard_bytes: u64,
+    /// q4 only: calibrate GPTQ on this many generated scenes (runs the f32 CPU engine first); 0
+    /// rounds each group to nearest instead.
+    #[arg(long, default_value_t = quant::calibrate::DEFAULT_SCENES)]
+    calibration_scenes: usize,
     /// Print one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -53,6 +57,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         &args.out,
         args.format.format(),
         args.max_shard_bytes,
+        args.calibration_scenes,
     )?;
     if args.json {
         println!(
@@ -70,6 +75,9 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         r.output_bytes as f64 / (1 << 20) as f64,
         r.shards.len()
     );
+    if let Some(c) = &r.calibration {
+        println!("q4 codes chosen by {c}");
+    }
     println!("wrote {}", args.out.display());
     Ok(())
 }
