@@ -126,6 +126,16 @@ impl Sampler {
     pub fn uniform(&mut self) -> f32 {
         self.rng.random::<f32>()
     }
+    /// The next token from a logits tensor `[1, vocab]` on `b`: greedy reads back only the argmax
+    /// (`Backend::top_k`), sampling the whole row.
+    pub async fn pick_from<B: Backend>(&mut self, b: &B, logits: &B::Tensor) -> u32 {
+        if self.opts.is_greedy() {
+            let top = b.read(&b.top_k(logits, 1)).await;
+            return top.get(1).map_or(0, |&i| i as u32);
+        }
+        self.pick(&b.read(logits).await)
+    }
+
     pub fn pick(&mut self, logits: &[f32]) -> u32 {
         if self.opts.is_greedy() {
             return argmax(logits);
@@ -174,7 +184,7 @@ pub async fn decode_plain<B: Backend>(
         &AttnMask::Causal,
         LogitRows::Last,
     );
-    let mut logits = b.read(&logits).await;
+    let mut next = sampler.pick_from(b, &logits).await;
     let prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
     let t1 = web_time::Instant::now();
     let mut out = DecodeResult {
@@ -183,7 +193,6 @@ pub async fn decode_plain<B: Backend>(
     };
     let mut len = prompt_ids.len();
     while out.tokens.len() < max_new_tokens {
-        let next = sampler.pick(&logits);
         if eos.contains(&next) {
             out.hit_eos = true;
             break;
@@ -205,7 +214,7 @@ pub async fn decode_plain<B: Backend>(
             &AttnMask::Causal,
             LogitRows::Last,
         );
-        logits = b.read(&l).await;
+        next = sampler.pick_from(b, &l).await;
         len += 1;
     }
     out.decode_ms = t1.elapsed().as_secs_f64() * 1e3;

@@ -16,7 +16,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use spec_llava::backend::cpu::CpuBackend;
 use spec_llava::backend::gpu::{GpuBackend, GpuOptions};
-use spec_llava::backend::{AttnMask, Backend, Heads, Rope};
+use spec_llava::backend::{AttnMask, Backend, Heads, Rope, TopK};
 use spec_llava::config::Activation;
 
 fn gpu_with(opts: GpuOptions) -> Option<GpuBackend> {
@@ -706,4 +706,56 @@ fn a_step_is_one_submit_and_buffers_are_recycled() {
     );
     assert!(out.iter().all(|v| v.is_finite()));
     assert!(g.take_error().is_none());
+}
+
+#[test]
+fn top_k_and_log_sum_exp_match_cpu() {
+    let Some(g) = gpu() else { return };
+    let cpu = CpuBackend;
+    let p = Pair { cpu: &cpu, gpu: &g };
+    let mut rng = StdRng::seed_from_u64(11);
+    for (rows, vocab) in [(1, 1), (3, 5), (25, 447), (2, 1000), (4, 32000)] {
+        let mut data = random(&mut rng, rows * vocab);
+        // Ties (the lower index must win) and NaNs (skipped) in every row.
+        for r in 0..rows {
+            let row = &mut data[r * vocab..(r + 1) * vocab];
+            if vocab > 3 {
+                row[vocab - 1] = 9.0;
+                row[1] = 9.0;
+                row[2] = f32::NAN;
+            }
+        }
+        let (xc, xg) = p.tensor(&data, rows, vocab);
+        for k in [1, 4, 16] {
+            let (got, want) = p.results(&cpu.top_k(&xc, k), &g.top_k(&xg, k));
+            let (got, want) = (TopK::parse(&got, k, vocab), TopK::parse(&want, k, vocab));
+            assert_eq!(got.len(), rows);
+            for (r, (a, b)) in got.iter().zip(&want).enumerate() {
+                let what = format!("top_k rows={rows} vocab={vocab} k={k} row {r}");
+                assert_eq!(a.ids, b.ids, "{what}");
+                assert_eq!(a.values, b.values, "{what}");
+                assert!(
+                    (a.lse - b.lse).abs() <= 1e-5 * b.lse.abs().max(1.0),
+                    "{what}: lse {} vs {}",
+                    a.lse,
+                    b.lse
+                );
+                if vocab > 3 {
+                    assert_eq!(a.ids[0], 1, "{what}: ties go to the lower index");
+                }
+                // The CPU's own argmax and log-softmax agree with the parsed output.
+                let row = &data[r * vocab..(r + 1) * vocab];
+                let finite: Vec<f32> = row
+                    .iter()
+                    .map(|v| if v.is_nan() { f32::NEG_INFINITY } else { *v })
+                    .collect();
+                assert_eq!(b.ids[0], spec_llava::generate::argmax(&finite), "{what}");
+                let lse = spec_llava::spec::tree::log_softmax(&finite);
+                assert!(
+                    (b.values[0] - b.lse - lse[b.ids[0] as usize]).abs() < 1e-4,
+                    "{what}"
+                );
+            }
+        }
+    }
 }

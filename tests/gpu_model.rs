@@ -169,7 +169,16 @@ fn check_fixture(name: &str) {
             ..Default::default()
         };
         let want = pollster::block_on(on_cpu.caption(&cpu, &image, &req, |_| true)).unwrap();
+        let read_before = g.bytes_read();
         let got = pollster::block_on(on_gpu.caption(&g, &image, &req, |_| true)).unwrap();
+        // Greedy decoding reads back the argmax row of `top_k` (value, id, lse) per token, never
+        // a vocabulary row of logits.
+        let read = g.bytes_read() - read_before;
+        let passes = got.tokens.len() as u64 + 1;
+        assert!(
+            read <= 12 * passes,
+            "{name} case {i}: {read} bytes read back for {passes} passes"
+        );
         if let Some(e) = g.take_error() {
             panic!("{name} case {i}: {e}");
         }

@@ -216,6 +216,41 @@ impl Backend for CpuBackend {
         x.data.clone()
     }
 
+    fn top_k(&self, logits: &CpuTensor, k: usize) -> CpuTensor {
+        let k = k.clamp(1, super::MAX_TOP_K);
+        let mut data = Vec::with_capacity(logits.rows * (2 * k + 1));
+        for row in logits.data.chunks(logits.cols.max(1)).take(logits.rows) {
+            // Best first, ties by index; NaN skipped (as the kernel).
+            let mut best: Vec<(usize, f32)> = Vec::with_capacity(k + 1);
+            let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);
+            for (i, &v) in row.iter().enumerate() {
+                if v.is_nan() {
+                    continue;
+                }
+                let at = best.partition_point(|&(_, w)| w >= v);
+                if at < k {
+                    best.insert(at, (i, v));
+                    best.truncate(k);
+                }
+                max = max.max(v);
+            }
+            for &v in row.iter().filter(|v| !v.is_nan()) {
+                sum += (v - max).exp();
+            }
+            let pad = k - best.len();
+            data.extend(best.iter().map(|b| b.1));
+            data.extend(std::iter::repeat_n(f32::MIN, pad));
+            data.extend(best.iter().map(|b| b.0 as f32));
+            data.extend(std::iter::repeat_n(u32::MAX as f32, pad));
+            data.push(max + sum.ln());
+        }
+        CpuTensor {
+            rows: logits.rows,
+            cols: 2 * k + 1,
+            data,
+        }
+    }
+
     fn linear(&self, x: &CpuTensor, w: &CpuWeight, b: Option<&CpuWeight>) -> CpuTensor {
         let (out_dim, in_dim) = (w.shape[0], w.shape[1]);
         debug_assert_eq!(x.cols, in_dim);

@@ -59,6 +59,43 @@ pub struct Rope {
     pub linear_factor: f64,
 }
 
+/// Most entries `Backend::top_k` keeps per row (the kernel's `MAX_K`).
+pub const MAX_TOP_K: usize = 16;
+
+/// One row of [`Backend::top_k`]'s output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopK {
+    /// Best first; fewer than asked when the row is shorter.
+    pub ids: Vec<u32>,
+    pub values: Vec<f32>,
+    /// log(sum(exp(row))): `value - lse` is a log-probability.
+    pub lse: f32,
+}
+
+impl TopK {
+    /// Rows of `[rows, 2k + 1]` data as `Backend::top_k` lays them out; `vocab` caps `k`.
+    pub fn parse(data: &[f32], k: usize, vocab: usize) -> Vec<TopK> {
+        let kept = k.min(vocab);
+        data.chunks(2 * k + 1)
+            .filter(|c| c.len() == 2 * k + 1)
+            .map(|c| TopK {
+                values: c[..kept].to_vec(),
+                ids: c[k..k + kept].iter().map(|&i| i as u32).collect(),
+                lse: c[2 * k],
+            })
+            .collect()
+    }
+
+    /// (token, log-probability) pairs, best first.
+    pub fn logprobs(&self) -> Vec<(u32, f32)> {
+        self.ids
+            .iter()
+            .zip(&self.values)
+            .map(|(&i, &v)| (i, v - self.lse))
+            .collect()
+    }
+}
+
 /// An executor of the model's ops.
 #[allow(async_fn_in_trait)]
 pub trait Backend {
@@ -84,6 +121,12 @@ pub trait Backend {
     fn dims(&self, x: &Self::Tensor) -> (usize, usize);
     /// Copy a tensor back to the host (asynchronous on the GPU; immediate on the CPU).
     async fn read(&self, x: &Self::Tensor) -> Vec<f32>;
+
+    /// The `k` (1..=[`MAX_TOP_K`]) largest entries of every row of `logits` `[rows, vocab]` (ties:
+    /// the lower index first) and the row's log-sum-exp, as `[rows, 2k + 1]`: values, indices (as
+    /// f32), lse ([`TopK::parse`]). What greedy decoding and tree drafting read back instead of
+    /// whole vocabulary rows.
+    fn top_k(&self, logits: &Self::Tensor, k: usize) -> Self::Tensor;
 
     /// `x W^T + b` for `W: [out, in]`.
     fn linear(&self, x: &Self::Tensor, w: &Self::Weight, b: Option<&Self::Weight>) -> Self::Tensor;

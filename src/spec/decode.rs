@@ -6,14 +6,14 @@
 //! accepted tokens it has not run yet wait in `pending` (they go through the draft together with
 //! the next root, in one causal pass).
 
-use crate::backend::{AttnMask, Backend};
+use crate::backend::{AttnMask, Backend, TopK, MAX_TOP_K};
 use crate::error::{Error, Result};
 use crate::generate::{Sampler, SamplingOptions};
 use crate::model::LlavaModel;
 use crate::spec::adapt::CostModel;
 use crate::spec::events::{RoundEvent, RoundTimings};
-use crate::spec::tree::{log_softmax, DraftTree};
-use crate::spec::verify::verify;
+use crate::spec::tree::DraftTree;
+use crate::spec::verify::{verify, TargetRows};
 use crate::spec::SpecOptions;
 use crate::text::decoder::LogitRows;
 
@@ -43,14 +43,14 @@ struct Stream<'m, B: Backend> {
 }
 
 impl<'m, B: Backend> Stream<'m, B> {
-    /// Prefill the prompt; returns the logits of its last token.
+    /// Prefill the prompt; returns the logits of its last token (on the device, unread).
     async fn prefill(
         b: &B,
         model: &'m LlavaModel<B>,
         ids: &[u32],
         features: Option<&B::Tensor>,
         extra: usize,
-    ) -> Result<(Self, Vec<f32>)> {
+    ) -> Result<(Self, B::Tensor)> {
         let mut cache = model.text.new_cache(b, ids.len() + extra);
         let x = model.embed_prompt(b, ids, features)?;
         let pos: Vec<u32> = (0..ids.len() as u32).collect();
@@ -63,7 +63,6 @@ impl<'m, B: Backend> Stream<'m, B> {
             &AttnMask::Causal,
             LogitRows::Last,
         );
-        let logits = b.read(&logits).await;
         Ok((
             Stream {
                 model,
@@ -74,8 +73,9 @@ impl<'m, B: Backend> Stream<'m, B> {
         ))
     }
 
-    /// Run `tokens` at slots `start..` with the given positions and mask; returns logits rows.
-    async fn run(
+    /// Run `tokens` at slots `start..` with the given positions and mask; returns the logits
+    /// (on the device, unread).
+    fn run(
         &mut self,
         b: &B,
         start: usize,
@@ -83,17 +83,43 @@ impl<'m, B: Backend> Stream<'m, B> {
         positions: &[u32],
         mask: &AttnMask,
         rows: LogitRows,
-    ) -> Vec<Vec<f32>> {
+    ) -> B::Tensor {
         let x = self.model.text.embed(b, tokens);
-        let logits = self
-            .model
-            .forward(b, &mut self.cache, start, x, positions, mask, rows);
+        self.model
+            .forward(b, &mut self.cache, start, x, positions, mask, rows)
+    }
+
+    /// The `k` best tokens of every logits row with their log-probabilities: all the drafting
+    /// reads back.
+    async fn top_k(&self, b: &B, logits: &B::Tensor, k: usize) -> Vec<Vec<(u32, f32)>> {
         let vocab = self.model.config.text.vocab_size;
-        b.read(&logits)
-            .await
-            .chunks(vocab)
-            .map(|c| c.to_vec())
+        let data = b.read(&b.top_k(logits, k)).await;
+        TopK::parse(&data, k.clamp(1, MAX_TOP_K), vocab)
+            .iter()
+            .map(TopK::logprobs)
             .collect()
+    }
+
+    /// What verification reads: the argmax of every row when greedy, else the rows.
+    async fn verify_rows(&self, b: &B, logits: &B::Tensor, greedy: bool) -> TargetRows {
+        if greedy {
+            let data = b.read(&b.top_k(logits, 1)).await;
+            let vocab = self.model.config.text.vocab_size;
+            return TargetRows::Argmax(
+                TopK::parse(&data, 1, vocab)
+                    .iter()
+                    .map(|t| t.ids.first().copied().unwrap_or(0))
+                    .collect(),
+            );
+        }
+        let vocab = self.model.config.text.vocab_size;
+        TargetRows::Logits(
+            b.read(logits)
+                .await
+                .chunks(vocab)
+                .map(|c| c.to_vec())
+                .collect(),
+        )
     }
 }
 
@@ -138,16 +164,18 @@ pub async fn decode_speculative<B: Backend, D: Backend>(
         inp.max_new_tokens + tree_room,
     )
     .await?;
+    let mut root = sampler.pick_from(b, &logits).await;
     let draft_room = inp.max_new_tokens + opts.depth * opts.top_k + 2;
+    // The draft's prompt logits are not needed: its first pass in each round re-runs the root.
     let (mut draft, _) =
         Stream::prefill(d, inp.draft, inp.draft_ids, inp.draft_features, draft_room).await?;
+    let greedy = inp.sampling.is_greedy();
     let mut out = SpecResult {
         prefill_ms: t0.elapsed().as_secs_f64() * 1e3,
         ..Default::default()
     };
     let t1 = web_time::Instant::now();
 
-    let mut root = sampler.pick(&logits);
     if inp.eos.contains(&root) {
         out.hit_eos = true;
     } else if inp.max_new_tokens > 0 {
@@ -164,9 +192,8 @@ pub async fn decode_speculative<B: Backend, D: Backend>(
         pending.push(root);
         let start = draft.len;
         let pos: Vec<u32> = (start as u32..(start + pending.len()) as u32).collect();
-        let rows = draft
-            .run(d, start, &pending, &pos, &AttnMask::Causal, LogitRows::Last)
-            .await;
+        let logits = draft.run(d, start, &pending, &pos, &AttnMask::Causal, LogitRows::Last);
+        let rows = draft.top_k(d, &logits, opts.top_k).await;
         out.draft_passes += 1;
         let root_slot = start + pending.len() - 1;
         let mut tree = DraftTree::new(root);
@@ -175,7 +202,7 @@ pub async fn decode_speculative<B: Backend, D: Backend>(
         let max_depth = opts.depth.min(remaining - 1);
         let budget = opts.budget.min(max_depth * opts.top_k);
         let mut frontier = if max_depth > 0 {
-            tree.add_children(0, &log_softmax(&rows[0]), opts.top_k)
+            tree.add_children_top(0, rows.first().map_or(&[][..], |r| r))
         } else {
             Vec::new()
         };
@@ -223,14 +250,13 @@ pub async fn decode_speculative<B: Backend, D: Backend>(
                 .map(|&f| (root_slot + tree.nodes[f].depth) as u32)
                 .collect();
             let mask = AttnMask::Tree { ctx, n, allowed };
-            let rows = draft
-                .run(d, next_slot, &tokens, &pos, &mask, LogitRows::All)
-                .await;
+            let logits = draft.run(d, next_slot, &tokens, &pos, &mask, LogitRows::All);
+            let rows = draft.top_k(d, &logits, opts.top_k).await;
             out.draft_passes += 1;
             let mut candidates = Vec::new();
             for (i, &f) in frontier.iter().enumerate() {
                 tree.nodes[f].draft_slot = Some(next_slot + i);
-                candidates.extend(tree.add_children(f, &log_softmax(&rows[i]), opts.top_k));
+                candidates.extend(tree.add_children_top(f, rows.get(i).map_or(&[][..], |r| r)));
             }
             next_slot += n;
             frontier = tree.best(&candidates, opts.top_k);
@@ -262,7 +288,8 @@ pub async fn decode_speculative<B: Backend, D: Backend>(
             n: order.len(),
             allowed: tree.ancestor_mask(&order),
         };
-        let rows = target.run(b, l, &tokens, &pos, &mask, LogitRows::All).await;
+        let logits = target.run(b, l, &tokens, &pos, &mask, LogitRows::All);
+        let rows = target.verify_rows(b, &logits, greedy).await;
         let verdict = verify(&mut tree, &order, &rows, &mut sampler);
         out.rounds += 1;
         out.accepted_per_round.push(verdict.accepted.len());

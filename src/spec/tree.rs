@@ -83,10 +83,15 @@ impl DraftTree {
 
     /// Add the `top_k` children of `parent` from the draft's log-probabilities; returns their ids.
     pub fn add_children(&mut self, parent: usize, logprobs: &[f32], k: usize) -> Vec<usize> {
+        self.add_children_top(parent, &top_k(logprobs, k))
+    }
+
+    /// Add children of `parent` given as (token, log-probability), best first (what
+    /// `Backend::top_k` gives); returns their ids.
+    pub fn add_children_top(&mut self, parent: usize, best: &[(u32, f32)]) -> Vec<usize> {
         let (depth, base) = (self.nodes[parent].depth + 1, self.nodes[parent].score);
-        top_k(logprobs, k)
-            .into_iter()
-            .map(|(token, lp)| {
+        best.iter()
+            .map(|&(token, lp)| {
                 self.nodes.push(Node {
                     parent: Some(parent),
                     token,

@@ -13,6 +13,14 @@
 use crate::generate::{argmax, draw, sampling_distribution, Sampler};
 use crate::spec::tree::{DraftTree, Node, NodeStatus};
 
+/// The target's output at each verified node: its argmax (all greedy verification needs, read
+/// back as `Backend::top_k(_, 1)`), or whole logits rows (sampling).
+#[derive(Debug, Clone, PartialEq)]
+pub enum TargetRows {
+    Argmax(Vec<u32>),
+    Logits(Vec<Vec<f32>>),
+}
+
 /// The outcome of one verification.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verdict {
@@ -22,22 +30,31 @@ pub struct Verdict {
     pub bonus: u32,
 }
 
-/// Verify `tree` restricted to `order` (root first), with `logits[i]` the target's logits at
-/// `order[i]`. Marks node statuses and appends the bonus node.
+/// Verify `tree` restricted to `order` (root first), with `rows` the target's output at each of
+/// `order`'s nodes. Marks node statuses and appends the bonus node. Greedy decoding needs only
+/// the argmax rows; sampling needs the logits (given argmax rows, sampling falls back to them).
 pub fn verify(
     tree: &mut DraftTree,
     order: &[usize],
-    logits: &[Vec<f32>],
+    rows: &TargetRows,
     sampler: &mut Sampler,
 ) -> Verdict {
-    let greedy = sampler.options().is_greedy();
     let mut cur = 0;
     let mut accepted = Vec::new();
     let bonus = loop {
-        let row = &logits[order.iter().position(|&o| o == cur).unwrap_or(0)];
+        let at = order.iter().position(|&o| o == cur).unwrap_or(0);
         let kids = tree.children_in(cur, order);
-        let next = if greedy {
-            let t = argmax(row);
+        let row = match rows {
+            TargetRows::Logits(l) if !sampler.options().is_greedy() => l.get(at),
+            _ => None,
+        };
+        let next = if let Some(row) = row {
+            sample_next(tree, &kids, row, sampler)
+        } else {
+            let t = match rows {
+                TargetRows::Argmax(ids) => ids.get(at).copied().unwrap_or(0),
+                TargetRows::Logits(l) => l.get(at).map_or(0, |r| argmax(r)),
+            };
             let hit = kids.iter().copied().find(|&k| tree.nodes[k].token == t);
             for &k in &kids {
                 if Some(k) != hit {
@@ -45,29 +62,6 @@ pub fn verify(
                 }
             }
             hit.ok_or(t)
-        } else {
-            let mut p = sampling_distribution(row, sampler.options());
-            let mut hit = None;
-            for &k in &kids {
-                let x = tree.nodes[k].token as usize;
-                if sampler.uniform() < p[x] {
-                    hit = Some(k);
-                    break;
-                }
-                tree.nodes[k].status = NodeStatus::Rejected;
-                let left = 1.0 - p[x];
-                p[x] = 0.0;
-                if left > 0.0 {
-                    p.iter_mut().for_each(|v| *v /= left);
-                }
-            }
-            match hit {
-                Some(k) => Ok(k),
-                None => {
-                    let u = sampler.uniform();
-                    Err(draw(&p, u))
-                }
-            }
         };
         match next {
             Ok(k) => {
@@ -90,4 +84,29 @@ pub fn verify(
     };
     tree.nodes.push(node);
     Verdict { accepted, bonus }
+}
+
+/// Recursive rejection at one node: its children `kids` tried best-first against the target's
+/// distribution from `row`; `Ok(child)` accepted, or `Err(token)` drawn from what is left.
+fn sample_next(
+    tree: &mut DraftTree,
+    kids: &[usize],
+    row: &[f32],
+    sampler: &mut Sampler,
+) -> Result<usize, u32> {
+    let mut p = sampling_distribution(row, sampler.options());
+    for &k in kids {
+        let x = tree.nodes[k].token as usize;
+        if sampler.uniform() < p[x] {
+            return Ok(k);
+        }
+        tree.nodes[k].status = NodeStatus::Rejected;
+        let left = 1.0 - p[x];
+        p[x] = 0.0;
+        if left > 0.0 {
+            p.iter_mut().for_each(|v| *v /= left);
+        }
+    }
+    let u = sampler.uniform();
+    Err(draw(&p, u))
 }

@@ -158,6 +158,8 @@ pub struct GpuBackend {
     /// Every layer of a forward pass ropes and masks with the same positions and mask: upload once.
     rope_table: RefCell<Option<RopeTable>>,
     mask_bits: RefCell<Option<(AttnMask, PoolBuf)>>,
+    /// Bytes copied back to the host so far (decoding reads token ids and top-k, not logits).
+    bytes_read: std::cell::Cell<u64>,
     /// Per-kernel wall time when `SPEC_LLAVA_GPU_PROFILE` is set (native only): every dispatch is
     /// submitted and waited for on its own, so the totals show where a step's time goes.
     #[cfg(not(target_arch = "wasm32"))]
@@ -203,6 +205,7 @@ impl GpuBackend {
             dummy,
             rope_table: RefCell::new(None),
             mask_bits: RefCell::new(None),
+            bytes_read: std::cell::Cell::new(0),
             #[cfg(not(target_arch = "wasm32"))]
             profile: std::env::var_os("SPEC_LLAVA_GPU_PROFILE").map(|_| RefCell::default()),
         };
@@ -246,6 +249,11 @@ impl GpuBackend {
     /// Release pooled buffers that no tensor uses.
     pub fn trim(&self) {
         self.pool.borrow_mut().trim();
+    }
+
+    /// Bytes read back to the host so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read.get()
     }
 
     /// Submits so far (each `read` submits the pending step once).

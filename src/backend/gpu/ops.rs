@@ -526,6 +526,7 @@ impl Backend for GpuBackend {
 
     async fn read(&self, x: &GpuTensor) -> Vec<f32> {
         let len = x.len();
+        self.bytes_read.set(self.bytes_read.get() + 4 * len as u64);
         if len == 0 {
             return Vec::new();
         }
@@ -571,6 +572,20 @@ impl Backend for GpuBackend {
                 vec![f32::NAN; len]
             }
         }
+    }
+
+    fn top_k(&self, logits: &GpuTensor, k: usize) -> GpuTensor {
+        let k = k.clamp(1, crate::backend::MAX_TOP_K);
+        let out = self.alloc(logits.rows, 2 * k + 1);
+        let params = [logits.rows as u32, logits.cols as u32];
+        self.run(
+            Kernel::TopK,
+            &[("K", k as f64)],
+            &params,
+            &[logits.buffer(), out.buffer()],
+            self.grid(logits.rows),
+        );
+        out
     }
 
     fn linear(&self, x: &GpuTensor, w: &GpuWeight, b: Option<&GpuWeight>) -> GpuTensor {

@@ -56,13 +56,15 @@ pub enum Kernel {
     KvCompact,
     /// Plain vec4 buffer copy: the bandwidth reference of `spec-llava bench-kernels`.
     CopyVec4,
+    /// Top-k and log-sum-exp of logits rows.
+    TopK,
 }
 
 /// Shared activation functions, prepended to the two kernels that use them (WGSL has no imports).
 const ACTIVATION_FNS: &str = include_str!("../../../shaders/activation_fns_f32.wgsl");
 
 impl Kernel {
-    pub const ALL: [Kernel; 26] = [
+    pub const ALL: [Kernel; 27] = [
         Kernel::MatmulVec,
         Kernel::MatmulSmall,
         Kernel::MatmulTiled,
@@ -89,6 +91,7 @@ impl Kernel {
         Kernel::KvWrite,
         Kernel::KvCompact,
         Kernel::CopyVec4,
+        Kernel::TopK,
     ];
 
     /// The shader file's stem.
@@ -120,6 +123,7 @@ impl Kernel {
             Kernel::KvWrite => "kv_write_f32",
             Kernel::KvCompact => "kv_compact_f32",
             Kernel::CopyVec4 => "copy_vec4_f32",
+            Kernel::TopK => "topk_rows_f32",
         }
     }
 
@@ -154,6 +158,7 @@ impl Kernel {
             Kernel::KvWrite => include_str!("../../../shaders/kv_write_f32.wgsl"),
             Kernel::KvCompact => include_str!("../../../shaders/kv_compact_f32.wgsl"),
             Kernel::CopyVec4 => include_str!("../../../shaders/copy_vec4_f32.wgsl"),
+            Kernel::TopK => include_str!("../../../shaders/topk_rows_f32.wgsl"),
         };
         match self {
             Kernel::Activation | Kernel::Gated => format!("{ACTIVATION_FNS}\n{own}"),
@@ -182,7 +187,7 @@ impl Kernel {
             Kernel::RmsNorm => &[Read, Read, Write],
             Kernel::LayerNorm => &[Read, Read, Read, Write],
             Kernel::Rope => &[Read, Read, Write],
-            Kernel::Activation | Kernel::CopyVec4 => &[Read, Write],
+            Kernel::Activation | Kernel::CopyVec4 | Kernel::TopK => &[Read, Write],
             Kernel::Gated | Kernel::Add | Kernel::Embed | Kernel::RowsCopy => &[Read, Read, Write],
             Kernel::KvWrite => &[Read, Read, Write, Write],
             Kernel::KvCompact => &[Read, Read, Read, Write],
