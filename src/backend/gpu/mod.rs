@@ -11,7 +11,9 @@
 //!
 //! Ops only record commands; nothing runs until [`Backend::read`](crate::backend::Backend::read)
 //! submits the step and awaits `map_async` (natively by polling the device, in the browser by
-//! yielding to the event loop; never a blocking wait there).
+//! yielding to the event loop; never a blocking wait there). Decoding reads back only what the
+//! host decides with: `top_k` rows (argmax, top-k log-probabilities, log-sum-exp;
+//! shaders/topk_rows_f32.wgsl), whole logits rows only when sampling.
 //!
 //! The trait's ops cannot return errors, so shape mismatches and wgpu validation errors are logged
 //! and surfaced by [`GpuBackend::take_error`]; a failed read returns NaNs of the expected length.
