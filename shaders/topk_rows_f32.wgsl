@@ -12,7 +12,8 @@ override K: u32 = 1u;
 const WG: u32 = 64u;
 const MAX_K: u32 = 16u;
 const NONE: u32 = 0xffffffffu;
-const NEG: f32 = -3.4028235e38;
+// f32::MIN, written exactly (browsers reject a literal that rounds to it)
+const NEG: f32 = -3.4028234663852886e38;
 
 struct Params {
     rows: u32,
