@@ -45,6 +45,13 @@ enum Command {
     BenchKernels(bench_kernels::BenchKernelsArgs),
     /// Write a quantized (q4 / q8) or f16 copy of a checkpoint as safetensors shards.
     Quantize(quantize::QuantizeArgs),
+    /// Print every WGSL kernel exactly as the engine compiles it (to check the shaders with
+    /// another WebGPU implementation, e.g. the browser's: the e2e suite compiles them in Chromium).
+    Kernels {
+        /// One JSON array of {"name", "source"} on stdout instead of a list of names.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write generated scenes (PNG + captions.jsonl) for training and evaluation.
     Scenes {
         #[arg(long, default_value_t = 100)]
@@ -486,6 +493,23 @@ impl Job for BenchJob {
     }
 }
 
+/// `spec-llava kernels`: the engine's WGSL sources, as compiled (shared helpers included).
+fn kernels(json: bool) -> Result<()> {
+    use spec_llava::backend::gpu::Kernel;
+    if json {
+        let list: Vec<serde_json::Value> = Kernel::ALL
+            .iter()
+            .map(|k| serde_json::json!({ "name": k.name(), "source": k.source() }))
+            .collect();
+        json_line(&list)?;
+    } else {
+        for k in Kernel::ALL {
+            println!("{:<28} {:>5} lines", k.name(), k.source().lines().count());
+        }
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Caption(args) => caption(args),
@@ -506,6 +530,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::BenchKernels(args) => bench_kernels::run(args),
         Command::Quantize(args) => quantize::run(args),
+        Command::Kernels { json } => kernels(json),
         Command::Scenes { count, seed, out } => spec_llava::scenes::write_scenes(&out, count, seed),
     }
 }

@@ -127,6 +127,35 @@ try {
   const engine = await page.locator('.backend').textContent();
   check(engine.includes('WebGPU'), `the engine runs on WebGPU in headless Chromium (${engine})`);
 
+  // 1b. Every engine kernel compiles in the browser's WebGPU (Chromium's WGSL compiler is stricter
+  // than naga in places, e.g. float literals that only round to f32::MAX), as a pipeline with its
+  // default overrides: the app only compiles the kernels a model needs, so this covers the rest.
+  const kernels = JSON.parse(execFileSync(BIN, ['kernels', '--json'], { encoding: 'utf8' }));
+  const shaderErrors = await page.evaluate(async (list) => {
+    const adapter = await navigator.gpu.requestAdapter();
+    const device = await adapter.requestDevice({ requiredLimits: { maxStorageBuffersPerShaderStage: adapter.limits.maxStorageBuffersPerShaderStage } });
+    const errors = [];
+    for (const k of list) {
+      device.pushErrorScope('validation');
+      const module = device.createShaderModule({ code: k.source, label: k.name });
+      const info = await module.getCompilationInfo();
+      for (const m of info.messages) {
+        if (m.type === 'error') errors.push(`${k.name}.wgsl:${m.lineNum}:${m.linePos}: ${m.message}`);
+      }
+      try {
+        await device.createComputePipelineAsync({ layout: 'auto', compute: { module, entryPoint: 'main' } });
+      } catch (e) {
+        errors.push(`${k.name}: pipeline: ${e.message}`);
+      }
+      const v = await device.popErrorScope();
+      if (v) errors.push(`${k.name}: ${v.message}`);
+    }
+    device.destroy();
+    return errors;
+  }, kernels);
+  check(kernels.length >= 20 && shaderErrors.length === 0,
+    `all ${kernels.length} WGSL kernels compile in Chromium${shaderErrors.length ? ': ' + shaderErrors.join(' | ') : ''}`);
+
   // 2. A dropped scene gets exactly the native CLI's caption; a screenshot mid-generation.
   const longTasksBefore = await page.evaluate(() => window.__longTasks?.length ?? -1);
   await page.getByTestId('drop-input').setInputFiles(scenes[0].path);
