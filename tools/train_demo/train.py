@@ -27,6 +27,7 @@ import json
 import math
 import os
 import re
+import subprocess
 import sys
 import time
 
@@ -843,8 +844,25 @@ def write_cards(ctx, dirs):
                   f"- Attribute accuracy (all 9 cells x shape-or-empty/colour/size + background, parsed; "
                   "empty cells count, so this overstates per-object accuracy): "
                   f"{s.get('python_attribute_accuracy_export_fp16_weights')}", "",
-                  "## Evaluation (spec-llava eval)", "", "_To be filled by the lead._", ""]
+                  "## Evaluation (spec-llava eval)", ""]
+        lines += engine_eval_lines(a, d, name)
         open(os.path.join(d, "README.md"), "w").write("\n".join(lines))
+
+
+def engine_eval_lines(a, d, name):
+    """The Rust engine's own score of the exported files (`spec-llava eval`, CPU engine, held-out
+    seeds 0..a.engine_eval_scenes-1), as model-card lines; a note instead when the CLI is missing."""
+    cmd = [a.spec_llava, "eval", "--backend", "cpu", "--model", d, "--scenes", str(a.engine_eval_scenes),
+           "--seed", "0", "--json"]
+    shown = f"spec-llava eval --backend cpu --model web/models/demo/{name} --scenes {a.engine_eval_scenes} --seed 0 --json"
+    if not os.path.exists(a.spec_llava):
+        return [f"Not run at export ({a.spec_llava} missing: `cargo build --release`); run `{shown}`.", ""]
+    r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    per = ", ".join(f"{k} {v * 100:.1f}%" for k, v in sorted(r["per_attribute"].items()) if k != "parsed")
+    return [f"`{shown}` (our engine, f32 compute, greedy; {r['scenes']} held-out scenes):", "",
+            f"- Exact caption match: {r['exact_match'] * 100:.1f}%",
+            f"- Attribute accuracy: {r['attribute_accuracy'] * 100:.1f}% ({per}); captions parsed by the "
+            f"scene grammar: {r['per_attribute'].get('parsed', 0) * 100:.1f}%", ""]
 
 
 def plot_losses(ctx):
@@ -885,6 +903,9 @@ def main():
     p.add_argument("--work", default="tools/train_demo/work")
     p.add_argument("--logs", default="tools/train_demo/logs")
     p.add_argument("--out", default="web/models/demo")
+    p.add_argument("--spec-llava", default="target/release/spec-llava",
+                   help="the CLI that scores the exported models for their cards (spec-llava eval)")
+    p.add_argument("--engine-eval-scenes", type=int, default=500)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when available)")
     p.add_argument("--resume", action="store_true",
