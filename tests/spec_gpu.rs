@@ -143,7 +143,10 @@ fn demo_pair_on_the_gpu_is_lossless_on_200_scenes() {
         }
     }
     // The tree does its job here too: several tokens per target pass on average.
-    assert!(rounds > 0 && tokens as f64 / rounds as f64 > 3.0, "{tokens} tokens in {rounds} rounds");
+    assert!(
+        rounds > 0 && tokens as f64 / rounds as f64 > 3.0,
+        "{tokens} tokens in {rounds} rounds"
+    );
     assert!(b.take_error().is_none());
 }
 
