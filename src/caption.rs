@@ -251,9 +251,9 @@ impl<B: Backend> Captioner<B> {
             .await
     }
 
-    /// `caption_speculative` with the draft on backend `d`: when that is another backend type
-    /// than `b`'s, shared image features are read back from `b` and uploaded to `d` (a backend of
-    /// the same type is taken to be the same engine).
+    /// `caption_speculative` with the draft on backend `d`: when `d` is another engine than `b`
+    /// (another backend type, or another device of the same type), shared image features are read
+    /// back from `b` and uploaded to `d`.
     #[allow(clippy::too_many_arguments)]
     pub async fn caption_speculative_with<D: Backend>(
         &self,
@@ -273,7 +273,12 @@ impl<B: Backend> Captioner<B> {
         let t1 = web_time::Instant::now();
         let (tf, df) = if shared_vision {
             let v = self.model.vision_features(b, &pixels)?;
-            let df = match (&v as &dyn std::any::Any).downcast_ref::<D::Tensor>() {
+            // The same engine is the same object: `b` and `d` at one address.
+            let same_engine = std::ptr::eq(b as *const B as *const u8, d as *const D as *const u8);
+            let on_d = (&v as &dyn std::any::Any)
+                .downcast_ref::<D::Tensor>()
+                .filter(|_| same_engine);
+            let df = match on_d {
                 Some(same) => draft.model.project(d, same),
                 None => {
                     let (rows, cols) = b.dims(&v);
