@@ -845,16 +845,16 @@ def write_cards(ctx, dirs):
                   "empty cells count, so this overstates per-object accuracy): "
                   f"{s.get('python_attribute_accuracy_export_fp16_weights')}", "",
                   "## Evaluation (spec-llava eval)", ""]
-        lines += engine_eval_lines(a, d, name)
+        lines += engine_eval_lines(a, d)
         open(os.path.join(d, "README.md"), "w").write("\n".join(lines))
 
 
-def engine_eval_lines(a, d, name):
+def engine_eval_lines(a, d):
     """The Rust engine's own score of the exported files (`spec-llava eval`, CPU engine, held-out
     seeds 0..a.engine_eval_scenes-1), as model-card lines; a note instead when the CLI is missing."""
     cmd = [a.spec_llava, "eval", "--backend", "cpu", "--model", d, "--scenes", str(a.engine_eval_scenes),
            "--seed", "0", "--json"]
-    shown = f"spec-llava eval --backend cpu --model web/models/demo/{name} --scenes {a.engine_eval_scenes} --seed 0 --json"
+    shown = " ".join(["spec-llava"] + cmd[1:])
     if not os.path.exists(a.spec_llava):
         return [f"Not run at export ({a.spec_llava} missing: `cargo build --release`); run `{shown}`.", ""]
     r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
