@@ -12,6 +12,9 @@
 //!
 //! Without an adapter these tests FAIL, unless `SPEC_LLAVA_SKIP_GPU=1` is set.
 
+mod common;
+use common::{gpu, gpu_with};
+
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use spec_llava::backend::cpu::CpuBackend;
@@ -19,22 +22,7 @@ use spec_llava::backend::gpu::{GpuBackend, GpuOptions};
 use spec_llava::backend::{AttnMask, Backend, Heads, Rope, TopK};
 use spec_llava::config::Activation;
 
-fn gpu_with(opts: GpuOptions) -> Option<GpuBackend> {
-    match pollster::block_on(GpuBackend::with_options(opts)) {
-        Ok(b) => Some(b),
-        Err(e) if std::env::var("SPEC_LLAVA_SKIP_GPU").as_deref() == Ok("1") => {
-            eprintln!("skipping: {e} (SPEC_LLAVA_SKIP_GPU=1)");
-            None
-        }
-        Err(e) => {
-            panic!("{e}: install Mesa lavapipe (mesa-vulkan-drivers) or set SPEC_LLAVA_SKIP_GPU=1")
-        }
-    }
-}
 
-fn gpu() -> Option<GpuBackend> {
-    gpu_with(GpuOptions::default())
-}
 
 fn random(rng: &mut StdRng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()

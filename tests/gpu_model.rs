@@ -5,6 +5,9 @@
 //!
 //! Without an adapter these tests FAIL, unless `SPEC_LLAVA_SKIP_GPU=1` is set.
 
+mod common;
+use common::{checkpoint_dir, fixtures_dir, gpu};
+
 use std::path::{Path, PathBuf};
 
 use spec_llava::backend::cpu::CpuBackend;
@@ -16,46 +19,8 @@ use spec_llava::image_io;
 use spec_llava::model::LlavaModel;
 use spec_llava::text::decoder::LogitRows;
 
-fn gpu() -> Option<GpuBackend> {
-    match pollster::block_on(GpuBackend::new()) {
-        Ok(b) => Some(b),
-        Err(e) if std::env::var("SPEC_LLAVA_SKIP_GPU").as_deref() == Ok("1") => {
-            eprintln!("skipping: {e} (SPEC_LLAVA_SKIP_GPU=1)");
-            None
-        }
-        Err(e) => {
-            panic!("{e}: install Mesa lavapipe (mesa-vulkan-drivers) or set SPEC_LLAVA_SKIP_GPU=1")
-        }
-    }
-}
 
-fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models")
-}
 
-/// The fixture as a checkpoint directory; fixtures sharing the Llama-2 tokenizer get it copied in
-/// from ../shared/data (as tests/conformance.rs does).
-fn checkpoint_dir(name: &str) -> PathBuf {
-    let src = fixtures_dir().join(name);
-    if src.join("tokenizer.json").exists() {
-        return src;
-    }
-    let dst = std::env::temp_dir().join(format!(
-        "spec-llava-gpu-fixture-{name}-{}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dst).unwrap();
-    for entry in std::fs::read_dir(&src).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_type().unwrap().is_file() {
-            std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
-        }
-    }
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data/llama2-tokenizer/tokenizer.json");
-    std::fs::copy(&shared, dst.join("tokenizer.json")).unwrap();
-    dst
-}
 
 /// (image path, prompt) of every recorded case.
 fn cases(name: &str) -> Vec<(PathBuf, String)> {

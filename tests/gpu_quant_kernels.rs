@@ -13,6 +13,9 @@
 //!
 //! Without an adapter these tests FAIL, unless `SPEC_LLAVA_SKIP_GPU=1` is set.
 
+mod common;
+use common::gpu_with;
+
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use spec_llava::backend::cpu::CpuBackend;
@@ -20,18 +23,6 @@ use spec_llava::backend::gpu::{GpuBackend, GpuOptions, WeightDType};
 use spec_llava::backend::Backend;
 use spec_llava::quant::{Format, WeightData};
 
-fn gpu_with(opts: GpuOptions) -> Option<GpuBackend> {
-    match pollster::block_on(GpuBackend::with_options(opts)) {
-        Ok(b) => Some(b),
-        Err(e) if std::env::var("SPEC_LLAVA_SKIP_GPU").as_deref() == Ok("1") => {
-            eprintln!("skipping: {e} (SPEC_LLAVA_SKIP_GPU=1)");
-            None
-        }
-        Err(e) => {
-            panic!("{e}: install Mesa lavapipe (mesa-vulkan-drivers) or set SPEC_LLAVA_SKIP_GPU=1")
-        }
-    }
-}
 
 fn random(rng: &mut StdRng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()

@@ -7,6 +7,8 @@
 //! exactly the weights the GPU kernels read; tests/gpu_quant_kernels.rs checks the kernels against
 //! it, and `quantized_gpu_greedy_tokens_match_the_cpu` below checks whole captions on a few scenes).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -548,13 +550,8 @@ fn gptq_reduces_output_error_versus_round_to_nearest() {
 /// the same weights dequantized (a few scenes: lavapipe is slow).
 #[test]
 fn quantized_gpu_greedy_tokens_match_the_cpu() {
-    let gpu = match pollster::block_on(GpuBackend::new()) {
-        Ok(g) => g,
-        Err(e) if std::env::var("SPEC_LLAVA_SKIP_GPU").as_deref() == Ok("1") => {
-            eprintln!("skipping: {e} (SPEC_LLAVA_SKIP_GPU=1)");
-            return;
-        }
-        Err(e) => panic!("{e}: install Mesa lavapipe or set SPEC_LLAVA_SKIP_GPU=1"),
+    let Some(gpu) = common::gpu() else {
+        return;
     };
     for format in [Format::Q8, Format::Q4, Format::F16] {
         let want = captions(&CpuBackend, Some(format), 2, 24);

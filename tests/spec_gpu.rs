@@ -3,6 +3,8 @@
 //! the same backend-agnostic loop the CPU tests check in tests/spec.rs.
 //! Without an adapter these tests FAIL, unless `SPEC_LLAVA_SKIP_GPU=1` is set.
 
+use common::gpu;
+
 mod common;
 
 use common::{checkpoint_dir, fixtures_dir, random_weights_copy};
@@ -12,18 +14,6 @@ use spec_llava::checkpoint::Checkpoint;
 use spec_llava::image_io;
 use spec_llava::spec::SpecOptions;
 
-fn gpu() -> Option<GpuBackend> {
-    match pollster::block_on(GpuBackend::new()) {
-        Ok(g) => Some(g),
-        Err(e) if std::env::var("SPEC_LLAVA_SKIP_GPU").as_deref() == Ok("1") => {
-            eprintln!("skipping: {e} (SPEC_LLAVA_SKIP_GPU=1)");
-            None
-        }
-        Err(e) => {
-            panic!("{e}: install Mesa lavapipe (mesa-vulkan-drivers) or set SPEC_LLAVA_SKIP_GPU=1")
-        }
-    }
-}
 
 #[test]
 fn greedy_speculation_on_the_gpu_equals_plain_decoding() {

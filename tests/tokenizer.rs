@@ -2,8 +2,8 @@
 //! decoding, chat templates, BOS/EOS, special tokens and load errors.
 //!
 //! Expected values come from tools/reference/make_tokenizer_fixtures.py (transformers 4.57.1) in
-//! tests/fixtures/tokenizer/; the tokenizer itself is the shared Llama-2 one in
-//! ../shared/data/llama2-tokenizer (Llama-2 vocabulary with `<image>` = 32045).
+//! tests/fixtures/tokenizer/; the tokenizer itself is the Llama-2 one LLaVA-1.5 ships, in
+//! tests/fixtures/llama2-tokenizer (Llama-2 vocabulary with `<image>` = 32045).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -13,8 +13,8 @@ use spec_llava::text::tokenizer::TextTokenizer;
 
 const IMAGE: &str = "<image>";
 
-fn shared_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/llama2-tokenizer")
+fn llama2_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama2-tokenizer")
 }
 
 fn fixture_dir() -> PathBuf {
@@ -45,12 +45,12 @@ fn text<'a>(value: &'a Value, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("missing {key}"))
 }
 
-fn shared() -> TextTokenizer {
-    TextTokenizer::load(&shared_dir()).expect("load the shared tokenizer")
+fn llama2() -> TextTokenizer {
+    TextTokenizer::load(&llama2_dir()).expect("load the Llama-2 tokenizer")
 }
 
-fn shared_bytes() -> (Vec<u8>, Vec<u8>) {
-    let dir = shared_dir();
+fn llama2_bytes() -> (Vec<u8>, Vec<u8>) {
+    let dir = llama2_dir();
     (
         fs::read(dir.join("tokenizer.json")).expect("tokenizer.json"),
         fs::read(dir.join("tokenizer_config.json")).expect("tokenizer_config.json"),
@@ -69,11 +69,11 @@ impl TempDir {
         TempDir(path)
     }
 
-    /// A temp checkpoint dir holding a copy of the shared tokenizer.json.
+    /// A temp checkpoint dir holding a copy of the Llama-2 tokenizer.json.
     fn with_tokenizer(tag: &str) -> Self {
         let dir = Self::new(tag);
         fs::copy(
-            shared_dir().join("tokenizer.json"),
+            llama2_dir().join("tokenizer.json"),
             dir.0.join("tokenizer.json"),
         )
         .expect("copy tokenizer.json");
@@ -93,7 +93,7 @@ impl Drop for TempDir {
 
 #[test]
 fn vocabulary_facts_match_transformers() {
-    let tok = shared();
+    let tok = llama2();
     let fx = fixture();
     assert_eq!(tok.vocab_size() as u64, fx["vocab_size"].as_u64().unwrap());
     assert_eq!(tok.vocab_size(), 32046);
@@ -107,7 +107,7 @@ fn vocabulary_facts_match_transformers() {
 
 #[test]
 fn prompts_with_image_expansion_match_llava_processor() {
-    let tok = shared();
+    let tok = llama2();
     let fx = fixture();
     let cases = fx["prompts"].as_array().unwrap();
     assert!(cases.len() >= 10);
@@ -130,7 +130,7 @@ fn prompts_with_image_expansion_match_llava_processor() {
 
 #[test]
 fn llava15_prompt_has_576_image_tokens_in_one_run() {
-    let tok = shared();
+    let tok = llama2();
     let ids = tok
         .encode_prompt("USER: <image>\nDescribe the image. ASSISTANT:", IMAGE, 576)
         .unwrap();
@@ -143,7 +143,7 @@ fn llava15_prompt_has_576_image_tokens_in_one_run() {
 
 #[test]
 fn decode_round_trips_plain_text() {
-    let tok = shared();
+    let tok = llama2();
     for case in fixture()["decodes"].as_array().unwrap() {
         let original = text(case, "text");
         let expected = ids(&case["ids"]);
@@ -156,7 +156,7 @@ fn decode_round_trips_plain_text() {
 
 #[test]
 fn config_special_tokens_are_skipped_when_decoding() {
-    let (json, config) = shared_bytes();
+    let (json, config) = llama2_bytes();
     // The config names </s> as EOS, so decoding drops it like transformers' from_pretrained does;
     // tokenizer.json alone does not flag </s> as special, so without the config it stays.
     let with_config =
@@ -171,7 +171,7 @@ fn config_special_tokens_are_skipped_when_decoding() {
 
 #[test]
 fn token_text_is_readable() {
-    let tok = shared();
+    let tok = llama2();
     assert_eq!(tok.token_text(450), " The");
     assert_eq!(tok.token_text(29871), " ");
     assert_eq!(tok.token_text(13), "\n");
@@ -219,7 +219,7 @@ fn token_text_maps_byte_level_alphabet() {
 
 #[test]
 fn chat_templates_render_like_apply_chat_template() {
-    let (json, config) = shared_bytes();
+    let (json, config) = llama2_bytes();
     let fx = fixture();
     let templates = fx["chat"].as_array().unwrap();
     assert_eq!(templates.len(), 4);
@@ -254,7 +254,7 @@ fn chat_templates_render_like_apply_chat_template() {
 
 #[test]
 fn without_template_the_llava15_prompt_is_used() {
-    let tok = shared();
+    let tok = llama2();
     assert!(!tok.has_chat_template());
     let llava15 = &fixture()["chat"][0];
     assert_eq!(text(llava15, "name"), "llava15");
@@ -266,7 +266,7 @@ fn without_template_the_llava15_prompt_is_used() {
 
 #[test]
 fn bos_written_by_the_template_is_not_added_twice() {
-    let (json, config) = shared_bytes();
+    let (json, config) = llama2_bytes();
     let template =
         "{{ bos_token }}USER: <image>\n{{ messages[0]['content'][1]['text'] }} ASSISTANT:";
     let tok = TextTokenizer::from_bytes(
@@ -285,7 +285,7 @@ fn bos_written_by_the_template_is_not_added_twice() {
 
 #[test]
 fn load_finds_the_chat_template_in_order() {
-    let config: Value = read_json(&shared_dir().join("tokenizer_config.json"));
+    let config: Value = read_json(&llama2_dir().join("tokenizer_config.json"));
     let with_template = |template: Value| {
         let mut c = config.clone();
         c["chat_template"] = template;
@@ -425,9 +425,9 @@ fn load_errors_name_the_file() {
     );
 }
 
-/// The shared tokenizer.json with `<image>` removed from its added tokens.
+/// The Llama-2 tokenizer.json with `<image>` removed from its added tokens.
 fn tokenizer_without_image() -> Vec<u8> {
-    let mut json: Value = read_json(&shared_dir().join("tokenizer.json"));
+    let mut json: Value = read_json(&llama2_dir().join("tokenizer.json"));
     let added = json["added_tokens"].as_array_mut().unwrap();
     added.retain(|t| t["content"] != IMAGE);
     serde_json::to_vec(&json).unwrap()
@@ -435,7 +435,7 @@ fn tokenizer_without_image() -> Vec<u8> {
 
 #[test]
 fn missing_image_token_is_a_clear_error() {
-    let (_, config) = shared_bytes();
+    let (_, config) = llama2_bytes();
     let json = tokenizer_without_image();
     let tok =
         TextTokenizer::from_bytes(&json, Some(&config), None, "llava/tokenizer.json").unwrap();
@@ -448,7 +448,7 @@ fn missing_image_token_is_a_clear_error() {
     assert!(err.contains("`<image>` is not in the vocabulary"), "{err}");
 
     // In the vocabulary (the newline byte, id 13) but typed as text it is six characters.
-    let err = shared()
+    let err = llama2()
         .encode_prompt("USER: <0x0A> x ASSISTANT:", "<0x0A>", 2)
         .unwrap_err()
         .to_string();
@@ -457,7 +457,7 @@ fn missing_image_token_is_a_clear_error() {
 
 #[test]
 fn prompt_without_image_token_is_an_error() {
-    let tok = shared();
+    let tok = llama2();
     let err = tok
         .encode_prompt("USER: Describe. ASSISTANT:", IMAGE, 576)
         .unwrap_err();
@@ -491,7 +491,7 @@ fn llama_tokenizer_class_rebuilds_bos_eos_and_cleans_up() {
 
 #[test]
 fn llama_class_with_unknown_bos_names_the_config() {
-    let (json, _) = shared_bytes();
+    let (json, _) = llama2_bytes();
     let config = r#"{"tokenizer_class": "LlamaTokenizer", "bos_token": "<nope>"}"#;
     let err = TextTokenizer::from_bytes(&json, Some(config.as_bytes()), None, "m/tokenizer.json")
         .unwrap_err()
@@ -504,7 +504,7 @@ fn llama_class_with_unknown_bos_names_the_config() {
 
 #[test]
 fn extra_eos_ids_are_appended_once() {
-    let mut tok = shared();
+    let mut tok = llama2();
     tok.set_extra_eos(&[2, 32007]);
     assert_eq!(tok.eos_ids(), vec![2, 32007]);
     tok.set_extra_eos(&[]);
@@ -513,8 +513,8 @@ fn extra_eos_ids_are_appended_once() {
 
 #[test]
 fn same_vocabulary_compares_ids_added_tokens_and_specials() {
-    let (json, config) = shared_bytes();
-    let a = shared();
+    let (json, config) = llama2_bytes();
+    let a = llama2();
     let b = TextTokenizer::from_bytes(&json, Some(&config), None, "other/tokenizer.json").unwrap();
     assert!(a.same_vocabulary(&b));
 

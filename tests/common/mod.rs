@@ -4,6 +4,59 @@
 
 use std::path::{Path, PathBuf};
 
+use spec_llava::backend::gpu::{GpuBackend, GpuOptions};
+
+/// The GPU engine on the first adapter (lavapipe here), with `opts`. Without an adapter the test
+/// FAILS, unless `SPEC_LLAVA_SKIP_GPU=1` is set: then it is skipped (None) with a note.
+pub fn gpu_with(opts: GpuOptions) -> Option<GpuBackend> {
+    match pollster::block_on(GpuBackend::with_options(opts)) {
+        Ok(b) => Some(b),
+        Err(e) if std::env::var("SPEC_LLAVA_SKIP_GPU").as_deref() == Ok("1") => {
+            eprintln!("skipping: {e} (SPEC_LLAVA_SKIP_GPU=1)");
+            None
+        }
+        Err(e) => {
+            panic!("{e}: install Mesa lavapipe (mesa-vulkan-drivers) or set SPEC_LLAVA_SKIP_GPU=1")
+        }
+    }
+}
+
+/// [`gpu_with`] the default options.
+pub fn gpu() -> Option<GpuBackend> {
+    gpu_with(GpuOptions::default())
+}
+
+/// One test body run on every engine: `test_each_backend!(name, |b| { ... })` makes the tests
+/// `name::cpu` and `name::gpu`, with `b` a `&CpuBackend` or a `&GpuBackend` (skipped as
+/// [`gpu`] says). The body is expanded once per engine, so it may use `b` at its concrete type.
+#[macro_export]
+macro_rules! test_each_backend {
+    ($name:ident, |$b:ident| $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[test]
+            fn cpu() {
+                let $b = &spec_llava::backend::cpu::CpuBackend;
+                $body
+            }
+
+            #[test]
+            fn gpu() {
+                let Some(engine) = $crate::common::gpu() else {
+                    return;
+                };
+                let $b = &engine;
+                $body
+                if let Some(e) = engine.take_error() {
+                    panic!("{e}");
+                }
+            }
+        }
+    };
+}
+
 pub fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models")
 }
@@ -18,8 +71,13 @@ fn copy_files(src: &Path, dst: &Path) {
     }
 }
 
-/// The fixture as a checkpoint directory: fixtures that share the Llama-2 tokenizer do not commit
-/// it (3.6 MB); it is copied in from ../shared/data.
+/// The Llama-2 tokenizer as LLaVA-1.5 ships it (tests/fixtures/llama2-tokenizer, MIT).
+pub fn llama2_tokenizer_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama2-tokenizer")
+}
+
+/// The fixture as a checkpoint directory: fixtures that use the Llama-2 tokenizer do not commit a
+/// second copy of it (3.6 MB); it is copied in from tests/fixtures/llama2-tokenizer.
 pub fn checkpoint_dir(name: &str) -> PathBuf {
     let src = fixtures_dir().join(name);
     if src.join("tokenizer.json").exists() {
@@ -28,9 +86,11 @@ pub fn checkpoint_dir(name: &str) -> PathBuf {
     let dst =
         std::env::temp_dir().join(format!("spec-llava-fixture-{name}-{}", std::process::id()));
     copy_files(&src, &dst);
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data/llama2-tokenizer/tokenizer.json");
-    std::fs::copy(&shared, dst.join("tokenizer.json")).unwrap();
+    std::fs::copy(
+        llama2_tokenizer_dir().join("tokenizer.json"),
+        dst.join("tokenizer.json"),
+    )
+    .unwrap();
     dst
 }
 

@@ -58,7 +58,7 @@ from transformers import (  # noqa: E402
 )
 
 REPO = Path(__file__).resolve().parents[2]
-LLAMA2_TOKENIZER = REPO.parent / "shared" / "data" / "llama2-tokenizer"
+LLAMA2_TOKENIZER = REPO / "tests" / "fixtures" / "llama2-tokenizer"
 MAX_NEW_TOKENS = 16
 # Accept a greedy step only if top1 - top2 >= REL_GAP * max(|top1|, 1): far above the f32
 # accumulation-order noise between torch and the Rust engines.
@@ -793,16 +793,15 @@ def make_processor(spec: dict) -> LlavaProcessor:
 def save_processor(spec: dict, processor: LlavaProcessor, out: Path) -> None:
     if spec.get("external_tokenizer"):
         # Only the image-processor side and the (small) tokenizer_config.json are committed;
-        # tokenizer.json is shared/data/llama2-tokenizer/tokenizer.json (tests copy it in).
+        # tokenizer.json is tests/fixtures/llama2-tokenizer/tokenizer.json (tests copy it in).
         with tempfile.TemporaryDirectory() as tmp:
             processor.save_pretrained(tmp, save_jinja_files=False)
             for name in ("preprocessor_config.json", "processor_config.json"):
                 shutil.copy(Path(tmp) / name, out / name)
         shutil.copyfile(LLAMA2_TOKENIZER / "tokenizer_config.json", out / "tokenizer_config.json")
         (out / "tokenizer_source.txt").write_text(
-            "tokenizer.json is not committed here (3.6 MB). It is the shared Llama-2 tokenizer:\n"
-            "../shared/data/llama2-tokenizer/tokenizer.json from the repository root\n"
-            "(/work/shared/data/llama2-tokenizer; see the README.md there).\n"
+            "tokenizer.json is not committed here (3.6 MB). It is the Llama-2 tokenizer in\n"
+            "tests/fixtures/llama2-tokenizer/tokenizer.json (see the README.md there).\n"
             "Tests copy this fixture and that file into a temporary checkpoint directory.\n"
         )
     else:

@@ -12,7 +12,7 @@ What it records (tests/fixtures/tokenizer/llama2.json):
   * llama_class: ids from AutoTokenizer for a LlamaTokenizer config with add_bos_token=false and
     add_eos_token=true (transformers rebuilds the post-processor from these flags).
 
-The tokenizer is the shared Llama-2 one (../shared/data/llama2-tokenizer). Its tokenizer_config.json
+The tokenizer is the Llama-2 one in tests/fixtures/llama2-tokenizer. Its tokenizer_config.json
 is transformers-5 style (TokenizersBackend), so in 4.57 we load it with AutoTokenizer from a copy
 whose config is spelled the 4.x way (PreTrainedTokenizerFast, additional_special_tokens), which is
 what AutoProcessor hands LlavaProcessor for a real llava-1.5 checkpoint.
@@ -37,7 +37,7 @@ from transformers import (
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TOKENIZER_DIR = os.path.join(ROOT, "..", "shared", "data", "llama2-tokenizer")
+TOKENIZER_DIR = os.path.join(ROOT, "tests", "fixtures", "llama2-tokenizer")
 OUT_DIR = os.path.join(ROOT, "tests", "fixtures", "tokenizer")
 
 # llava-hf/llava-1.5-7b-hf chat_template.json (the same text is in transformers'
