@@ -8,12 +8,13 @@ use crate::backend::Backend;
 use crate::checkpoint::Checkpoint;
 use crate::error::Error;
 use crate::error::Result;
-use crate::generate::{decode_plain, SamplingOptions};
+use crate::generate::decode_plain;
 use crate::model::LlavaModel;
-use crate::spec::adapt::CostModel;
-use crate::spec::decode::{decode_speculative, SpecInputs, SpecResult};
-use crate::spec::events::RoundEvent;
-use crate::spec::SpecOptions;
+use crate::sampling::SamplingOptions;
+use crate::speculative::adapt::CostModel;
+use crate::speculative::decode::{decode_speculative, SpecInputs, SpecResult};
+use crate::speculative::events::RoundEvent;
+use crate::speculative::SpecOptions;
 use crate::weights::NameStyle;
 
 /// What the user asks for; the defaults are what the CLI and the app use.

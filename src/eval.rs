@@ -9,8 +9,8 @@ use crate::backend::Backend;
 use crate::caption::{CaptionRequest, Captioner, Drafter};
 use crate::error::Result;
 use crate::scenes::{self, AttributeScores};
-use crate::spec::adapt::CostModel;
-use crate::spec::SpecOptions;
+use crate::speculative::adapt::CostModel;
+use crate::speculative::SpecOptions;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EvalReport {

@@ -6,11 +6,11 @@
 //! `<image>` token. Text: token embeddings with the image features written at the image-token
 //! positions -> decoder -> logits.
 
-use crate::backend::{AttnMask, Backend};
+use crate::backend::Backend;
 use crate::config::{LlavaConfig, SelectStrategy};
 use crate::error::{Error, Result};
 use crate::projector::Projector;
-use crate::text::decoder::{Decoder, LogitRows};
+use crate::text::decoder::{Decoder, Step};
 use crate::vision::tower::VisionTower;
 use crate::weights::{NameStyle, WeightStore};
 
@@ -113,19 +113,9 @@ impl<B: Backend> LlavaModel<B> {
         }
     }
 
-    /// Run the decoder over `x` (new token embeddings) at cache slots `start..`, positions and
-    /// mask given; returns logits for `rows`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward(
-        &self,
-        b: &B,
-        cache: &mut B::Cache,
-        start: usize,
-        x: B::Tensor,
-        positions: &[u32],
-        mask: &AttnMask,
-        rows: LogitRows,
-    ) -> B::Tensor {
-        self.text.forward(b, cache, start, x, positions, mask, rows)
+    /// Run the decoder over `x` (new token embeddings) as `step` places them; returns logits for
+    /// `step.rows`.
+    pub fn forward(&self, b: &B, cache: &mut B::Cache, x: B::Tensor, step: &Step) -> B::Tensor {
+        self.text.forward(b, cache, x, step)
     }
 }

@@ -4,12 +4,12 @@
 use crate::backend::Backend;
 use crate::config::LlavaConfig;
 use crate::error::Result;
-use crate::vision::tower::load;
+use crate::nn::{Linear, Weights};
 use crate::weights::WeightStore;
 
 pub struct Projector<B: Backend> {
-    linear_1: (B::Weight, Option<B::Weight>),
-    linear_2: (B::Weight, Option<B::Weight>),
+    linear_1: Linear<B>,
+    linear_2: Linear<B>,
     act: crate::config::Activation,
 }
 
@@ -17,25 +17,17 @@ impl<B: Backend> Projector<B> {
     pub fn load(b: &B, store: &WeightStore, prefix: &str, cfg: &LlavaConfig) -> Result<Self> {
         let in_dim = cfg.vision.hidden_size * cfg.vision_feature_layers.len();
         let out_dim = cfg.text.hidden_size;
-        let lin = |name: &str, o: usize, i: usize| -> Result<(B::Weight, Option<B::Weight>)> {
-            let w = load(b, store, &format!("{prefix}{name}.weight"), &[o, i])?;
-            let bias = if cfg.projector_bias {
-                Some(load(b, store, &format!("{prefix}{name}.bias"), &[o])?)
-            } else {
-                None
-            };
-            Ok((w, bias))
-        };
+        let w = Weights::new(b, store, prefix);
+        let bias = cfg.projector_bias;
         Ok(Projector {
-            linear_1: lin("linear_1", out_dim, in_dim)?,
-            linear_2: lin("linear_2", out_dim, out_dim)?,
+            linear_1: Linear::load(&w.pp("linear_1"), out_dim, in_dim, bias)?,
+            linear_2: Linear::load(&w.pp("linear_2"), out_dim, out_dim, bias)?,
             act: cfg.projector_hidden_act,
         })
     }
 
     pub fn forward(&self, b: &B, features: &B::Tensor) -> B::Tensor {
-        let x = b.linear(features, &self.linear_1.0, self.linear_1.1.as_ref());
-        let x = b.activate(&x, self.act);
-        b.linear(&x, &self.linear_2.0, self.linear_2.1.as_ref())
+        let x = self.linear_1.forward(b, features);
+        self.linear_2.forward(b, &b.activate(&x, self.act))
     }
 }

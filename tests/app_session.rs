@@ -12,10 +12,11 @@ use spec_llava::app::messages::{
 };
 use spec_llava::app::session::Session;
 use spec_llava::backend::cpu::CpuBackend;
-use spec_llava::checkpoint::{Checkpoint, DirFiles, MemoryFiles};
+use spec_llava::checkpoint::Checkpoint;
+use spec_llava::files::{DirFiles, MemoryFiles};
 use spec_llava::scenes;
-use spec_llava::spec::events::{NodeEvent, RoundEvent, RoundTimings};
-use spec_llava::spec::tree::NodeStatus;
+use spec_llava::speculative::events::{NodeEvent, RoundEvent, RoundTimings};
+use spec_llava::speculative::tree::NodeStatus;
 use spec_llava::Error;
 
 fn demo(which: &str) -> PathBuf {

@@ -4,11 +4,10 @@
 //! relative, 16 greedy tokens identical — through the library and through `spec-llava caption`.
 
 use spec_llava::backend::cpu::CpuBackend;
-use spec_llava::backend::AttnMask;
 use spec_llava::caption::{CaptionRequest, Captioner};
 use spec_llava::checkpoint::Checkpoint;
 use spec_llava::image_io;
-use spec_llava::text::decoder::LogitRows;
+use spec_llava::text::decoder::Step;
 use spec_llava::weights::{widen, DType};
 
 mod common;
@@ -139,17 +138,7 @@ fn check_fixture(name: &str) {
         let x = m.embed_prompt(&b, &prompt_ids, Some(&features)).unwrap();
         let mut cache = m.text.new_cache(&b, prompt_ids.len());
         let pos: Vec<u32> = (0..prompt_ids.len() as u32).collect();
-        let logits = m
-            .forward(
-                &b,
-                &mut cache,
-                0,
-                x,
-                &pos,
-                &AttnMask::Causal,
-                LogitRows::Last,
-            )
-            .data;
+        let logits = m.forward(&b, &mut cache, x, &Step::causal(0, &pos)).data;
         let ref_logits = tensor(&r, &format!("case{i}.logits"));
         let scale = ref_logits.iter().fold(0f32, |a, v| a.max(v.abs()));
         let rel = max_abs_diff(&logits, &ref_logits) / scale;

@@ -9,7 +9,7 @@ use spec_llava::backend::cpu::CpuBackend;
 use spec_llava::caption::{CaptionRequest, Captioner};
 use spec_llava::checkpoint::Checkpoint;
 use spec_llava::eval::{bench, evaluate};
-use spec_llava::spec::SpecOptions;
+use spec_llava::speculative::SpecOptions;
 
 const B: CpuBackend = CpuBackend;
 

@@ -22,8 +22,6 @@ use spec_llava::backend::gpu::{GpuBackend, GpuOptions};
 use spec_llava::backend::{AttnMask, Backend, Heads, Rope, TopK};
 use spec_llava::config::Activation;
 
-
-
 fn random(rng: &mut StdRng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }
@@ -737,8 +735,8 @@ fn top_k_and_log_sum_exp_match_cpu() {
                     .iter()
                     .map(|v| if v.is_nan() { f32::NEG_INFINITY } else { *v })
                     .collect();
-                assert_eq!(b.ids[0], spec_llava::generate::argmax(&finite), "{what}");
-                let lse = spec_llava::spec::tree::log_softmax(&finite);
+                assert_eq!(b.ids[0], spec_llava::sampling::argmax(&finite), "{what}");
+                let lse = spec_llava::speculative::tree::log_softmax(&finite);
                 assert!(
                     (b.values[0] - b.lse - lse[b.ids[0] as usize]).abs() < 1e-4,
                     "{what}"

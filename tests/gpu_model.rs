@@ -8,19 +8,15 @@
 mod common;
 use common::{checkpoint_dir, fixtures_dir, gpu};
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use spec_llava::backend::cpu::CpuBackend;
-use spec_llava::backend::gpu::GpuBackend;
 use spec_llava::backend::{AttnMask, Backend};
 use spec_llava::caption::{CaptionRequest, Captioner};
 use spec_llava::checkpoint::Checkpoint;
 use spec_llava::image_io;
 use spec_llava::model::LlavaModel;
-use spec_llava::text::decoder::LogitRows;
-
-
-
+use spec_llava::text::decoder::{LogitRows, Step};
 
 /// (image path, prompt) of every recorded case.
 fn cases(name: &str) -> Vec<(PathBuf, String)> {
@@ -66,18 +62,7 @@ fn tree_round<B: Backend>(b: &B, m: &LlavaModel<B>, pixels: &[f32], ids: &[u32])
     let len = ids.len();
     let mut cache = m.text.new_cache(b, len + 8);
     let pos: Vec<u32> = (0..len as u32).collect();
-    let prefill = read(
-        b,
-        &m.forward(
-            b,
-            &mut cache,
-            0,
-            x,
-            &pos,
-            &AttnMask::Causal,
-            LogitRows::Last,
-        ),
-    );
+    let prefill = read(b, &m.forward(b, &mut cache, x, &Step::causal(0, &pos)));
 
     // Nodes 0..3 form one branch (0 -> 1 -> 2), nodes 3..6 another (3 -> 4, 3 -> 5).
     let parent: [Option<usize>; 6] = [None, Some(0), Some(1), None, Some(3), Some(3)];
@@ -99,7 +84,17 @@ fn tree_round<B: Backend>(b: &B, m: &LlavaModel<B>, pixels: &[f32], ids: &[u32])
     let mask = AttnMask::Tree { ctx: 0, n, allowed };
     let tree = read(
         b,
-        &m.forward(b, &mut cache, len, x, &positions, &mask, LogitRows::All),
+        &m.forward(
+            b,
+            &mut cache,
+            x,
+            &Step {
+                start: len,
+                positions: &positions,
+                mask: &mask,
+                rows: LogitRows::All,
+            },
+        ),
     );
 
     // Accept the second branch's path 3 -> 5, then decode after it.
@@ -107,15 +102,7 @@ fn tree_round<B: Backend>(b: &B, m: &LlavaModel<B>, pixels: &[f32], ids: &[u32])
     let x = m.text.embed(b, &[11 % vocab]);
     let next = read(
         b,
-        &m.forward(
-            b,
-            &mut cache,
-            len + 2,
-            x,
-            &[len as u32 + 2],
-            &AttnMask::Causal,
-            LogitRows::Last,
-        ),
+        &m.forward(b, &mut cache, x, &Step::causal(len + 2, &[len as u32 + 2])),
     );
     vec![prefill, tree, next]
 }

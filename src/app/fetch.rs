@@ -13,8 +13,8 @@ use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{Cache, Response};
 
-use crate::checkpoint::{MemoryFiles, INDEX_FILE, WEIGHTS_FILE};
 use crate::error::{Error, Result};
+use crate::files::{MemoryFiles, INDEX_FILE, WEIGHTS_FILE};
 use crate::weights::shard_names;
 
 /// Cache API bucket for model files (the service worker serves from it too).

@@ -5,7 +5,7 @@
 //! subtrees never share a column range, so nodes on one row are at least one column apart for
 //! any tree (the view handles 1–128 nodes; the tests check up to 256).
 
-use crate::spec::events::NodeEvent;
+use crate::speculative::events::NodeEvent;
 
 /// Column and row of every node (same order as the input), and the grid's size.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,7 +61,7 @@ pub fn layout(nodes: &[NodeEvent]) -> TreeLayout {
 
 /// Acceptance by depth over rounds: for each depth d >= 1, the share of rounds whose tree reached
 /// depth d in which the target accepted at least d tokens.
-pub fn acceptance_by_depth(rounds: &[crate::spec::events::RoundEvent]) -> Vec<f64> {
+pub fn acceptance_by_depth(rounds: &[crate::speculative::events::RoundEvent]) -> Vec<f64> {
     let max_depth = rounds
         .iter()
         .flat_map(|r| r.nodes.iter().map(|n| n.depth))

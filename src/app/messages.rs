@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::caption::{CaptionRequest, SpecSummary};
 use crate::error::{Error, Result};
-use crate::generate::SamplingOptions;
-use crate::spec::events::RoundEvent;
-use crate::spec::SpecOptions;
+use crate::sampling::SamplingOptions;
+use crate::speculative::events::RoundEvent;
+use crate::speculative::SpecOptions;
 
 /// Which executor runs the models.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,10 +8,11 @@
 use crate::app::messages::{Event, ModelInfo, ModelRole, RunMode, RunResult, Settings};
 use crate::backend::Backend;
 use crate::caption::{Caption, CaptionRequest, Captioner, Drafter};
-use crate::checkpoint::{Checkpoint, CheckpointFiles};
+use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
+use crate::files::CheckpointFiles;
 use crate::image_io;
-use crate::spec::events::RoundEvent;
+use crate::speculative::events::RoundEvent;
 
 pub struct Session<B: Backend> {
     pub backend: B,

@@ -19,8 +19,8 @@ use crate::app::messages::{BackendKind, Event, ModelRole, Request};
 use crate::app::session::Session;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::gpu::GpuBackend;
-use crate::checkpoint::MemoryFiles;
 use crate::error::{Error, Result};
+use crate::files::MemoryFiles;
 
 enum Engine {
     Gpu(Session<GpuBackend>),

@@ -4,6 +4,7 @@
 //! Numerics follow transformers' eager PyTorch path: norms and softmax in f32, RoPE tables computed
 //! from f32 inverse frequencies, exact erf GELU.
 
+use crate::backend::math::{rope_inv_freq, softmax_in_place};
 use crate::backend::{AttnMask, Backend, Heads, Rope};
 use crate::config::Activation;
 
@@ -104,30 +105,6 @@ pub fn activation(x: f32, act: Activation) -> f32 {
         Activation::Silu => x / (1.0 + (-x).exp()),
         Activation::Relu => x.max(0.0),
     }
-}
-
-/// `softmax` in place over `xs`, ignoring entries equal to `-inf`.
-pub fn softmax_in_place(xs: &mut [f32]) {
-    let max = xs.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
-    for x in xs.iter_mut() {
-        *x = (*x - max).exp();
-        sum += *x;
-    }
-    for x in xs.iter_mut() {
-        *x /= sum;
-    }
-}
-
-/// Inverse frequencies as transformers computes them (in f32).
-pub fn rope_inv_freq(head_dim: usize, rope: Rope) -> Vec<f32> {
-    (0..head_dim / 2)
-        .map(|i| {
-            let exponent = (2 * i) as f32 / head_dim as f32;
-            let inv = 1.0 / (rope.theta as f32).powf(exponent);
-            (inv as f64 / rope.linear_factor) as f32
-        })
-        .collect()
 }
 
 impl CpuBackend {

@@ -8,6 +8,9 @@
 
 pub mod cpu;
 pub mod gpu;
+pub mod math;
+
+pub use math::Rope;
 
 use crate::config::Activation;
 use crate::quant::WeightData;
@@ -49,14 +52,6 @@ pub struct Heads {
     pub q_heads: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
-}
-
-/// Rotary position embedding parameters (rotate-half convention, as in transformers' Llama).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Rope {
-    pub theta: f64,
-    /// Linear scaling: positions are divided by this factor.
-    pub linear_factor: f64,
 }
 
 /// Most entries `Backend::top_k` keeps per row (the kernel's `MAX_K`).

@@ -16,10 +16,10 @@ use spec_llava::backend::gpu::GpuBackend;
 use spec_llava::backend::Backend;
 use spec_llava::caption::{Caption, CaptionRequest, Captioner, Drafter};
 use spec_llava::checkpoint::Checkpoint;
-use spec_llava::generate::SamplingOptions;
 use spec_llava::image_io;
-use spec_llava::spec::events::RoundEvent;
-use spec_llava::spec::SpecOptions;
+use spec_llava::sampling::SamplingOptions;
+use spec_llava::speculative::events::RoundEvent;
+use spec_llava::speculative::SpecOptions;
 use spec_llava::{Error, Result};
 
 #[derive(Parser)]

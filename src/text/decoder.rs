@@ -8,21 +8,16 @@
 use crate::backend::{AttnMask, Backend, Heads, Rope};
 use crate::config::TextConfig;
 use crate::error::{Error, Result};
-use crate::vision::tower::load;
+use crate::nn::{Linear, RmsNorm, Weights};
 use crate::weights::{NameStyle, WeightStore};
 
-struct Linear<B: Backend> {
-    w: B::Weight,
-    b: Option<B::Weight>,
-}
-
 struct DecoderLayer<B: Backend> {
-    input_norm: B::Weight,
+    input_norm: RmsNorm<B>,
     q: Linear<B>,
     k: Linear<B>,
     v: Linear<B>,
     o: Linear<B>,
-    post_norm: B::Weight,
+    post_norm: RmsNorm<B>,
     gate: Linear<B>,
     up: Linear<B>,
     down: Linear<B>,
@@ -32,7 +27,7 @@ pub struct Decoder<B: Backend> {
     pub cfg: TextConfig,
     embed_tokens: B::Weight,
     layers: Vec<DecoderLayer<B>>,
-    norm: B::Weight,
+    norm: RmsNorm<B>,
     /// `None` when tied to `embed_tokens`.
     lm_head: Option<B::Weight>,
 }
@@ -46,51 +41,69 @@ pub enum LogitRows {
     All,
 }
 
+/// Where one forward pass writes and what it sees: new tokens go to cache slots
+/// `start..start + n` at the given position ids, attend as `mask` allows, and get logits for
+/// `rows`. Prefill, a plain decoding step and a speculation tree are all one `Step`.
+#[derive(Debug, Clone, Copy)]
+pub struct Step<'a> {
+    pub start: usize,
+    pub positions: &'a [u32],
+    pub mask: &'a AttnMask,
+    pub rows: LogitRows,
+}
+
+impl<'a> Step<'a> {
+    /// Causal tokens at slots `start..` whose positions equal their slots (prefill, plain decoding):
+    /// logits for the last one.
+    pub fn causal(start: usize, positions: &'a [u32]) -> Self {
+        Step {
+            start,
+            positions,
+            mask: &AttnMask::Causal,
+            rows: LogitRows::Last,
+        }
+    }
+}
+
+impl<B: Backend> DecoderLayer<B> {
+    fn load(w: &Weights<B>, cfg: &TextConfig) -> Result<Self> {
+        let (d, inter, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.rms_norm_eps);
+        let (qd, kvd) = (
+            cfg.num_attention_heads * cfg.head_dim,
+            cfg.num_key_value_heads * cfg.head_dim,
+        );
+        let (attn, mlp) = (w.pp("self_attn"), w.pp("mlp"));
+        let bias = cfg.attention_bias;
+        Ok(DecoderLayer {
+            input_norm: RmsNorm::load(&w.pp("input_layernorm"), d, eps)?,
+            q: Linear::load(&attn.pp("q_proj"), qd, d, bias)?,
+            k: Linear::load(&attn.pp("k_proj"), kvd, d, bias)?,
+            v: Linear::load(&attn.pp("v_proj"), kvd, d, bias)?,
+            // Qwen2 has no bias on o_proj; Llama's `attention_bias` covers o_proj too.
+            o: Linear::load(
+                &attn.pp("o_proj"),
+                d,
+                qd,
+                bias && cfg.kind == crate::config::TextKind::Llama,
+            )?,
+            post_norm: RmsNorm::load(&w.pp("post_attention_layernorm"), d, eps)?,
+            gate: Linear::load(&mlp.pp("gate_proj"), inter, d, cfg.mlp_bias)?,
+            up: Linear::load(&mlp.pp("up_proj"), inter, d, cfg.mlp_bias)?,
+            down: Linear::load(&mlp.pp("down_proj"), d, inter, cfg.mlp_bias)?,
+        })
+    }
+}
+
 impl<B: Backend> Decoder<B> {
     pub fn load(b: &B, store: &WeightStore, names: &NameStyle, cfg: &TextConfig) -> Result<Self> {
-        let p = &names.text;
-        let (d, hd) = (cfg.hidden_size, cfg.head_dim);
-        let (qd, kvd) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
-        let lin = |name: &str, o: usize, i: usize, bias: bool| -> Result<Linear<B>> {
-            Ok(Linear {
-                w: load(b, store, &format!("{name}.weight"), &[o, i])?,
-                b: if bias {
-                    Some(load(b, store, &format!("{name}.bias"), &[o])?)
-                } else {
-                    None
-                },
-            })
-        };
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for i in 0..cfg.num_hidden_layers {
-            let l = format!("{p}layers.{i}.");
-            let inter = cfg.intermediate_size;
-            layers.push(DecoderLayer {
-                input_norm: load(b, store, &format!("{l}input_layernorm.weight"), &[d])?,
-                q: lin(&format!("{l}self_attn.q_proj"), qd, d, cfg.attention_bias)?,
-                k: lin(&format!("{l}self_attn.k_proj"), kvd, d, cfg.attention_bias)?,
-                v: lin(&format!("{l}self_attn.v_proj"), kvd, d, cfg.attention_bias)?,
-                // Qwen2 has no bias on o_proj; Llama's `attention_bias` covers o_proj too.
-                o: lin(
-                    &format!("{l}self_attn.o_proj"),
-                    d,
-                    qd,
-                    cfg.attention_bias && cfg.kind == crate::config::TextKind::Llama,
-                )?,
-                post_norm: load(
-                    b,
-                    store,
-                    &format!("{l}post_attention_layernorm.weight"),
-                    &[d],
-                )?,
-                gate: lin(&format!("{l}mlp.gate_proj"), inter, d, cfg.mlp_bias)?,
-                up: lin(&format!("{l}mlp.up_proj"), inter, d, cfg.mlp_bias)?,
-                down: lin(&format!("{l}mlp.down_proj"), d, inter, cfg.mlp_bias)?,
-            });
-        }
-        let embed_name = format!("{p}embed_tokens.weight");
-        let lm_head = if store.contains(&names.lm_head) {
-            Some(load(b, store, &names.lm_head, &[cfg.vocab_size, d])?)
+        let w = Weights::new(b, store, &names.text);
+        let d = cfg.hidden_size;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| DecoderLayer::load(&w.pp(&format!("layers.{i}")), cfg))
+            .collect::<Result<Vec<_>>>()?;
+        let root = Weights::new(b, store, "");
+        let lm_head = if root.contains(&names.lm_head) {
+            Some(root.get(&names.lm_head, &[cfg.vocab_size, d])?)
         } else if cfg.tie_word_embeddings {
             None
         } else {
@@ -104,9 +117,9 @@ impl<B: Backend> Decoder<B> {
         };
         Ok(Decoder {
             cfg: cfg.clone(),
-            embed_tokens: load(b, store, &embed_name, &[cfg.vocab_size, d])?,
+            embed_tokens: w.get("embed_tokens.weight", &[cfg.vocab_size, d])?,
             layers,
-            norm: load(b, store, &format!("{p}norm.weight"), &[d])?,
+            norm: RmsNorm::load(&w.pp("norm"), d, cfg.rms_norm_eps)?,
             lm_head,
         })
     }
@@ -131,46 +144,39 @@ impl<B: Backend> Decoder<B> {
         b.embed(&self.embed_tokens, ids)
     }
 
-    /// Run the decoder over new token embeddings `x: [n, hidden]` placed at cache slots
-    /// `start..start + n`, with the given position ids and mask; returns logits for `rows`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward(
-        &self,
-        b: &B,
-        cache: &mut B::Cache,
-        start: usize,
-        x: B::Tensor,
-        positions: &[u32],
-        mask: &AttnMask,
-        rows: LogitRows,
-    ) -> B::Tensor {
+    /// Run the decoder over new token embeddings `x: [n, hidden]` as `step` places them; returns
+    /// logits for `step.rows`.
+    pub fn forward(&self, b: &B, cache: &mut B::Cache, x: B::Tensor, step: &Step) -> B::Tensor {
         let cfg = &self.cfg;
         let heads = self.heads();
         let rope = Rope {
             theta: cfg.rope_theta,
             linear_factor: cfg.rope_linear_factor,
         };
+        let positions = step.positions;
         let mut h = x;
         for (i, layer) in self.layers.iter().enumerate() {
-            let x = b.rms_norm(&h, &layer.input_norm, cfg.rms_norm_eps);
-            let q = b.linear(&x, &layer.q.w, layer.q.b.as_ref());
-            let k = b.linear(&x, &layer.k.w, layer.k.b.as_ref());
-            let v = b.linear(&x, &layer.v.w, layer.v.b.as_ref());
+            let x = layer.input_norm.forward(b, &h);
+            let q = layer.q.forward(b, &x);
+            let k = layer.k.forward(b, &x);
+            let v = layer.v.forward(b, &x);
             let q = b.rope(&q, positions, heads.q_heads, heads.head_dim, rope);
             let k = b.rope(&k, positions, heads.kv_heads, heads.head_dim, rope);
-            let a = b.cached_attention(cache, i, start, &q, &k, &v, mask, heads);
-            h = b.add(&h, &b.linear(&a, &layer.o.w, layer.o.b.as_ref()));
-            let x = b.rms_norm(&h, &layer.post_norm, cfg.rms_norm_eps);
-            let gate = b.linear(&x, &layer.gate.w, layer.gate.b.as_ref());
-            let up = b.linear(&x, &layer.up.w, layer.up.b.as_ref());
-            let m = b.gated(&gate, &up, cfg.hidden_act);
-            h = b.add(&h, &b.linear(&m, &layer.down.w, layer.down.b.as_ref()));
+            let a = b.cached_attention(cache, i, step.start, &q, &k, &v, step.mask, heads);
+            h = b.add(&h, &layer.o.forward(b, &a));
+            let x = layer.post_norm.forward(b, &h);
+            let m = b.gated(
+                &layer.gate.forward(b, &x),
+                &layer.up.forward(b, &x),
+                cfg.hidden_act,
+            );
+            h = b.add(&h, &layer.down.forward(b, &m));
         }
         let n = b.dims(&h).0;
-        if rows == LogitRows::Last && n > 1 {
+        if step.rows == LogitRows::Last && n > 1 {
             h = b.slice_rows(&h, n - 1, n);
         }
-        let h = b.rms_norm(&h, &self.norm, cfg.rms_norm_eps);
+        let h = self.norm.forward(b, &h);
         b.linear(
             &h,
             self.lm_head.as_ref().unwrap_or(&self.embed_tokens),

@@ -26,7 +26,7 @@ use std::fmt;
 #[cfg(not(target_arch = "wasm32"))]
 use std::path::Path;
 
-use crate::checkpoint::CheckpointFiles;
+use crate::files::CheckpointFiles;
 
 use minijinja::value::{Kwargs, ValueKind};
 use minijinja::{Environment, ErrorKind, Value};
@@ -129,7 +129,7 @@ impl TextTokenizer {
     /// `chat_template.json` or tokenizer_config.json, in that order.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn load(dir: &Path) -> Result<Self> {
-        let files = crate::checkpoint::DirFiles(dir.to_path_buf());
+        let files = crate::files::DirFiles(dir.to_path_buf());
         Self::from_files(&files)
     }
 

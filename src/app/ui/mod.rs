@@ -22,7 +22,7 @@ use wasm_bindgen::prelude::*;
 
 use crate::app::bridge;
 use crate::app::messages::{BackendKind, Event, ModelInfo, Request, RunMode, RunResult, Settings};
-use crate::spec::events::{NodeEvent, RoundEvent};
+use crate::speculative::events::{NodeEvent, RoundEvent};
 
 /// What the status hook reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use leptos::prelude::*;
 
 use super::AppState;
 use crate::app::layout::layout;
-use crate::spec::tree::NodeStatus;
+use crate::speculative::tree::NodeStatus;
 
 const DX: f32 = 46.0;
 const DY: f32 = 52.0;

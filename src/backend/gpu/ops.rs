@@ -2,7 +2,7 @@
 //! Numerics follow the CPU reference (src/backend/cpu.rs); where the two differ it is only in the
 //! order of floating-point sums.
 
-use crate::backend::cpu::rope_inv_freq;
+use crate::backend::math::rope_inv_freq;
 use crate::backend::{AttnMask, Backend, Heads, Rope};
 use crate::config::Activation;
 use crate::quant::WeightData;

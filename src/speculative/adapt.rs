@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::backend::{AttnMask, Backend};
 use crate::model::LlavaModel;
-use crate::text::decoder::LogitRows;
+use crate::text::decoder::{LogitRows, Step};
 
 /// Measured costs on one device, in milliseconds.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -96,11 +96,8 @@ async fn time_pass<B: Backend>(b: &B, model: &LlavaModel<B>, prefix: usize, n: u
     let logits = model.forward(
         b,
         &mut cache,
-        0,
         model.text.embed(b, &ids),
-        &pos,
-        &AttnMask::Causal,
-        LogitRows::Last,
+        &Step::causal(0, &pos),
     );
     b.read(&logits).await;
     let mut times = Vec::new();
@@ -117,11 +114,13 @@ async fn time_pass<B: Backend>(b: &B, model: &LlavaModel<B>, prefix: usize, n: u
         let logits = model.forward(
             b,
             &mut cache,
-            prefix,
             model.text.embed(b, &ids),
-            &pos,
-            &mask,
-            LogitRows::All,
+            &Step {
+                start: prefix,
+                positions: &pos,
+                mask: &mask,
+                rows: LogitRows::All,
+            },
         );
         b.read(&logits).await;
         times.push(t.elapsed().as_secs_f64() * 1e3);

@@ -1,6 +1,6 @@
 //! Speculative decoding on the WebGPU engine (lavapipe here): greedy output identical to plain
 //! decoding on every fixture, for a chain, a wide tree, a perfect and a random-weight draft —
-//! the same backend-agnostic loop the CPU tests check in tests/spec.rs.
+//! the same backend-agnostic loop the CPU tests check in tests/speculative.rs.
 //! Without an adapter these tests FAIL, unless `SPEC_LLAVA_SKIP_GPU=1` is set.
 
 use common::gpu;
@@ -8,12 +8,10 @@ use common::gpu;
 mod common;
 
 use common::{checkpoint_dir, fixtures_dir, random_weights_copy};
-use spec_llava::backend::gpu::GpuBackend;
 use spec_llava::caption::{CaptionRequest, Captioner};
 use spec_llava::checkpoint::Checkpoint;
 use spec_llava::image_io;
-use spec_llava::spec::SpecOptions;
-
+use spec_llava::speculative::SpecOptions;
 
 #[test]
 fn greedy_speculation_on_the_gpu_equals_plain_decoding() {

@@ -10,8 +10,8 @@
 //! child is rejected the next token is drawn from what is left of p. Each emitted token is then
 //! distributed exactly as the target's (temperature / top-p applied to p before verifying).
 
-use crate::generate::{argmax, draw, sampling_distribution, Sampler};
-use crate::spec::tree::{DraftTree, Node, NodeStatus};
+use crate::sampling::{argmax, draw, sampling_distribution, Sampler};
+use crate::speculative::tree::{DraftTree, Node, NodeStatus};
 
 /// The target's output at each verified node: its argmax (all greedy verification needs, read
 /// back as `Backend::top_k(_, 1)`), or whole logits rows (sampling).

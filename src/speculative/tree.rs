@@ -137,15 +137,36 @@ impl DraftTree {
     /// node `order[j]` is `order[i]` or one of its ancestors.
     pub fn ancestor_mask(&self, order: &[usize]) -> Vec<bool> {
         let n = order.len();
-        let index = |node: usize| order.iter().position(|&o| o == node);
         let mut allowed = vec![false; n * n];
         for (i, &node) in order.iter().enumerate() {
-            let mut cur = Some(node);
-            while let Some(c) = cur {
-                if let Some(j) = index(c) {
+            for a in self.path_to_root(node) {
+                if let Some(j) = order.iter().position(|&o| o == a) {
                     allowed[i * n + j] = true;
                 }
-                cur = self.nodes[c].parent;
+            }
+        }
+        allowed
+    }
+
+    /// `node`, then its parent, and so on up to the root.
+    pub fn path_to_root(&self, node: usize) -> impl Iterator<Item = usize> + '_ {
+        std::iter::successors(Some(node), |&c| self.nodes[c].parent)
+    }
+
+    /// The mask of one draft pass over `frontier` (an [`crate::backend::AttnMask::Tree`] with
+    /// region `ctx + n`): the tree's nodes drafted in earlier passes sit at draft cache slots
+    /// `tree_start..tree_start + ctx`; frontier node `i` sees itself and those of its ancestors.
+    /// (The root and the accepted context lie before the region: always visible.)
+    pub fn draft_mask(&self, frontier: &[usize], tree_start: usize, ctx: usize) -> Vec<bool> {
+        let n = frontier.len();
+        let width = ctx + n;
+        let mut allowed = vec![false; n * width];
+        for (i, &f) in frontier.iter().enumerate() {
+            allowed[i * width + ctx + i] = true;
+            for a in self.path_to_root(f).skip(1) {
+                if let Some(slot) = self.nodes[a].draft_slot.filter(|&s| s >= tree_start) {
+                    allowed[i * width + slot - tree_start] = true;
+                }
             }
         }
         allowed

@@ -8,12 +8,13 @@ use common::{checkpoint_dir, fixtures_dir, random_weights_copy};
 use spec_llava::backend::cpu::{CpuBackend, CpuTensor};
 use spec_llava::caption::Captioner;
 use spec_llava::checkpoint::Checkpoint;
-use spec_llava::generate::{decode_plain, SamplingOptions};
+use spec_llava::generate::decode_plain;
 use spec_llava::image_io;
-use spec_llava::spec::adapt::CostModel;
-use spec_llava::spec::decode::{decode_speculative, SpecInputs, SpecResult};
-use spec_llava::spec::tree::NodeStatus;
-use spec_llava::spec::SpecOptions;
+use spec_llava::sampling::SamplingOptions;
+use spec_llava::speculative::adapt::CostModel;
+use spec_llava::speculative::decode::{decode_speculative, SpecInputs, SpecResult};
+use spec_llava::speculative::tree::NodeStatus;
+use spec_llava::speculative::SpecOptions;
 
 const B: CpuBackend = CpuBackend;
 

@@ -1,0 +1,492 @@
+//! The speculative decoding loop (draft tree -> one target pass -> accept -> compact caches),
+//! backend-agnostic: it runs on the CPU reference and on the WebGPU engine unchanged.
+//!
+//! Invariants between rounds: the target's cache holds exactly the accepted context except the
+//! last accepted token (the next root); the draft's cache holds accepted context only, and the
+//! accepted tokens it has not run yet wait in `pending` (they go through the draft together with
+//! the next root, in one causal pass).
+
+use crate::backend::{AttnMask, Backend, TopK, MAX_TOP_K};
+use crate::error::{Error, Result};
+use crate::model::LlavaModel;
+use crate::sampling::{Sampler, SamplingOptions};
+use crate::speculative::adapt::CostModel;
+use crate::speculative::events::{RoundEvent, RoundTimings};
+use crate::speculative::tree::DraftTree;
+use crate::speculative::verify::{verify, TargetRows, Verdict};
+use crate::speculative::SpecOptions;
+use crate::text::decoder::{LogitRows, Step};
+
+/// What speculative decoding produced.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SpecResult {
+    /// Generated ids, EOS excluded.
+    pub tokens: Vec<u32>,
+    pub hit_eos: bool,
+    /// Target passes after prefill (one per round).
+    pub rounds: usize,
+    /// Draft forward passes (prefill excluded).
+    pub draft_passes: usize,
+    pub accepted_per_round: Vec<usize>,
+    /// Draft nodes verified per round (the tree size actually used).
+    pub verified_per_round: Vec<usize>,
+    pub prefill_ms: f64,
+    pub decode_ms: f64,
+}
+
+/// One model and its cache.
+struct Stream<'m, B: Backend> {
+    model: &'m LlavaModel<B>,
+    cache: B::Cache,
+    /// Valid cache slots (= the next position).
+    len: usize,
+}
+
+impl<'m, B: Backend> Stream<'m, B> {
+    /// Prefill the prompt; returns the logits of its last token (on the device, unread).
+    async fn prefill(
+        b: &B,
+        model: &'m LlavaModel<B>,
+        ids: &[u32],
+        features: Option<&B::Tensor>,
+        extra: usize,
+    ) -> Result<(Self, B::Tensor)> {
+        let mut cache = model.text.new_cache(b, ids.len() + extra);
+        let x = model.embed_prompt(b, ids, features)?;
+        let pos: Vec<u32> = (0..ids.len() as u32).collect();
+        let logits = model.forward(b, &mut cache, x, &Step::causal(0, &pos));
+        Ok((
+            Stream {
+                model,
+                cache,
+                len: ids.len(),
+            },
+            logits,
+        ))
+    }
+
+    /// Run `tokens` as `step` places them; returns the logits (on the device, unread).
+    fn run(&mut self, b: &B, tokens: &[u32], step: &Step) -> B::Tensor {
+        let x = self.model.text.embed(b, tokens);
+        self.model.forward(b, &mut self.cache, x, step)
+    }
+
+    /// The `k` best tokens of every logits row with their log-probabilities: all the drafting
+    /// reads back.
+    async fn top_k(&self, b: &B, logits: &B::Tensor, k: usize) -> Vec<Vec<(u32, f32)>> {
+        let vocab = self.model.config.text.vocab_size;
+        let data = b.read(&b.top_k(logits, k)).await;
+        TopK::parse(&data, k.clamp(1, MAX_TOP_K), vocab)
+            .iter()
+            .map(TopK::logprobs)
+            .collect()
+    }
+
+    /// What verification reads: the argmax of every row when greedy, else the rows.
+    async fn verify_rows(&self, b: &B, logits: &B::Tensor, greedy: bool) -> TargetRows {
+        if greedy {
+            let data = b.read(&b.top_k(logits, 1)).await;
+            let vocab = self.model.config.text.vocab_size;
+            return TargetRows::Argmax(
+                TopK::parse(&data, 1, vocab)
+                    .iter()
+                    .map(|t| t.ids.first().copied().unwrap_or(0))
+                    .collect(),
+            );
+        }
+        let vocab = self.model.config.text.vocab_size;
+        TargetRows::Logits(
+            b.read(logits)
+                .await
+                .chunks(vocab)
+                .map(|c| c.to_vec())
+                .collect(),
+        )
+    }
+}
+
+/// Inputs of one speculative generation. The draft may run on another backend `D` than the
+/// target (e.g. a tiny draft on the CPU engine next to a GPU target).
+pub struct SpecInputs<'a, B: Backend, D: Backend = B> {
+    pub target: &'a LlavaModel<B>,
+    pub draft: &'a LlavaModel<D>,
+    pub target_ids: &'a [u32],
+    pub draft_ids: &'a [u32],
+    pub target_features: Option<&'a B::Tensor>,
+    pub draft_features: Option<&'a D::Tensor>,
+    pub eos: &'a [u32],
+    pub max_new_tokens: usize,
+    pub sampling: SamplingOptions,
+    pub options: SpecOptions,
+    /// Measured device costs: when given, depth and node count are chosen each round to maximise
+    /// expected tokens per second (`options` become upper bounds).
+    pub cost: Option<&'a CostModel>,
+}
+
+/// Generate with speculation, the target on `b` and the draft on `d`. `on_round` receives every
+/// round's event (token text via `text`) and may return `false` to cancel.
+pub async fn decode_speculative<B: Backend, D: Backend>(
+    b: &B,
+    d: &D,
+    inp: SpecInputs<'_, B, D>,
+    text: &dyn Fn(u32) -> String,
+    mut on_round: impl FnMut(&RoundEvent) -> bool,
+) -> Result<SpecResult> {
+    let mut run = Speculation::start(b, d, inp).await?;
+    let t1 = web_time::Instant::now();
+    while !run.finished() {
+        let mut round = Round::draft(&mut run).await;
+        let verdict = round.verify(&mut run).await;
+        let stopped = round.commit(&mut run, &verdict);
+        let event = RoundEvent::new(
+            run.out.rounds,
+            &round.tree,
+            verdict.accepted.len(),
+            round.emitted,
+            round.timings,
+            text,
+        );
+        if !on_round(&event) {
+            return Err(Error::Cancelled);
+        }
+        if stopped {
+            break;
+        }
+        run.root = verdict.bonus;
+    }
+    run.out.decode_ms = t1.elapsed().as_secs_f64() * 1e3;
+    Ok(run.out)
+}
+
+/// The state that lives across rounds: both models' caches, the sampler, the next root and the
+/// output so far.
+struct Speculation<'a, B: Backend, D: Backend> {
+    b: &'a B,
+    d: &'a D,
+    inp: SpecInputs<'a, B, D>,
+    target: Stream<'a, B>,
+    draft: Stream<'a, D>,
+    sampler: Sampler,
+    /// The last accepted token: in neither cache yet; the next round's tree grows from it.
+    root: u32,
+    /// Accepted tokens the draft has not run yet (see the module invariants).
+    pending: Vec<u32>,
+    out: SpecResult,
+    /// Output tokens already reported in a round event.
+    reported: usize,
+}
+
+impl<'a, B: Backend, D: Backend> Speculation<'a, B, D> {
+    /// Check the options, prefill both models and pick the first token from the target.
+    async fn start(b: &'a B, d: &'a D, inp: SpecInputs<'a, B, D>) -> Result<Self> {
+        inp.sampling.validate()?;
+        inp.options.validate()?;
+        let opts = inp.options;
+        let mut sampler = Sampler::new(inp.sampling);
+        let t0 = web_time::Instant::now();
+        let tree_room = opts.budget + 1;
+        let (target, logits) = Stream::prefill(
+            b,
+            inp.target,
+            inp.target_ids,
+            inp.target_features,
+            inp.max_new_tokens + tree_room,
+        )
+        .await?;
+        let root = sampler.pick_from(b, &logits).await;
+        let draft_room = inp.max_new_tokens + opts.depth * opts.top_k + 2;
+        // The draft's prompt logits are not needed: its first pass in each round re-runs the root.
+        let (draft, _) =
+            Stream::prefill(d, inp.draft, inp.draft_ids, inp.draft_features, draft_room).await?;
+        let mut out = SpecResult {
+            prefill_ms: t0.elapsed().as_secs_f64() * 1e3,
+            ..Default::default()
+        };
+        if inp.eos.contains(&root) {
+            out.hit_eos = true;
+        } else if inp.max_new_tokens > 0 {
+            out.tokens.push(root);
+        }
+        Ok(Speculation {
+            b,
+            d,
+            inp,
+            target,
+            draft,
+            sampler,
+            root,
+            pending: Vec::new(),
+            out,
+            reported: 0,
+        })
+    }
+
+    fn finished(&self) -> bool {
+        self.out.hit_eos || self.out.tokens.len() >= self.inp.max_new_tokens
+    }
+}
+
+/// One round: the draft tree, the nodes sent to the target, and what the round added.
+struct Round {
+    tree: DraftTree,
+    /// Draft cache slot of the root; tree nodes drafted this round follow it.
+    root_slot: usize,
+    /// Most nodes the tree may verify (root excluded), before the cost model's choice.
+    budget: usize,
+    /// Nodes verified, root first (indices into `tree.nodes`).
+    order: Vec<usize>,
+    /// The target's cache length when the round started (the root's slot there).
+    target_start: usize,
+    emitted: Vec<u32>,
+    timings: RoundTimings,
+    started: web_time::Instant,
+}
+
+impl Round {
+    /// Draft: catch up on accepted tokens and run the root in one causal pass, then deepen the
+    /// tree one batched pass per level while it is worth it, and select the nodes to verify.
+    async fn draft<B: Backend, D: Backend>(run: &mut Speculation<'_, B, D>) -> Round {
+        let started = web_time::Instant::now();
+        let (d, opts) = (run.d, run.inp.options);
+        let remaining = run.inp.max_new_tokens - run.out.tokens.len();
+        run.pending.push(run.root);
+        let start = run.draft.len;
+        let pos: Vec<u32> = (start as u32..(start + run.pending.len()) as u32).collect();
+        let logits = run.draft.run(d, &run.pending, &Step::causal(start, &pos));
+        let rows = run.draft.top_k(d, &logits, opts.top_k).await;
+        run.out.draft_passes += 1;
+        let root_slot = start + run.pending.len() - 1;
+        let mut tree = DraftTree::new(run.root);
+        tree.nodes[0].draft_slot = Some(root_slot);
+        // Deeper than the tokens still allowed is wasted work: the bonus covers the last one.
+        let max_depth = opts.depth.min(remaining - 1);
+        let mut frontier = match rows.first() {
+            Some(best) if max_depth > 0 => tree.add_children_top(0, best),
+            _ => Vec::new(),
+        };
+        let mut round = Round {
+            tree,
+            root_slot,
+            budget: opts.budget.min(max_depth * opts.top_k),
+            order: Vec::new(),
+            target_start: run.target.len,
+            emitted: Vec::new(),
+            timings: RoundTimings::default(),
+            started,
+        };
+        let mut next_slot = root_slot + 1;
+        for _depth in 2..=max_depth {
+            if !round.worth_deepening(&frontier, run.inp.cost, opts) {
+                break;
+            }
+            let ran = frontier.len();
+            frontier = round.expand(run, &frontier, next_slot).await;
+            next_slot += ran;
+        }
+        round.order = round.tree.select(round.chosen_budget(run.inp.cost));
+        round.timings.draft_ms = round.elapsed_ms();
+        round
+    }
+
+    fn elapsed_ms(&self) -> f64 {
+        self.started.elapsed().as_secs_f64() * 1e3
+    }
+
+    /// Whether to draft one more level below `frontier`: the best path must stay above the
+    /// threshold and, with a cost model, even an optimistic next level (top-k nodes as likely as
+    /// the best frontier path) must beat the best tree we already have.
+    fn worth_deepening(
+        &self,
+        frontier: &[usize],
+        cost: Option<&CostModel>,
+        opts: SpecOptions,
+    ) -> bool {
+        let best = frontier
+            .iter()
+            .map(|&f| self.tree.nodes[f].score)
+            .fold(f32::NEG_INFINITY, f32::max);
+        if frontier.is_empty() || best.exp() < opts.threshold {
+            return false;
+        }
+        let Some(cost) = cost else {
+            return true;
+        };
+        let scores = candidate_scores(&self.tree);
+        let spent = self.elapsed_ms();
+        let (_, now) = cost.best_budget(&scores, self.budget, spent);
+        let mut hoped = scores;
+        hoped.extend(std::iter::repeat_n(best, opts.top_k));
+        hoped.sort_by(|a, b| b.total_cmp(a));
+        let (_, next) = cost.best_budget(&hoped, self.budget, spent + cost.draft_pass_ms);
+        next > now
+    }
+
+    /// One batched draft pass over `frontier` (written at draft slots `slot..`; each node sees its
+    /// ancestors only); returns the best `top_k` of the new children, the next frontier.
+    async fn expand<B: Backend, D: Backend>(
+        &mut self,
+        run: &mut Speculation<'_, B, D>,
+        frontier: &[usize],
+        slot: usize,
+    ) -> Vec<usize> {
+        let (d, top_k) = (run.d, run.inp.options.top_k);
+        let tree_start = self.root_slot + 1;
+        let (ctx, n) = (slot - tree_start, frontier.len());
+        let mask = AttnMask::Tree {
+            ctx,
+            n,
+            allowed: self.tree.draft_mask(frontier, tree_start, ctx),
+        };
+        let tokens: Vec<u32> = frontier.iter().map(|&f| self.tree.nodes[f].token).collect();
+        let pos: Vec<u32> = frontier
+            .iter()
+            .map(|&f| (self.root_slot + self.tree.nodes[f].depth) as u32)
+            .collect();
+        let step = Step {
+            start: slot,
+            positions: &pos,
+            mask: &mask,
+            rows: LogitRows::All,
+        };
+        let logits = run.draft.run(d, &tokens, &step);
+        let rows = run.draft.top_k(d, &logits, top_k).await;
+        run.out.draft_passes += 1;
+        let mut candidates = Vec::new();
+        for (i, &f) in frontier.iter().enumerate() {
+            self.tree.nodes[f].draft_slot = Some(slot + i);
+            let best = rows.get(i).map_or(&[][..], |r| r);
+            candidates.extend(self.tree.add_children_top(f, best));
+        }
+        self.tree.best(&candidates, top_k)
+    }
+
+    /// The node count to verify: the budget, or what the cost model says pays best.
+    fn chosen_budget(&self, cost: Option<&CostModel>) -> usize {
+        match cost {
+            Some(cost) => {
+                let scores = candidate_scores(&self.tree);
+                cost.best_budget(&scores, self.budget, self.elapsed_ms()).0
+            }
+            None => self.budget,
+        }
+    }
+
+    /// Verify: one target pass over the root and the selected nodes at positions prefix + depth,
+    /// with the tree's ancestor mask; greedy or rejection-sampled acceptance.
+    async fn verify<B: Backend, D: Backend>(&mut self, run: &mut Speculation<'_, B, D>) -> Verdict {
+        let tv = web_time::Instant::now();
+        let (b, l) = (run.b, self.target_start);
+        let nodes = &self.tree.nodes;
+        let tokens: Vec<u32> = self.order.iter().map(|&o| nodes[o].token).collect();
+        let pos: Vec<u32> = self
+            .order
+            .iter()
+            .map(|&o| (l + nodes[o].depth) as u32)
+            .collect();
+        let mask = AttnMask::Tree {
+            ctx: 0,
+            n: self.order.len(),
+            allowed: self.tree.ancestor_mask(&self.order),
+        };
+        let step = Step {
+            start: l,
+            positions: &pos,
+            mask: &mask,
+            rows: LogitRows::All,
+        };
+        let logits = run.target.run(b, &tokens, &step);
+        let greedy = run.inp.sampling.is_greedy();
+        let rows = run.target.verify_rows(b, &logits, greedy).await;
+        let verdict = verify(&mut self.tree, &self.order, &rows, &mut run.sampler);
+        run.out.rounds += 1;
+        run.out.accepted_per_round.push(verdict.accepted.len());
+        run.out.verified_per_round.push(self.order.len() - 1);
+        self.timings.verify_ms = tv.elapsed().as_secs_f64() * 1e3;
+        verdict
+    }
+
+    /// Emit the accepted tokens and the bonus (cut at EOS or the token limit), then compact both
+    /// caches to the accepted path. Returns whether generation stopped.
+    fn commit<B: Backend, D: Backend>(
+        &mut self,
+        run: &mut Speculation<'_, B, D>,
+        verdict: &Verdict,
+    ) -> bool {
+        let tb = web_time::Instant::now();
+        let stopped = self.emit(run, verdict);
+        if !stopped {
+            self.compact(run, verdict);
+        }
+        self.timings.bookkeeping_ms = tb.elapsed().as_secs_f64() * 1e3;
+        stopped
+    }
+
+    /// Append the accepted path and the bonus to the output; true at EOS or the token limit.
+    fn emit<B: Backend, D: Backend>(
+        &mut self,
+        run: &mut Speculation<'_, B, D>,
+        verdict: &Verdict,
+    ) -> bool {
+        let (out, inp) = (&mut run.out, &run.inp);
+        let path = verdict
+            .accepted
+            .iter()
+            .map(|&a| self.tree.nodes[a].token)
+            .chain(std::iter::once(verdict.bonus));
+        let mut stopped = false;
+        for t in path {
+            if inp.eos.contains(&t) {
+                out.hit_eos = true;
+                stopped = true;
+                break;
+            }
+            out.tokens.push(t);
+            if out.tokens.len() == inp.max_new_tokens {
+                stopped = true;
+                break;
+            }
+        }
+        self.emitted = out.tokens[run.reported..].to_vec();
+        run.reported = out.tokens.len();
+        stopped
+    }
+
+    /// Keep the root and the accepted path in both caches; the accepted nodes the draft has not
+    /// run yet become `pending`.
+    fn compact<B: Backend, D: Backend>(&self, run: &mut Speculation<'_, B, D>, verdict: &Verdict) {
+        let l = self.target_start;
+        let slots: Vec<usize> = std::iter::once(l)
+            .chain(
+                verdict
+                    .accepted
+                    .iter()
+                    .map(|a| l + self.order.iter().position(|o| o == a).unwrap_or(0)),
+            )
+            .collect();
+        run.b.compact_cache(&mut run.target.cache, &slots, l);
+        run.target.len = l + slots.len();
+        // The draft keeps the accepted nodes it has already run (a prefix of the path).
+        let ran: Vec<usize> = verdict
+            .accepted
+            .iter()
+            .map_while(|&a| self.tree.nodes[a].draft_slot)
+            .collect();
+        let dslots: Vec<usize> = std::iter::once(self.root_slot)
+            .chain(ran.iter().copied())
+            .collect();
+        run.d
+            .compact_cache(&mut run.draft.cache, &dslots, self.root_slot);
+        run.draft.len = self.root_slot + dslots.len();
+        run.pending = verdict.accepted[ran.len()..]
+            .iter()
+            .map(|&a| self.tree.nodes[a].token)
+            .collect();
+    }
+}
+
+/// Cumulative scores of every drafted node, best first.
+fn candidate_scores(tree: &DraftTree) -> Vec<f32> {
+    let mut s: Vec<f32> = tree.nodes[1..].iter().map(|n| n.score).collect();
+    s.sort_by(|a, b| b.total_cmp(a));
+    s
+}
