@@ -17,8 +17,8 @@ use spec_llava::backend::Backend;
 use spec_llava::caption::{CaptionRequest, Captioner};
 use spec_llava::checkpoint::Checkpoint;
 use spec_llava::eval::EvalReport;
-use spec_llava::quant::gptq::{self, GptqOptions, Hessian};
 use spec_llava::quant::{Format, QuantMatrix, Scheme, WeightData};
+use spec_llava::quantize::gptq::{self, GptqOptions, Hessian};
 use spec_llava::scenes::{self, AttributeScores};
 
 fn demo_target() -> PathBuf {

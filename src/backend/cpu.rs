@@ -41,7 +41,7 @@ thread_local! {
 
 /// Run `f` with `hook` called (on this thread) before every [`Backend::linear`]; the previous hook
 /// is restored afterwards, also on panic. Used to record calibration inputs
-/// (`quant::calibrate`); the hook must not run the model itself.
+/// (`quantize::calibrate`); the hook must not run the model itself.
 pub fn with_linear_hook<R>(hook: LinearHook, f: impl FnOnce() -> R) -> R {
     struct Restore(Option<LinearHook>);
     impl Drop for Restore {

@@ -1,9 +1,10 @@
-//! `spec-llava quantize`: write a q4 / q8 / f16 copy of a checkpoint (see `spec_llava::quant`).
+//! `spec-llava quantize`: write a q4 / q8 / f16 copy of a checkpoint (see `spec_llava::quantize`).
 
 use std::path::PathBuf;
 
 use clap::ValueEnum;
-use spec_llava::quant::{self, Format};
+use spec_llava::quant::Format;
+use spec_llava::quantize;
 use spec_llava::{Error, Result};
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -37,11 +38,11 @@ pub struct QuantizeArgs {
     #[arg(long, value_enum)]
     format: QuantFormat,
     /// Largest safetensors shard to write, in bytes.
-    #[arg(long, default_value_t = quant::DEFAULT_MAX_SHARD_BYTES)]
+    #[arg(long, default_value_t = quantize::DEFAULT_MAX_SHARD_BYTES)]
     max_shard_bytes: u64,
     /// q4 only: calibrate GPTQ on this many generated scenes (runs the f32 CPU engine first); 0
     /// rounds each group to nearest instead.
-    #[arg(long, default_value_t = quant::calibrate::DEFAULT_SCENES)]
+    #[arg(long, default_value_t = quantize::calibrate::DEFAULT_SCENES)]
     calibration_scenes: usize,
     /// Print one JSON object on stdout.
     #[arg(long)]
@@ -52,7 +53,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     if args.max_shard_bytes < 4096 {
         return Err(Error::invalid("--max-shard-bytes must be at least 4096"));
     }
-    let r = quant::quantize_checkpoint(
+    let r = quantize::quantize_checkpoint(
         &args.model,
         &args.out,
         args.format.format(),

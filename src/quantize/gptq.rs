@@ -25,7 +25,7 @@
 
 use half::f16;
 
-use super::{blocks_per_row, q4_scale, QuantMatrix, Scheme, GROUP};
+use crate::quant::{blocks_per_row, q4_scale, QuantMatrix, Scheme, GROUP};
 
 /// Dampening added to the Hessian's diagonal, as a fraction of its mean (the paper's 1%).
 pub const DAMP: f64 = 0.01;
