@@ -6,7 +6,10 @@
 //! - `pool`: recycled activation buffers.
 //! - `pipelines`: kernel sources and layouts, pipeline and bind-group caches.
 //! - `encoder`: the pending command encoder, uniform and upload arenas, submits.
-//! - `ops`: the `Backend` implementation, one function per op.
+//! - `weights`: weight uploads (f32, f16, q8 / q4) split over storage bindings; [`WeightDType`].
+//! - `matmul`: which matmul kernel `linear` dispatches, with its parameters and grid.
+//! - `attention`: rope, tree masks, the KV cache and the attention dispatches.
+//! - `ops`: the `Backend` implementation, one function per op (delegating to the three above).
 //! - `bench`: kernel timing against a plain copy kernel (`spec-llava bench-kernels`).
 //!
 //! Ops only record commands; nothing runs until [`Backend::read`](crate::backend::Backend::read)
@@ -18,19 +21,23 @@
 //! The trait's ops cannot return errors, so shape mismatches and wgpu validation errors are logged
 //! and surfaced by [`GpuBackend::take_error`]; a failed read returns NaNs of the expected length.
 
+mod attention;
 pub mod bench;
 mod device;
 mod encoder;
+mod matmul;
 mod ops;
 mod pipelines;
 mod pool;
+mod weights;
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
 pub use device::{EngineLimits, GpuOptions};
-pub use ops::MatmulShape;
+pub use matmul::MatmulShape;
 pub use pipelines::Kernel;
+pub use weights::{GpuWeight, WeightDType};
 
 use crate::backend::{AttnMask, Heads};
 use crate::error::{Error, Result};
@@ -38,6 +45,7 @@ use device::{ErrorLog, GpuDevice};
 use encoder::Recorder;
 use pipelines::{Constant, Pipelines};
 use pool::{GpuBuf, Graveyard, Pool, PoolBuf};
+use weights::WeightChunk;
 
 /// Activations `[rows, cols]`, row-major f32, in a pooled buffer.
 #[derive(Debug)]
@@ -53,66 +61,6 @@ impl GpuTensor {
     }
     fn len(&self) -> usize {
         self.rows * self.cols
-    }
-}
-
-/// How a weight's elements are stored; each has its own matmul kernels (`matmul_*_{f32,f16,q8,q4}`).
-/// Only matrices used by `linear` are ever stored as anything but f32.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WeightDType {
-    /// Plain f32, each row zero-padded to a multiple of 4 floats so matmuls read whole vec4s.
-    F32,
-    /// f16 packed two per u32, each row zero-padded to a multiple of 4 halves.
-    F16,
-    /// q8 blocks (`crate::quant`): int8 codes, 8 u32 words per block of 32, planar f16 scales in
-    /// a second buffer per chunk.
-    Q8,
-    /// q4 blocks (`crate::quant`): nibble codes, 4 u32 words per block of 32, planar f16 scales in
-    /// a second buffer per chunk.
-    Q4,
-}
-
-/// Rows `row_start..row_start + rows` of a weight, in one buffer (one storage binding).
-#[derive(Debug)]
-struct WeightChunk {
-    buf: GpuBuf,
-    /// The chunk's f16 scales, two per u32 (q8 / q4 only).
-    scales: Option<GpuBuf>,
-    row_start: usize,
-    rows: usize,
-}
-
-/// A constant uploaded once: a matrix `[rows, cols]` (`shape[0]`, product of the rest) or a vector
-/// (`rows == 1`). Matrices bigger than one storage binding are split by rows into chunks.
-#[derive(Debug)]
-pub struct GpuWeight {
-    shape: Vec<usize>,
-    dtype: WeightDType,
-    rows: usize,
-    cols: usize,
-    /// From one row to the next in a chunk: f32: floats (`cols` rounded up to a multiple of 4);
-    /// f16: halves (likewise); q8 / q4: u32 code words (8 or 4 per block of 32 columns).
-    row_stride: usize,
-    chunks: Vec<WeightChunk>,
-}
-
-impl GpuWeight {
-    pub fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    pub fn dtype(&self) -> WeightDType {
-        self.dtype
-    }
-    /// Number of row chunks (1 unless the weight exceeds one storage binding).
-    pub fn chunks(&self) -> usize {
-        self.chunks.len()
-    }
-    /// The first chunk of an f32 weight (vectors and tables; other dtypes are matmul-only).
-    fn first(&self) -> Option<&GpuBuf> {
-        self.chunks
-            .first()
-            .filter(|_| self.dtype == WeightDType::F32)
-            .map(|c| &c.buf)
     }
 }
 

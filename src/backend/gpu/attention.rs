@@ -1,0 +1,372 @@
+//! Attention and what feeds it: the rope (cos, sin) table and rope op, tree masks packed to bits,
+//! the per-layer KV cache (grow, write, compact) and the attention dispatches over it.
+
+use crate::backend::math::rope_inv_freq;
+use crate::backend::{AttnMask, Heads, Rope};
+
+use super::pipelines::Kernel;
+use super::pool::GpuBuf;
+use super::{GpuBackend, GpuCache, GpuTensor, RopeTable};
+
+/// Largest head dimension the attention kernels take (DPT * WG in the shaders).
+const MAX_HEAD_DIM: usize = 256;
+
+/// One bit per (new token i, region slot j) of a tree mask over `width` region slots, rows padded
+/// to whole u32 words (attention_tree_f32.wgsl). Returns (words per row, bits).
+pub fn pack_mask(n: usize, width: usize, allowed: &[bool]) -> (usize, Vec<u32>) {
+    let words = width.div_ceil(32).max(1);
+    let mut bits = vec![0u32; n * words];
+    for i in 0..n {
+        for j in 0..width {
+            if allowed.get(i * width + j).copied().unwrap_or(false) {
+                bits[i * words + j / 32] |= 1 << (j % 32);
+            }
+        }
+    }
+    (words, bits)
+}
+
+impl GpuBackend {
+    /// The (cos, sin) table for `positions`, uploaded once per distinct set of positions.
+    pub(super) fn rope_table(&self, positions: &[u32], head_dim: usize, rope: Rope) {
+        let (theta, factor) = (rope.theta.to_bits(), rope.linear_factor.to_bits());
+        if let Some(t) = self.rope_table.borrow().as_ref() {
+            if t.positions == positions
+                && t.head_dim == head_dim
+                && t.theta == theta
+                && t.factor == factor
+            {
+                return;
+            }
+        }
+        let inv_freq = rope_inv_freq(head_dim, rope);
+        let mut table = Vec::with_capacity(positions.len() * inv_freq.len() * 2);
+        for &pos in positions {
+            for f in &inv_freq {
+                // As the CPU reference: angle in f32, std sin/cos.
+                let angle = pos as f32 * f;
+                table.push(angle.cos());
+                table.push(angle.sin());
+            }
+        }
+        if table.is_empty() {
+            table.push(0.0);
+        }
+        let buf = self.upload_pod(&table);
+        *self.rope_table.borrow_mut() = Some(RopeTable {
+            positions: positions.to_vec(),
+            head_dim,
+            theta,
+            factor,
+            buf,
+        });
+    }
+
+    /// The packed bits of a tree mask, uploaded once per distinct mask.
+    pub(super) fn mask_words(&self, mask: &AttnMask) -> usize {
+        let AttnMask::Tree { ctx, n, allowed } = mask else {
+            return 1;
+        };
+        let words = (ctx + n).div_ceil(32).max(1);
+        if let Some((m, _)) = self.mask_bits.borrow().as_ref() {
+            if m == mask {
+                return words;
+            }
+        }
+        let (words, mut bits) = pack_mask(*n, ctx + n, allowed);
+        if bits.is_empty() {
+            bits.push(0);
+        }
+        let buf = self.upload_pod(&bits);
+        *self.mask_bits.borrow_mut() = Some((mask.clone(), buf));
+        words
+    }
+
+    /// Make room for slots `0..needed` in every layer of `cache`.
+    pub(super) fn grow_cache(&self, cache: &mut GpuCache, needed: usize) {
+        if needed <= cache.capacity {
+            return;
+        }
+        let capacity = needed.max(cache.capacity * 2);
+        let old_bytes = cache.capacity * cache.kv_dim * 4;
+        for store in cache.k.iter_mut().chain(cache.v.iter_mut()) {
+            let new = self.cache_buffer(capacity, cache.kv_dim);
+            self.copy(store, 0, &new, 0, old_bytes);
+            *store = new;
+        }
+        cache.capacity = capacity;
+    }
+
+    pub(super) fn cache_buffer(&self, capacity: usize, kv_dim: usize) -> GpuBuf {
+        let bytes = (capacity * kv_dim * 4).max(16) as u64;
+        if bytes > self.dev.limits.max_binding {
+            self.errors().push(format!(
+                "a KV cache of {capacity} slots x {kv_dim} needs {bytes} bytes per layer, over one storage binding"
+            ));
+        }
+        let buffer = self.dev.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("kv cache"),
+            size: bytes,
+            usage: super::pool::POOL_USAGE,
+            mapped_at_creation: false,
+        });
+        GpuBuf::new(buffer, &self.graveyard)
+    }
+
+    pub(super) fn check_heads(&self, op: &str, heads: Heads) -> bool {
+        let ok = heads.head_dim > 0
+            && heads.head_dim <= MAX_HEAD_DIM
+            && heads.kv_heads > 0
+            && heads.q_heads.is_multiple_of(heads.kv_heads);
+        if !ok {
+            self.errors().push(format!(
+                "{op}: unsupported heads {heads:?} (head_dim 1..={MAX_HEAD_DIM}, q_heads a multiple of kv_heads)"
+            ));
+        }
+        ok
+    }
+
+    /// [`Backend::rope`](crate::backend::Backend::rope).
+    pub(super) fn record_rope(
+        &self,
+        x: &GpuTensor,
+        positions: &[u32],
+        heads: usize,
+        head_dim: usize,
+        rope: Rope,
+    ) -> GpuTensor {
+        if x.cols != heads * head_dim || positions.len() != x.rows {
+            let msg = format!(
+                "x [{}, {}], {} positions, {heads} x {head_dim}",
+                x.rows,
+                x.cols,
+                positions.len()
+            );
+            return self.shape_error("rope", msg, x.rows, x.cols);
+        }
+        let out = self.alloc(x.rows, x.cols);
+        self.rope_table(positions, head_dim, rope);
+        let table = self.rope_table.borrow();
+        let Some(t) = table.as_ref() else { return out };
+        let params = [
+            x.rows as u32,
+            x.cols as u32,
+            head_dim as u32,
+            (head_dim / 2) as u32,
+        ];
+        let bufs = [x.buffer(), t.buf.get(), out.buffer()];
+        self.run(
+            Kernel::Rope,
+            &[],
+            &params,
+            &bufs,
+            self.elementwise_grid(x.len()),
+        );
+        out
+    }
+
+    /// [`Backend::attention`](crate::backend::Backend::attention).
+    pub(super) fn record_attention(
+        &self,
+        q: &GpuTensor,
+        k: &GpuTensor,
+        v: &GpuTensor,
+        heads: Heads,
+    ) -> GpuTensor {
+        let width = heads.q_heads * heads.head_dim;
+        let same = [k, v].iter().all(|t| t.rows == q.rows && t.cols == width) && q.cols == width;
+        if !same || heads.kv_heads != heads.q_heads || !self.check_heads("attention", heads) {
+            return self.shape_error(
+                "attention",
+                format!("q [{}, {}] with {heads:?}", q.rows, q.cols),
+                q.rows,
+                width,
+            );
+        }
+        let out = self.alloc(q.rows, width);
+        let scale = 1.0 / (heads.head_dim as f32).sqrt();
+        if Self::lane_attention(heads) {
+            // The tree kernel with every key visible: n queries over this pass's n keys.
+            let n = q.rows as u32;
+            let h = heads.q_heads as u32;
+            let params = [n, 0, 0, h, h, heads.head_dim as u32, 0, scale.to_bits()];
+            let bufs = [
+                q.buffer(),
+                k.buffer(),
+                v.buffer(),
+                &self.dummy,
+                out.buffer(),
+            ];
+            self.dispatch_lane_attention(q.rows, heads, (false, true), &params, &bufs);
+            return out;
+        }
+        let params = [
+            q.rows as u32,
+            heads.q_heads as u32,
+            heads.head_dim as u32,
+            scale.to_bits(),
+        ];
+        let bufs = [q.buffer(), k.buffer(), v.buffer(), out.buffer()];
+        self.run(
+            Kernel::AttentionFull,
+            &[],
+            &params,
+            &bufs,
+            self.grid(q.rows * heads.q_heads),
+        );
+        out
+    }
+
+    /// [`Backend::new_cache`](crate::backend::Backend::new_cache).
+    pub(super) fn create_cache(&self, layers: usize, kv_dim: usize, capacity: usize) -> GpuCache {
+        let capacity = capacity.max(1);
+        let k = (0..layers)
+            .map(|_| self.cache_buffer(capacity, kv_dim))
+            .collect();
+        let v = (0..layers)
+            .map(|_| self.cache_buffer(capacity, kv_dim))
+            .collect();
+        GpuCache {
+            kv_dim,
+            capacity,
+            k,
+            v,
+        }
+    }
+
+    /// [`Backend::cached_attention`](crate::backend::Backend::cached_attention) (its arguments).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn record_cached_attention(
+        &self,
+        cache: &mut GpuCache,
+        layer: usize,
+        start: usize,
+        q: &GpuTensor,
+        k: &GpuTensor,
+        v: &GpuTensor,
+        mask: &AttnMask,
+        heads: Heads,
+    ) -> GpuTensor {
+        let n = q.rows;
+        let width = heads.q_heads * heads.head_dim;
+        let kv_ok = [k, v].iter().all(|t| t.rows == n && t.cols == cache.kv_dim);
+        let mask_ok = match mask {
+            AttnMask::Causal => true,
+            AttnMask::Tree {
+                ctx,
+                n: mn,
+                allowed,
+            } => *mn == n && *ctx <= start && allowed.len() == n * (ctx + n),
+        };
+        if layer >= cache.k.len()
+            || q.cols != width
+            || cache.kv_dim != heads.kv_heads * heads.head_dim
+            || !kv_ok
+            || !mask_ok
+            || !self.check_heads("cached_attention", heads)
+        {
+            let msg = format!(
+                "layer {layer}, q [{}, {}], k [{}, {}], {heads:?}",
+                q.rows, q.cols, k.rows, k.cols
+            );
+            return self.shape_error("cached_attention", msg, n, width);
+        }
+        self.grow_cache(cache, start + n);
+        let (kc, vc) = (&cache.k[layer], &cache.v[layer]);
+        let params = [n as u32, cache.kv_dim as u32, start as u32];
+        let bufs = [k.buffer(), v.buffer(), kc, vc];
+        self.run(
+            Kernel::KvWrite,
+            &[],
+            &params,
+            &bufs,
+            self.elementwise_grid(n * cache.kv_dim),
+        );
+
+        let out = self.alloc(n, width);
+        let words = self.mask_words(mask);
+        let (causal, ctx) = match mask {
+            AttnMask::Causal => (true, 0),
+            AttnMask::Tree { ctx, .. } => (false, *ctx),
+        };
+        let scale = 1.0 / (heads.head_dim as f32).sqrt();
+        let params = [
+            n as u32,
+            start as u32,
+            ctx as u32,
+            heads.q_heads as u32,
+            heads.kv_heads as u32,
+            heads.head_dim as u32,
+            words as u32,
+            scale.to_bits(),
+        ];
+        let mask_bits = self.mask_bits.borrow();
+        let mask_buf = match (causal, mask_bits.as_ref()) {
+            (false, Some((_, b))) => b.get(),
+            _ => &self.dummy,
+        };
+        let bufs = [q.buffer(), kc, vc, mask_buf, out.buffer()];
+        self.dispatch_attention(n, heads, causal, &params, &bufs);
+        out
+    }
+
+    /// [`Backend::compact_cache`](crate::backend::Backend::compact_cache).
+    pub(super) fn record_compact_cache(
+        &self,
+        cache: &mut GpuCache,
+        from: &[usize],
+        to_start: usize,
+    ) {
+        let count = from.len();
+        if count == 0 {
+            return;
+        }
+        if from.iter().any(|&f| f >= cache.capacity) || to_start + count > cache.capacity {
+            self.errors().push(format!(
+                "compact_cache: slots {from:?} -> {to_start}.. outside a cache of {} slots",
+                cache.capacity
+            ));
+            return;
+        }
+        let slots: Vec<u32> = from.iter().map(|&f| f as u32).collect();
+        let from_buf = self.upload_pod(&slots);
+        let len = count * cache.kv_dim;
+        let scratch = super::pool::PoolBuf::alloc(&self.pool, (2 * len * 4) as u64);
+        let params = [count as u32, cache.kv_dim as u32];
+        for (kc, vc) in cache.k.iter().zip(&cache.v) {
+            let bufs = [from_buf.get(), kc, vc, scratch.get()];
+            self.run(
+                Kernel::KvCompact,
+                &[],
+                &params,
+                &bufs,
+                self.elementwise_grid(len),
+            );
+            let dst = to_start * cache.kv_dim * 4;
+            self.copy(scratch.get(), 0, kc, dst, len * 4);
+            self.copy(scratch.get(), len * 4, vc, dst, len * 4);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pack_mask;
+
+    #[test]
+    fn mask_bits_follow_rows_and_words() {
+        // 33 tokens: two words per row; token 32 sees itself and token 0.
+        let n = 33;
+        let mut allowed = vec![false; n * n];
+        allowed[32 * n + 32] = true;
+        allowed[32 * n] = true;
+        allowed[1] = true;
+        let (words, bits) = pack_mask(n, n, &allowed);
+        assert_eq!(words, 2);
+        assert_eq!(bits.len(), n * 2);
+        assert_eq!(bits[0], 0b10);
+        assert_eq!(bits[32 * 2], 1);
+        assert_eq!(bits[32 * 2 + 1], 1);
+        assert_eq!(bits.iter().map(|w| w.count_ones()).sum::<u32>(), 3);
+    }
+}
