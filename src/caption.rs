@@ -8,7 +8,7 @@ use crate::backend::Backend;
 use crate::checkpoint::Checkpoint;
 use crate::error::Error;
 use crate::error::Result;
-use crate::generate::decode_plain;
+use crate::generate::{decode_plain, PlainInputs};
 use crate::model::LlavaModel;
 use crate::sampling::SamplingOptions;
 use crate::speculative::adapt::CostModel;
@@ -105,6 +105,19 @@ pub struct Drafter<B: Backend> {
     pub cost: Option<CostModel>,
 }
 
+/// The draft side of a speculative caption: the engine the draft runs on (the target's, or
+/// another one, e.g. the CPU next to a GPU target) and the draft model loaded there.
+pub struct DraftEngine<'a, D: Backend> {
+    pub engine: &'a D,
+    pub drafter: &'a Drafter<D>,
+}
+
+impl<'a, D: Backend> DraftEngine<'a, D> {
+    pub fn new(engine: &'a D, drafter: &'a Drafter<D>) -> Self {
+        DraftEngine { engine, drafter }
+    }
+}
+
 /// The user text of the default prompt.
 pub const DEFAULT_INSTRUCTION: &str = "Describe the image.";
 
@@ -147,17 +160,15 @@ impl<B: Backend> Captioner<B> {
         let features = self.model.encode_image(b, &pixels)?;
         let vision_ms = t1.elapsed().as_secs_f64() * 1e3;
         let eos = self.checkpoint.tokenizer.eos_ids();
-        let out = decode_plain(
-            b,
-            &self.model,
-            &ids,
-            Some(&features),
-            &eos,
-            req.max_new_tokens,
-            req.sampling,
-            on_token,
-        )
-        .await?;
+        let inputs = PlainInputs {
+            model: &self.model,
+            prompt_ids: &ids,
+            image_features: Some(&features),
+            eos: &eos,
+            max_new_tokens: req.max_new_tokens,
+            sampling: req.sampling,
+        };
+        let out = decode_plain(b, inputs, on_token).await?;
         let text = self.checkpoint.tokenizer.decode(&out.tokens)?;
         Ok(Caption {
             text,
@@ -248,24 +259,24 @@ impl<B: Backend> Captioner<B> {
         options: SpecOptions,
         on_round: impl FnMut(&RoundEvent) -> bool,
     ) -> Result<Caption> {
-        self.caption_speculative_with(b, b, drafter, image, req, options, on_round)
+        let draft = DraftEngine::new(b, drafter);
+        self.caption_speculative_with(b, draft, image, req, options, on_round)
             .await
     }
 
     /// `caption_speculative` with the draft on backend `d`: when `d` is another engine than `b`
     /// (another backend type, or another device of the same type), shared image features are read
     /// back from `b` and uploaded to `d`.
-    #[allow(clippy::too_many_arguments)]
     pub async fn caption_speculative_with<D: Backend>(
         &self,
         b: &B,
-        d: &D,
-        drafter: &Drafter<D>,
+        draft: DraftEngine<'_, D>,
         image: &image::RgbImage,
         req: &CaptionRequest,
         options: SpecOptions,
         on_round: impl FnMut(&RoundEvent) -> bool,
     ) -> Result<Caption> {
+        let (d, drafter) = (draft.engine, draft.drafter);
         let (draft, shared_vision) = (&drafter.captioner, drafter.shared_vision);
         let t0 = web_time::Instant::now();
         let (pixels, ids) = self.prepare(image, req)?;

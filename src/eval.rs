@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::backend::Backend;
-use crate::caption::{CaptionRequest, Captioner, Drafter};
+use crate::caption::{CaptionRequest, Captioner, DraftEngine, Drafter};
 use crate::error::Result;
 use crate::scenes::{self, AttributeScores};
 use crate::speculative::adapt::CostModel;
@@ -173,24 +173,12 @@ impl SpecTotals {
 /// Plain and speculative decoding of the same scenes, in one run (and, with `adaptive`, the tree
 /// sized from costs measured on this device). Times count the whole caption: image encoding,
 /// prefill, drafting, verification.
-#[allow(clippy::too_many_arguments)]
 pub async fn bench<B: Backend>(
     b: &B,
     target: &Captioner<B>,
     drafter: &mut Drafter<B>,
-    count: usize,
-    seed: u64,
-    options: SpecOptions,
-    max_new_tokens: usize,
-    adaptive: bool,
+    run: Bench,
 ) -> Result<BenchReport> {
-    let run = Bench {
-        count,
-        seed,
-        options,
-        max_new_tokens,
-        adaptive,
-    };
     bench_with(b, b, target, drafter, run).await
 }
 
@@ -240,13 +228,27 @@ pub async fn bench_with<B: Backend, D: Backend>(
         plain.target_passes += p.tokens.len() + usize::from(p.hit_eos);
         drafter.cost = None;
         let s = target
-            .caption_speculative_with(b, d, drafter, &scene.image, &req, options, |_| true)
+            .caption_speculative_with(
+                b,
+                DraftEngine::new(d, drafter),
+                &scene.image,
+                &req,
+                options,
+                |_| true,
+            )
             .await?;
         spec.add(&s, &p.tokens);
         if let Some(c) = &cost {
             drafter.cost = Some(c.clone());
             let s = target
-                .caption_speculative_with(b, d, drafter, &scene.image, &req, options, |_| true)
+                .caption_speculative_with(
+                    b,
+                    DraftEngine::new(d, drafter),
+                    &scene.image,
+                    &req,
+                    options,
+                    |_| true,
+                )
                 .await?;
             adapt.add(&s, &p.tokens);
         }

@@ -18,19 +18,32 @@ pub struct DecodeResult {
     pub decode_ms: f64,
 }
 
-/// Plain decoding: prefill `prompt_ids` (image features at the image tokens), then one target
-/// forward per new token. `on_token` sees each token as it lands and may return `false` to cancel.
-#[allow(clippy::too_many_arguments)]
+/// What plain decoding runs: the model, the prompt (image features at the image tokens) and when
+/// to stop.
+pub struct PlainInputs<'a, B: Backend> {
+    pub model: &'a LlavaModel<B>,
+    pub prompt_ids: &'a [u32],
+    pub image_features: Option<&'a B::Tensor>,
+    pub eos: &'a [u32],
+    pub max_new_tokens: usize,
+    pub sampling: SamplingOptions,
+}
+
+/// Plain decoding: prefill the prompt, then one target forward per new token. `on_token` sees
+/// each token as it lands and may return `false` to cancel.
 pub async fn decode_plain<B: Backend>(
     b: &B,
-    model: &LlavaModel<B>,
-    prompt_ids: &[u32],
-    image_features: Option<&B::Tensor>,
-    eos: &[u32],
-    max_new_tokens: usize,
-    sampling: SamplingOptions,
+    inp: PlainInputs<'_, B>,
     mut on_token: impl FnMut(u32) -> bool,
 ) -> Result<DecodeResult> {
+    let PlainInputs {
+        model,
+        prompt_ids,
+        image_features,
+        eos,
+        max_new_tokens,
+        sampling,
+    } = inp;
     sampling.validate()?;
     let mut sampler = Sampler::new(sampling);
     let t0 = web_time::Instant::now();

@@ -10,7 +10,7 @@ use spec_llava::app::layout::{acceptance_by_depth, layout};
 use spec_llava::app::messages::{
     BackendKind, Event, ModelRole, Request, RunMode, RunResult, Settings,
 };
-use spec_llava::app::session::Session;
+use spec_llava::app::session::{CaptionJob, Session};
 use spec_llava::backend::cpu::CpuBackend;
 use spec_llava::checkpoint::Checkpoint;
 use spec_llava::files::{DirFiles, MemoryFiles};
@@ -63,21 +63,20 @@ fn run(
     let mut events = Vec::new();
     let count = std::cell::Cell::new(0usize);
     let cancelled = || cancel_after_events.is_some_and(|n| count.get() >= n);
-    let out = pollster::block_on(s.caption(
-        id,
-        image,
-        name,
+    let job = CaptionJob {
+        run: id,
+        image_bytes: image,
+        image_name: name,
         mode,
         settings,
-        &cancelled,
-        &mut |e: Event| {
-            count.set(count.get() + 1);
-            // Every event crosses the worker boundary as JSON: it must round-trip.
-            let back = Event::from_json(&e.to_json()).unwrap();
-            assert_eq!(back, e);
-            events.push(e);
-        },
-    ));
+    };
+    let out = pollster::block_on(s.caption(job, &cancelled, &mut |e: Event| {
+        count.set(count.get() + 1);
+        // Every event crosses the worker boundary as JSON: it must round-trip.
+        let back = Event::from_json(&e.to_json()).unwrap();
+        assert_eq!(back, e);
+        events.push(e);
+    }));
     (out, events)
 }
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use spec_llava::backend::cpu::CpuBackend;
 use spec_llava::caption::{CaptionRequest, Captioner};
 use spec_llava::checkpoint::Checkpoint;
-use spec_llava::eval::{bench, evaluate};
+use spec_llava::eval::{bench, evaluate, Bench};
 use spec_llava::speculative::SpecOptions;
 
 const B: CpuBackend = CpuBackend;
@@ -74,7 +74,14 @@ fn speculation_with_the_demo_draft_is_lossless_and_accepts() {
     let (t, d) = (load("target"), load("draft"));
     let mut drafter = t.drafter(d).unwrap();
     let options = SpecOptions::default();
-    let r = pollster::block_on(bench(&B, &t, &mut drafter, 30, 700, options, 64, true)).unwrap();
+    let run = Bench {
+        count: 30,
+        seed: 700,
+        options,
+        max_new_tokens: 64,
+        adaptive: true,
+    };
+    let r = pollster::block_on(bench(&B, &t, &mut drafter, run)).unwrap();
     println!("{}", serde_json::to_string(&r).unwrap());
     assert_eq!(
         r.identical, r.total,

@@ -19,7 +19,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use spec_llava::backend::cpu::CpuBackend;
 use spec_llava::backend::gpu::{GpuBackend, GpuOptions};
-use spec_llava::backend::{AttnMask, Backend, Heads, Rope, TopK};
+use spec_llava::backend::{AttnMask, Backend, Heads, Qkv, Rope, TopK};
 use spec_llava::config::Activation;
 
 fn random(rng: &mut StdRng, n: usize) -> Vec<f32> {
@@ -424,12 +424,30 @@ fn step(
     let (qc, qg) = p.tensor(&random(rng, n * qw), n, qw);
     let (kc, kg) = p.tensor(&random(rng, n * kw), n, kw);
     let (vc, vg) = p.tensor(&random(rng, n * kw), n, kw);
-    let c = p
-        .cpu
-        .cached_attention(caches.0, layer, start, &qc, &kc, &vc, mask, h);
-    let gt = p
-        .gpu
-        .cached_attention(caches.1, layer, start, &qg, &kg, &vg, mask, h);
+    let c = p.cpu.cached_attention(
+        caches.0,
+        layer,
+        start,
+        Qkv {
+            q: &qc,
+            k: &kc,
+            v: &vc,
+        },
+        mask,
+        h,
+    );
+    let gt = p.gpu.cached_attention(
+        caches.1,
+        layer,
+        start,
+        Qkv {
+            q: &qg,
+            k: &kg,
+            v: &vg,
+        },
+        mask,
+        h,
+    );
     let (got, want) = p.results(&c, &gt);
     assert_rel_to_max(what, &got, &want, 1e-5);
 }
@@ -650,12 +668,30 @@ fn probe_slot(
     let (qc, qg) = p.tensor(&vec![0.5; qw], 1, qw);
     let (kc, kg) = p.tensor(&vec![0.0; kw], 1, kw);
     let (vc, vg) = p.tensor(&vec![0.0; kw], 1, kw);
-    let c = p
-        .cpu
-        .cached_attention(caches.0, layer, len, &qc, &kc, &vc, &mask, h);
-    let gt = p
-        .gpu
-        .cached_attention(caches.1, layer, len, &qg, &kg, &vg, &mask, h);
+    let c = p.cpu.cached_attention(
+        caches.0,
+        layer,
+        len,
+        Qkv {
+            q: &qc,
+            k: &kc,
+            v: &vc,
+        },
+        &mask,
+        h,
+    );
+    let gt = p.gpu.cached_attention(
+        caches.1,
+        layer,
+        len,
+        Qkv {
+            q: &qg,
+            k: &kg,
+            v: &vg,
+        },
+        &mask,
+        h,
+    );
     let (got, want) = p.results(&c, &gt);
     assert_exact(
         &format!("layer {layer} slot {slot} after compaction"),

@@ -8,7 +8,7 @@ use common::{checkpoint_dir, fixtures_dir, random_weights_copy};
 use spec_llava::backend::cpu::{CpuBackend, CpuTensor};
 use spec_llava::caption::Captioner;
 use spec_llava::checkpoint::Checkpoint;
-use spec_llava::generate::decode_plain;
+use spec_llava::generate::{decode_plain, PlainInputs};
 use spec_llava::image_io;
 use spec_llava::sampling::SamplingOptions;
 use spec_llava::speculative::adapt::CostModel;
@@ -61,18 +61,17 @@ fn setup(name: &str, draft_dir: std::path::PathBuf, case: usize) -> Setup {
 }
 
 fn plain(s: &Setup, eos: &[u32], max: usize, sampling: SamplingOptions) -> Vec<u32> {
-    pollster::block_on(decode_plain(
-        &B,
-        &s.target.model,
-        &s.ids,
-        Some(&s.tf),
+    let inputs = PlainInputs {
+        model: &s.target.model,
+        prompt_ids: &s.ids,
+        image_features: Some(&s.tf),
         eos,
-        max,
+        max_new_tokens: max,
         sampling,
-        |_| true,
-    ))
-    .unwrap()
-    .tokens
+    };
+    pollster::block_on(decode_plain(&B, inputs, |_| true))
+        .unwrap()
+        .tokens
 }
 
 fn spec(

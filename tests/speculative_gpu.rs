@@ -8,7 +8,7 @@ use common::gpu;
 mod common;
 
 use common::{checkpoint_dir, fixtures_dir, random_weights_copy};
-use spec_llava::caption::{CaptionRequest, Captioner};
+use spec_llava::caption::{CaptionRequest, Captioner, DraftEngine};
 use spec_llava::checkpoint::Checkpoint;
 use spec_llava::image_io;
 use spec_llava::speculative::SpecOptions;
@@ -157,8 +157,7 @@ fn a_cpu_draft_for_a_gpu_target_is_lossless() {
         let plain = pollster::block_on(target.caption(&b, &scene.image, &req, |_| true)).unwrap();
         let s = pollster::block_on(target.caption_speculative_with(
             &b,
-            &CpuBackend,
-            &drafter,
+            DraftEngine::new(&CpuBackend, &drafter),
             &scene.image,
             &req,
             SpecOptions::default(),

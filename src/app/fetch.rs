@@ -84,7 +84,6 @@ async fn open_cache() -> Option<Cache> {
 
 /// One file: from the cache when there, else from the network (then cached). `Ok(None)` for an
 /// optional file that does not exist.
-#[allow(clippy::too_many_arguments)]
 async fn get(
     cache: &Option<Cache>,
     base: &str,

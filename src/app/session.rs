@@ -14,6 +14,17 @@ use crate::files::CheckpointFiles;
 use crate::image_io;
 use crate::speculative::events::RoundEvent;
 
+/// One caption to run: which run it is (events carry it), the image file, the mode and settings.
+#[derive(Clone, Copy)]
+pub struct CaptionJob<'a> {
+    pub run: u64,
+    pub image_bytes: &'a [u8],
+    /// The file name, for messages.
+    pub image_name: &'a str,
+    pub mode: RunMode,
+    pub settings: &'a Settings,
+}
+
 pub struct Session<B: Backend> {
     pub backend: B,
     target: Option<(Captioner<B>, ModelInfo)>,
@@ -93,17 +104,19 @@ impl<B: Backend> Session<B> {
 
     /// Caption an image. Events go to `emit` as they happen; `cancelled` is polled at every
     /// token (plain) or round (speculative). Speculative mode without a draft decodes plainly.
-    #[allow(clippy::too_many_arguments)]
     pub async fn caption(
         &mut self,
-        run: u64,
-        image_bytes: &[u8],
-        image_name: &str,
-        mode: RunMode,
-        settings: &Settings,
+        job: CaptionJob<'_>,
         cancelled: &dyn Fn() -> bool,
         emit: &mut dyn FnMut(Event),
     ) -> Result<RunResult> {
+        let CaptionJob {
+            run,
+            image_bytes,
+            image_name,
+            mode,
+            settings,
+        } = job;
         settings.validate()?;
         let image = image_io::decode_rgb(image_bytes, image_name, image_io::DEFAULT_MAX_PIXELS)?;
         let (target, _) = self

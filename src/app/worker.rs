@@ -16,7 +16,7 @@ use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
 
 use crate::app::fetch::{cache_checkpoint, fetch_checkpoint, MAX_CHECKPOINT_BYTES};
 use crate::app::messages::{BackendKind, Event, ModelRole, Request};
-use crate::app::session::Session;
+use crate::app::session::{CaptionJob, Session};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::gpu::GpuBackend;
 use crate::error::{Error, Result};
@@ -179,31 +179,16 @@ async fn handle(s: &Rc<State>, req: Request, buffers: Vec<Vec<u8>>) {
             let state = s.clone();
             let cancelled = move || state.cancelled_up_to.get() >= run;
             let mut emit = |e: Event| post(&e);
+            let job = CaptionJob {
+                run,
+                image_bytes: &image,
+                image_name: &image_name,
+                mode,
+                settings: &settings,
+            };
             let out = match &mut engine {
-                Engine::Gpu(x) => {
-                    x.caption(
-                        run,
-                        &image,
-                        &image_name,
-                        mode,
-                        &settings,
-                        &cancelled,
-                        &mut emit,
-                    )
-                    .await
-                }
-                Engine::Cpu(x) => {
-                    x.caption(
-                        run,
-                        &image,
-                        &image_name,
-                        mode,
-                        &settings,
-                        &cancelled,
-                        &mut emit,
-                    )
-                    .await
-                }
+                Engine::Gpu(x) => x.caption(job, &cancelled, &mut emit).await,
+                Engine::Cpu(x) => x.caption(job, &cancelled, &mut emit).await,
             };
             let gpu_failure = match &engine {
                 Engine::Gpu(x) => x.backend.take_error(),

@@ -5,7 +5,7 @@
 //! from f32 inverse frequencies, exact erf GELU.
 
 use crate::backend::math::{rope_inv_freq, softmax_in_place};
-use crate::backend::{AttnMask, Backend, Heads, Rope};
+use crate::backend::{AttnMask, Backend, Heads, Qkv, Rope};
 use crate::config::Activation;
 
 #[derive(Debug, Clone, Default)]
@@ -432,12 +432,11 @@ impl Backend for CpuBackend {
         cache: &mut CpuCache,
         layer: usize,
         start: usize,
-        q: &CpuTensor,
-        k: &CpuTensor,
-        v: &CpuTensor,
+        qkv: Qkv<'_, CpuTensor>,
         mask: &AttnMask,
         heads: Heads,
     ) -> CpuTensor {
+        let Qkv { q, k, v } = qkv;
         let kv_dim = cache.kv_dim;
         let n = k.rows;
         for (store, new) in [(&mut cache.k[layer], k), (&mut cache.v[layer], v)] {

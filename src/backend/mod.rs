@@ -46,6 +46,21 @@ impl AttnMask {
     }
 }
 
+/// The queries, keys and values of one attention call, `[n, heads * head_dim]` each.
+pub struct Qkv<'a, T> {
+    pub q: &'a T,
+    pub k: &'a T,
+    pub v: &'a T,
+}
+
+// Manual impls: a derive would require `T: Copy`, but only the references are copied.
+impl<T> Clone for Qkv<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Qkv<'_, T> {}
+
 /// Shapes of the attention heads of one layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Heads {
@@ -169,15 +184,12 @@ pub trait Backend {
     fn new_cache(&self, layers: usize, kv_dim: usize, capacity: usize) -> Self::Cache;
     /// Write `k, v` (`[n, kv_heads * head_dim]`) of `layer` at cache slots `start..start + n`, then
     /// attend from each new query `i` over the slots `mask.sees(start, i, slot)` allows.
-    #[allow(clippy::too_many_arguments)]
     fn cached_attention(
         &self,
         cache: &mut Self::Cache,
         layer: usize,
         start: usize,
-        q: &Self::Tensor,
-        k: &Self::Tensor,
-        v: &Self::Tensor,
+        qkv: Qkv<'_, Self::Tensor>,
         mask: &AttnMask,
         heads: Heads,
     ) -> Self::Tensor;

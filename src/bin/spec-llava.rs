@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use spec_llava::backend::cpu::CpuBackend;
 use spec_llava::backend::gpu::GpuBackend;
 use spec_llava::backend::Backend;
-use spec_llava::caption::{Caption, CaptionRequest, Captioner, Drafter};
+use spec_llava::caption::{Caption, CaptionRequest, Captioner, DraftEngine, Drafter};
 use spec_llava::checkpoint::Checkpoint;
 use spec_llava::image_io;
 use spec_llava::sampling::SamplingOptions;
@@ -313,8 +313,7 @@ impl Job for CaptionJob {
                     )),
                     DraftOn::Cpu(d) => pollster::block_on(captioner.caption_speculative_with(
                         backend,
-                        &CpuBackend,
-                        d,
+                        DraftEngine::new(&CpuBackend, d),
                         image,
                         req,
                         o,

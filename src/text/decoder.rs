@@ -5,7 +5,7 @@
 //! q/k/v. Every forward takes explicit position ids and an attention mask over the new tokens, so
 //! the same code runs prefill, plain decoding and a speculation tree (positions prefix + depth).
 
-use crate::backend::{AttnMask, Backend, Heads, Rope};
+use crate::backend::{AttnMask, Backend, Heads, Qkv, Rope};
 use crate::config::TextConfig;
 use crate::error::{Error, Result};
 use crate::nn::{Linear, RmsNorm, Weights};
@@ -162,7 +162,18 @@ impl<B: Backend> Decoder<B> {
             let v = layer.v.forward(b, &x);
             let q = b.rope(&q, positions, heads.q_heads, heads.head_dim, rope);
             let k = b.rope(&k, positions, heads.kv_heads, heads.head_dim, rope);
-            let a = b.cached_attention(cache, i, step.start, &q, &k, &v, step.mask, heads);
+            let a = b.cached_attention(
+                cache,
+                i,
+                step.start,
+                Qkv {
+                    q: &q,
+                    k: &k,
+                    v: &v,
+                },
+                step.mask,
+                heads,
+            );
             h = b.add(&h, &layer.o.forward(b, &a));
             let x = layer.post_norm.forward(b, &h);
             let m = b.gated(

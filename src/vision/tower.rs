@@ -7,55 +7,48 @@
 use crate::backend::{Backend, Heads};
 use crate::config::{VisionConfig, VisionKind};
 use crate::error::Result;
+use crate::nn::{LayerNorm, Linear, Weights};
 use crate::weights::WeightStore;
 
 struct EncoderLayer<B: Backend> {
-    ln1: (B::Weight, B::Weight),
-    q: (B::Weight, B::Weight),
-    k: (B::Weight, B::Weight),
-    v: (B::Weight, B::Weight),
-    o: (B::Weight, B::Weight),
-    ln2: (B::Weight, B::Weight),
-    fc1: (B::Weight, B::Weight),
-    fc2: (B::Weight, B::Weight),
+    ln1: LayerNorm<B>,
+    q: Linear<B>,
+    k: Linear<B>,
+    v: Linear<B>,
+    o: Linear<B>,
+    ln2: LayerNorm<B>,
+    fc1: Linear<B>,
+    fc2: Linear<B>,
+}
+
+impl<B: Backend> EncoderLayer<B> {
+    fn load(w: &Weights<B>, cfg: &VisionConfig) -> Result<Self> {
+        let (d, inter, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.layer_norm_eps);
+        let (attn, mlp) = (w.pp("self_attn"), w.pp("mlp"));
+        Ok(EncoderLayer {
+            ln1: LayerNorm::load(&w.pp("layer_norm1"), d, eps)?,
+            q: Linear::load(&attn.pp("q_proj"), d, d, true)?,
+            k: Linear::load(&attn.pp("k_proj"), d, d, true)?,
+            v: Linear::load(&attn.pp("v_proj"), d, d, true)?,
+            o: Linear::load(&attn.pp("out_proj"), d, d, true)?,
+            ln2: LayerNorm::load(&w.pp("layer_norm2"), d, eps)?,
+            fc1: Linear::load(&mlp.pp("fc1"), inter, d, true)?,
+            fc2: Linear::load(&mlp.pp("fc2"), d, inter, true)?,
+        })
+    }
 }
 
 pub struct VisionTower<B: Backend> {
     cfg: VisionConfig,
-    patch_w: B::Weight,
-    patch_b: Option<B::Weight>,
+    /// The patch convolution as a matrix `[D, C*p*p]` (+ bias for SigLIP).
+    patch: Linear<B>,
     class_embedding: Option<B::Weight>,
     position_embedding: B::Weight,
-    pre_norm: Option<(B::Weight, B::Weight)>,
+    pre_norm: Option<LayerNorm<B>>,
     /// SigLIP only, and only when the last layer is run: transformers (4.57, the pinned reference)
     /// reports `hidden_states[-1]` of `SiglipVisionModel` after `post_layernorm`.
-    post_norm: Option<(B::Weight, B::Weight)>,
+    post_norm: Option<LayerNorm<B>>,
     layers: Vec<EncoderLayer<B>>,
-}
-
-/// Load `name` from the store with the expected shape and upload it (quantized or f16 where the
-/// checkpoint, or quantize-on-load, says so; see `WeightStore::weight_data`).
-pub(crate) fn load<B: Backend>(
-    b: &B,
-    store: &WeightStore,
-    name: &str,
-    shape: &[usize],
-) -> Result<B::Weight> {
-    Ok(b.weight_data(store.weight_data(name, shape)?, shape))
-}
-
-/// Weight + bias of a linear layer `prefix.{weight,bias}`.
-pub(crate) fn load_linear<B: Backend>(
-    b: &B,
-    store: &WeightStore,
-    prefix: &str,
-    out_dim: usize,
-    in_dim: usize,
-) -> Result<(B::Weight, B::Weight)> {
-    Ok((
-        load(b, store, &format!("{prefix}.weight"), &[out_dim, in_dim])?,
-        load(b, store, &format!("{prefix}.bias"), &[out_dim])?,
-    ))
 }
 
 /// Pixel values `[3, H, W]` (CHW) -> patches `[P, 3*p*p]` in the conv weight's (c, ky, kx) order.
@@ -85,67 +78,47 @@ impl<B: Backend> VisionTower<B> {
         cfg: &VisionConfig,
         depth: usize,
     ) -> Result<Self> {
-        let p = format!("{prefix}vision_model.");
-        let (d, c, ps) = (cfg.hidden_size, cfg.num_channels, cfg.patch_size);
-        let emb = format!("{p}embeddings.");
-        // The conv weight [D, C, p, p] is used as a [D, C*p*p] matrix.
-        let patch_w = b.weight(
-            store.f32(&format!("{emb}patch_embedding.weight"), &[d, c, ps, ps])?,
-            &[d, c * ps * ps],
+        let w = Weights::new(b, store, &format!("{prefix}vision_model."));
+        let (d, c, ps, eps) = (
+            cfg.hidden_size,
+            cfg.num_channels,
+            cfg.patch_size,
+            cfg.layer_norm_eps,
         );
-        let (patch_b, class_embedding, pre_norm) = match cfg.kind {
-            VisionKind::Clip => (
-                None,
-                Some(load(b, store, &format!("{emb}class_embedding"), &[d])?),
-                Some((
-                    load(b, store, &format!("{p}pre_layrnorm.weight"), &[d])?,
-                    load(b, store, &format!("{p}pre_layrnorm.bias"), &[d])?,
-                )),
-            ),
-            VisionKind::Siglip => (
-                Some(load(b, store, &format!("{emb}patch_embedding.bias"), &[d])?),
-                None,
-                None,
-            ),
+        let emb = w.pp("embeddings");
+        let clip = cfg.kind == VisionKind::Clip;
+        let patch = Linear {
+            // The conv weight [D, C, p, p] is used as a [D, C*p*p] matrix.
+            weight: emb.get_reshaped(
+                "patch_embedding.weight",
+                &[d, c, ps, ps],
+                &[d, c * ps * ps],
+            )?,
+            bias: match cfg.kind {
+                VisionKind::Clip => None,
+                VisionKind::Siglip => Some(emb.get("patch_embedding.bias", &[d])?),
+            },
+        };
+        let (class_embedding, pre_norm) = if clip {
+            (
+                Some(emb.get("class_embedding", &[d])?),
+                Some(LayerNorm::load(&w.pp("pre_layrnorm"), d, eps)?),
+            )
+        } else {
+            (None, None)
         };
         let post_norm = if cfg.kind == VisionKind::Siglip && depth == cfg.num_hidden_layers {
-            Some((
-                load(b, store, &format!("{p}post_layernorm.weight"), &[d])?,
-                load(b, store, &format!("{p}post_layernorm.bias"), &[d])?,
-            ))
+            Some(LayerNorm::load(&w.pp("post_layernorm"), d, eps)?)
         } else {
             None
         };
-        let position_embedding = load(
-            b,
-            store,
-            &format!("{emb}position_embedding.weight"),
-            &[cfg.num_positions(), d],
-        )?;
-        let mut layers = Vec::with_capacity(depth);
-        for i in 0..depth {
-            let l = format!("{p}encoder.layers.{i}.");
-            let norm = |n: &str| -> Result<(B::Weight, B::Weight)> {
-                Ok((
-                    load(b, store, &format!("{l}{n}.weight"), &[d])?,
-                    load(b, store, &format!("{l}{n}.bias"), &[d])?,
-                ))
-            };
-            layers.push(EncoderLayer {
-                ln1: norm("layer_norm1")?,
-                q: load_linear(b, store, &format!("{l}self_attn.q_proj"), d, d)?,
-                k: load_linear(b, store, &format!("{l}self_attn.k_proj"), d, d)?,
-                v: load_linear(b, store, &format!("{l}self_attn.v_proj"), d, d)?,
-                o: load_linear(b, store, &format!("{l}self_attn.out_proj"), d, d)?,
-                ln2: norm("layer_norm2")?,
-                fc1: load_linear(b, store, &format!("{l}mlp.fc1"), cfg.intermediate_size, d)?,
-                fc2: load_linear(b, store, &format!("{l}mlp.fc2"), d, cfg.intermediate_size)?,
-            });
-        }
+        let position_embedding = emb.get("position_embedding.weight", &[cfg.num_positions(), d])?;
+        let layers = (0..depth)
+            .map(|i| EncoderLayer::load(&w.pp(&format!("encoder.layers.{i}")), cfg))
+            .collect::<Result<Vec<_>>>()?;
         Ok(VisionTower {
             cfg: cfg.clone(),
-            patch_w,
-            patch_b,
+            patch,
             class_embedding,
             position_embedding,
             pre_norm,
@@ -165,13 +138,13 @@ impl<B: Backend> VisionTower<B> {
             n,
             cfg.num_channels * cfg.patch_size * cfg.patch_size,
         );
-        let mut h = b.linear(&x, &self.patch_w, self.patch_b.as_ref());
+        let mut h = self.patch.forward(b, &x);
         if let Some(cls) = &self.class_embedding {
             h = b.prepend_row(&h, cls);
         }
         h = b.add_weight(&h, &self.position_embedding);
-        if let Some((w, bias)) = &self.pre_norm {
-            h = b.layer_norm(&h, w, bias, cfg.layer_norm_eps);
+        if let Some(norm) = &self.pre_norm {
+            h = norm.forward(b, &h);
         }
         let heads = Heads {
             q_heads: cfg.num_attention_heads,
@@ -183,22 +156,21 @@ impl<B: Backend> VisionTower<B> {
             if keep.contains(&i) {
                 out.push((i, b.slice_rows(&h, 0, b.dims(&h).0)));
             }
-            let x = b.layer_norm(&h, &layer.ln1.0, &layer.ln1.1, cfg.layer_norm_eps);
-            let q = b.linear(&x, &layer.q.0, Some(&layer.q.1));
-            let k = b.linear(&x, &layer.k.0, Some(&layer.k.1));
-            let v = b.linear(&x, &layer.v.0, Some(&layer.v.1));
-            let a = b.attention(&q, &k, &v, heads);
-            h = b.add(&h, &b.linear(&a, &layer.o.0, Some(&layer.o.1)));
-            let x = b.layer_norm(&h, &layer.ln2.0, &layer.ln2.1, cfg.layer_norm_eps);
-            let x = b.activate(
-                &b.linear(&x, &layer.fc1.0, Some(&layer.fc1.1)),
-                cfg.hidden_act,
+            let x = layer.ln1.forward(b, &h);
+            let (q, k, v) = (
+                layer.q.forward(b, &x),
+                layer.k.forward(b, &x),
+                layer.v.forward(b, &x),
             );
-            h = b.add(&h, &b.linear(&x, &layer.fc2.0, Some(&layer.fc2.1)));
+            let a = b.attention(&q, &k, &v, heads);
+            h = b.add(&h, &layer.o.forward(b, &a));
+            let x = layer.ln2.forward(b, &h);
+            let x = b.activate(&layer.fc1.forward(b, &x), cfg.hidden_act);
+            h = b.add(&h, &layer.fc2.forward(b, &x));
         }
         if keep.contains(&self.layers.len()) {
-            if let Some((w, bias)) = &self.post_norm {
-                h = b.layer_norm(&h, w, bias, cfg.layer_norm_eps);
+            if let Some(norm) = &self.post_norm {
+                h = norm.forward(b, &h);
             }
             out.push((self.layers.len(), h));
         }

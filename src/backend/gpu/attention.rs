@@ -2,7 +2,7 @@
 //! the per-layer KV cache (grow, write, compact) and the attention dispatches over it.
 
 use crate::backend::math::rope_inv_freq;
-use crate::backend::{AttnMask, Heads, Rope};
+use crate::backend::{AttnMask, Heads, Qkv, Rope};
 
 use super::pipelines::Kernel;
 use super::pool::GpuBuf;
@@ -235,18 +235,16 @@ impl GpuBackend {
     }
 
     /// [`Backend::cached_attention`](crate::backend::Backend::cached_attention) (its arguments).
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn record_cached_attention(
         &self,
         cache: &mut GpuCache,
         layer: usize,
         start: usize,
-        q: &GpuTensor,
-        k: &GpuTensor,
-        v: &GpuTensor,
+        qkv: Qkv<'_, GpuTensor>,
         mask: &AttnMask,
         heads: Heads,
     ) -> GpuTensor {
+        let Qkv { q, k, v } = qkv;
         let n = q.rows;
         let width = heads.q_heads * heads.head_dim;
         let kv_ok = [k, v].iter().all(|t| t.rows == n && t.cols == cache.kv_dim);

@@ -15,7 +15,7 @@
 
 use serde::Serialize;
 
-use crate::backend::{AttnMask, Backend, Heads};
+use crate::backend::{AttnMask, Backend, Heads, Qkv};
 use crate::error::{Error, Result};
 use crate::quant::{Format, WeightData};
 
@@ -269,11 +269,32 @@ impl GpuBackend {
         let q = |rows: usize, seed: u64| self.tensor(values(rows * width, seed), rows, width);
         if start > 0 {
             let (qp, kp, vp) = (q(start, 3), kv(start, 4), kv(start, 5));
-            let _ =
-                self.cached_attention(&mut cache, 0, 0, &qp, &kp, &vp, &AttnMask::Causal, heads);
+            let _ = self.cached_attention(
+                &mut cache,
+                0,
+                0,
+                Qkv {
+                    q: &qp,
+                    k: &kp,
+                    v: &vp,
+                },
+                &AttnMask::Causal,
+                heads,
+            );
         }
         let (qt, kt, vt) = (q(n, 6), kv(n, 7), kv(n, 8));
-        let _ = self.cached_attention(&mut cache, 0, start, &qt, &kt, &vt, &mask, heads);
+        let _ = self.cached_attention(
+            &mut cache,
+            0,
+            start,
+            Qkv {
+                q: &qt,
+                k: &kt,
+                v: &vt,
+            },
+            &mask,
+            heads,
+        );
         let words = n.div_ceil(32).max(1);
         let out = self.alloc(n, width);
         let scale = 1.0 / (heads.head_dim as f32).sqrt();

@@ -5,7 +5,7 @@
 //! Weight uploads live in `weights`, matmul dispatch in `matmul`, rope, masks, the KV cache and
 //! attention in `attention`; the trait methods for those delegate there.
 
-use crate::backend::{AttnMask, Backend, Heads, Rope};
+use crate::backend::{AttnMask, Backend, Heads, Qkv, Rope};
 use crate::config::Activation;
 use crate::quant::WeightData;
 
@@ -443,13 +443,11 @@ impl Backend for GpuBackend {
         cache: &mut GpuCache,
         layer: usize,
         start: usize,
-        q: &GpuTensor,
-        k: &GpuTensor,
-        v: &GpuTensor,
+        qkv: Qkv<'_, GpuTensor>,
         mask: &AttnMask,
         heads: Heads,
     ) -> GpuTensor {
-        self.record_cached_attention(cache, layer, start, q, k, v, mask, heads)
+        self.record_cached_attention(cache, layer, start, qkv, mask, heads)
     }
 
     fn compact_cache(&self, cache: &mut GpuCache, from: &[usize], to_start: usize) {
