@@ -14,6 +14,8 @@ use crate::{cargo, prereq};
 enum Action {
     Cargo(Vec<&'static str>),
     Prereqs,
+    /// Imports follow ARCHITECTURE.md's layers (`layers::check`).
+    Layers,
     /// Build the browser app into web/pkg (`app::build`).
     App,
     /// The browser end-to-end suite (tests/e2e, playwright-core driving headless Chromium).
@@ -37,6 +39,7 @@ impl Step {
         match &self.action {
             Action::Cargo(args) => format!("cargo {}", args.join(" ")),
             Action::Prereqs => "install missing build and browser prerequisites".to_string(),
+            Action::Layers => "src/ imports against the layers of ARCHITECTURE.md".to_string(),
             Action::App => "build the wasm app into web/pkg".to_string(),
             Action::E2e => format!("node {E2E_SCRIPT} (headless Chromium, WebGPU)"),
         }
@@ -48,6 +51,7 @@ impl Step {
                 prereq::ensure_build_prereqs()?;
                 prereq::ensure_browser_prereqs(root)
             }
+            Action::Layers => crate::layers::check(root),
             Action::App => crate::app::build(root),
             Action::E2e => run_e2e(root),
             Action::Cargo(args) => {
@@ -73,6 +77,10 @@ fn steps(nextest: bool, plain: bool) -> Vec<Step> {
             action: Action::Prereqs,
         },
         Step::cargo("fmt", fmt),
+        Step {
+            name: "layers",
+            action: Action::Layers,
+        },
         Step::cargo(
             "clippy",
             &[
@@ -232,6 +240,7 @@ mod tests {
             [
                 "prerequisites",
                 "fmt",
+                "layers",
                 "clippy",
                 "tests",
                 "app build",
@@ -243,6 +252,7 @@ mod tests {
             [
                 "prerequisites",
                 "fmt",
+                "layers",
                 "clippy",
                 "tests",
                 "doctests",
@@ -251,10 +261,14 @@ mod tests {
             ]
         );
         let all = steps(true, false);
-        assert_eq!(all[5].describe(), "build the wasm app into web/pkg");
-        assert!(all[6].describe().contains(E2E_SCRIPT));
+        assert_eq!(all[6].describe(), "build the wasm app into web/pkg");
+        assert!(all[7].describe().contains(E2E_SCRIPT));
         assert_eq!(
             all[2].describe(),
+            "src/ imports against the layers of ARCHITECTURE.md"
+        );
+        assert_eq!(
+            all[3].describe(),
             "cargo clippy --workspace --all-targets -- -D warnings"
         );
         assert_eq!(all[1].describe(), "cargo fmt --all -- --check");

@@ -7,9 +7,11 @@
 //! - `scenes --count N --seed S --out DIR`: render procedural scenes with the `spec-llava` CLI.
 //! - `bench [--json]`: release build, then `spec-llava bench-kernels` and the speculation `bench`.
 //! - `setup [--browser]`: install prerequisites only (`--browser` adds the browser-test tools).
+//! - `layers`: check that `src/` imports follow the layers of ARCHITECTURE.md (see `layers`).
 
 mod app;
 mod check;
+mod layers;
 mod prereq;
 mod serve;
 
@@ -25,7 +27,8 @@ commands:
   serve [--port P] [--no-build]        build, then serve the web app on http://127.0.0.1:P (default 8080)
   scenes --count N --seed S --out DIR  render procedural scenes (spec-llava scenes)
   bench [--json]                       kernel and speculation benchmarks (release build)
-  setup [--browser]                    install missing prerequisites only";
+  setup [--browser]                    install missing prerequisites only
+  layers                               check src/ imports against the layers of ARCHITECTURE.md";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -70,6 +73,10 @@ fn run(args: &[String]) -> Result<(), String> {
                 prereq::ensure_browser_prereqs(&root)?;
             }
             Ok(())
+        }
+        "layers" => {
+            no_more_args(rest)?;
+            layers::check(&root)
         }
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
