@@ -3,25 +3,23 @@
 //! the same backend-agnostic loop the CPU tests check in tests/speculative.rs.
 //! Without an adapter these tests FAIL, unless `SPEC_LLAVA_SKIP_GPU=1` is set.
 
-use common::gpu;
-
 mod common;
 
-use common::{checkpoint_dir, fixtures_dir, random_weights_copy};
+use common::{checkpoint_dir, fixtures_dir, gpu, random_weights_copy};
 use spec_llava::caption::{CaptionRequest, Captioner, DraftEngine};
 use spec_llava::checkpoint::Checkpoint;
 use spec_llava::image_io;
 use spec_llava::speculative::SpecOptions;
 
-#[test]
-fn greedy_speculation_on_the_gpu_equals_plain_decoding() {
-    let Some(b) = gpu() else { return };
+// Greedy speculation equals plain decoding and transformers' greedy tokens on every fixture, on
+// each engine (`greedy_speculation_equals_plain_decoding::{cpu, gpu}`).
+test_each_backend!(greedy_speculation_equals_plain_decoding, |b| {
     for name in [
         "clip-llama-gqa-f32",
         "siglip-qwen2-bf16-sharded",
         "clip-llama2tok",
     ] {
-        let target = Captioner::new(&b, Checkpoint::open(&checkpoint_dir(name)).unwrap()).unwrap();
+        let target = Captioner::new(b, Checkpoint::open(&checkpoint_dir(name)).unwrap()).unwrap();
         let reference: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(fixtures_dir().join(name).join("reference.json")).unwrap(),
         )
@@ -39,7 +37,7 @@ fn greedy_speculation_on_the_gpu_equals_plain_decoding() {
             max_new_tokens: 16,
             ..Default::default()
         };
-        let plain = pollster::block_on(target.caption(&b, &image, &req, |_| true)).unwrap();
+        let plain = pollster::block_on(target.caption(b, &image, &req, |_| true)).unwrap();
         let want: Vec<u32> = case["greedy_tokens"]
             .as_array()
             .unwrap()
@@ -52,7 +50,7 @@ fn greedy_speculation_on_the_gpu_equals_plain_decoding() {
         );
         for draft_dir in [checkpoint_dir(name), random_weights_copy(name, 9)] {
             let drafter = target
-                .drafter(Captioner::new(&b, Checkpoint::open(&draft_dir).unwrap()).unwrap())
+                .drafter(Captioner::new(b, Checkpoint::open(&draft_dir).unwrap()).unwrap())
                 .unwrap();
             for o in [
                 SpecOptions {
@@ -69,7 +67,7 @@ fn greedy_speculation_on_the_gpu_equals_plain_decoding() {
                 },
             ] {
                 let s = pollster::block_on(target.caption_speculative(
-                    &b,
+                    b,
                     &drafter,
                     &image,
                     &req,
@@ -86,7 +84,7 @@ fn greedy_speculation_on_the_gpu_equals_plain_decoding() {
             }
         }
     }
-}
+});
 
 /// The demo pair on the GPU engine: greedy speculation with the default tree equals plain decoding
 /// on 200 held-out scenes (as the CPU test does), and a chain (budget 1) does on the first 12.
