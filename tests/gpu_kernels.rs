@@ -22,8 +22,6 @@ use spec_llava::backend::gpu::{GpuBackend, GpuOptions};
 use spec_llava::backend::{AttnMask, Backend, Heads, Rope, TopK};
 use spec_llava::config::Activation;
 
-
-
 fn random(rng: &mut StdRng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }

@@ -8,19 +8,15 @@
 mod common;
 use common::{checkpoint_dir, fixtures_dir, gpu};
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use spec_llava::backend::cpu::CpuBackend;
-use spec_llava::backend::gpu::GpuBackend;
 use spec_llava::backend::{AttnMask, Backend};
 use spec_llava::caption::{CaptionRequest, Captioner};
 use spec_llava::checkpoint::Checkpoint;
 use spec_llava::image_io;
 use spec_llava::model::LlavaModel;
 use spec_llava::text::decoder::LogitRows;
-
-
-
 
 /// (image path, prompt) of every recorded case.
 fn cases(name: &str) -> Vec<(PathBuf, String)> {
@@ -183,4 +179,14 @@ fn siglip_qwen2_bf16_sharded_greedy_tokens_match_the_cpu() {
 #[test]
 fn clip_llama2_tokenizer_greedy_tokens_match_the_cpu() {
     check_fixture("clip-llama2tok");
+}
+
+#[test]
+fn clip_llama_saved_by_transformers5_greedy_tokens_match_the_cpu() {
+    check_fixture("clip-llama-v5");
+}
+
+#[test]
+fn siglip_qwen2_saved_by_transformers5_greedy_tokens_match_the_cpu() {
+    check_fixture("siglip-qwen2-v5");
 }

@@ -23,7 +23,6 @@ use spec_llava::backend::gpu::{GpuBackend, GpuOptions, WeightDType};
 use spec_llava::backend::Backend;
 use spec_llava::quant::{Format, WeightData};
 
-
 fn random(rng: &mut StdRng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }

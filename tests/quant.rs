@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use spec_llava::backend::cpu::CpuBackend;
-use spec_llava::backend::gpu::GpuBackend;
 use spec_llava::backend::Backend;
 use spec_llava::caption::{CaptionRequest, Captioner};
 use spec_llava::checkpoint::Checkpoint;

@@ -8,12 +8,10 @@ use common::gpu;
 mod common;
 
 use common::{checkpoint_dir, fixtures_dir, random_weights_copy};
-use spec_llava::backend::gpu::GpuBackend;
 use spec_llava::caption::{CaptionRequest, Captioner};
 use spec_llava::checkpoint::Checkpoint;
 use spec_llava::image_io;
 use spec_llava::spec::SpecOptions;
-
 
 #[test]
 fn greedy_speculation_on_the_gpu_equals_plain_decoding() {

@@ -27,8 +27,9 @@ pub struct VisionTower<B: Backend> {
     class_embedding: Option<B::Weight>,
     position_embedding: B::Weight,
     pre_norm: Option<(B::Weight, B::Weight)>,
-    /// SigLIP only, and only when the last layer is run: transformers (4.57, the pinned reference)
-    /// reports `hidden_states[-1]` of `SiglipVisionModel` after `post_layernorm`.
+    /// SigLIP only, and only when the last layer is run and `tie_last_hidden_states` says so:
+    /// transformers 4.57 reports `hidden_states[-1]` of `SiglipVisionModel` after
+    /// `post_layernorm`, 5.x before it (see `VisionConfig::tie_last_hidden_states`).
     post_norm: Option<(B::Weight, B::Weight)>,
     layers: Vec<EncoderLayer<B>>,
 }
@@ -76,8 +77,9 @@ pub fn im2col(pixels: &[f32], channels: usize, image: usize, patch: usize) -> Ve
 }
 
 impl<B: Backend> VisionTower<B> {
-    /// Load the tower's weights under `prefix` (e.g. `vision_tower.`), only the first `depth`
-    /// encoder layers (deeper ones never feed LLaVA's features).
+    /// Load the tower's weights under `prefix`, the level that holds `embeddings.` and `encoder.`
+    /// (`vision_tower.vision_model.` as transformers 4.x saves it, `vision_tower.` as 5.x does; see
+    /// `NameStyle`), only the first `depth` encoder layers (deeper ones never feed LLaVA's features).
     pub fn load(
         b: &B,
         store: &WeightStore,
@@ -85,7 +87,7 @@ impl<B: Backend> VisionTower<B> {
         cfg: &VisionConfig,
         depth: usize,
     ) -> Result<Self> {
-        let p = format!("{prefix}vision_model.");
+        let p = prefix;
         let (d, c, ps) = (cfg.hidden_size, cfg.num_channels, cfg.patch_size);
         let emb = format!("{p}embeddings.");
         // The conv weight [D, C, p, p] is used as a [D, C*p*p] matrix.
@@ -108,7 +110,7 @@ impl<B: Backend> VisionTower<B> {
                 None,
             ),
         };
-        let post_norm = if cfg.kind == VisionKind::Siglip && depth == cfg.num_hidden_layers {
+        let post_norm = if cfg.tie_last_hidden_states && depth == cfg.num_hidden_layers {
             Some((
                 load(b, store, &format!("{p}post_layernorm.weight"), &[d])?,
                 load(b, store, &format!("{p}post_layernorm.bias"), &[d])?,
