@@ -1,7 +1,10 @@
 //! A whole LLaVA checkpoint directory as Hugging Face publishes it: `config.json`, safetensors
 //! weights (single or sharded), `tokenizer.json` (+ `tokenizer_config.json`, chat template),
-//! `preprocessor_config.json`, optional `generation_config.json`; checked for consistency before any
-//! weight is uploaded, so a bad file is reported by name and nothing already loaded is disturbed.
+//! the image processor config, optional `generation_config.json`; checked for consistency before
+//! any weight is uploaded, so a bad file is reported by name and nothing already loaded is disturbed.
+//!
+//! The image processor config is `preprocessor_config.json` (transformers 4.x) or, when that file is
+//! absent, the `image_processor` object of `processor_config.json` (what transformers 5.x saves).
 
 use crate::config::LlavaConfig;
 use crate::error::{Error, Result};
@@ -24,14 +27,17 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// Assemble and cross-check the parts. `processor_config_json` is the optional
-    /// `processor_config.json`; `generation_config_json` the optional `generation_config.json`.
+    /// Assemble and cross-check the parts. `processor_file` names the file `processor` was read
+    /// from (for messages); `processor_config_json` is the optional `processor_config.json`;
+    /// `generation_config_json` the optional `generation_config.json`.
+    #[allow(clippy::too_many_arguments)]
     pub fn from_parts(
         source: &str,
         config: LlavaConfig,
         weights: WeightStore,
         mut tokenizer: TextTokenizer,
         processor: ImageProcessor,
+        processor_file: &str,
         processor_config_json: Option<&str>,
         generation_config_json: Option<&str>,
     ) -> Result<Self> {
@@ -65,7 +71,7 @@ impl Checkpoint {
         let side = config.vision.image_size;
         if (h, w) != (side, side) {
             return Err(Error::file(
-                format!("{source}/preprocessor_config.json"),
+                processor_file,
                 format!("produces {h}x{w} images, but the vision tower expects {side}x{side}"),
             ));
         }
@@ -120,10 +126,26 @@ impl Checkpoint {
         };
         let config = LlavaConfig::from_json(&read("config.json")?, &files.path("config.json"))?;
         let tokenizer = TextTokenizer::from_files(files)?;
-        let processor = ImageProcessor::from_json(
-            &read("preprocessor_config.json")?,
-            &files.path("preprocessor_config.json"),
-        )?;
+        let processor_config = optional("processor_config.json");
+        let (processor_json, processor_file) = if files.read("preprocessor_config.json")?.is_some()
+        {
+            (
+                read("preprocessor_config.json")?,
+                files.path("preprocessor_config.json"),
+            )
+        } else {
+            match processor_config.as_deref().and_then(nested_image_processor) {
+                Some(json) => (
+                    json,
+                    format!("{} (image_processor)", files.path("processor_config.json")),
+                ),
+                None => return Err(Error::file(
+                    files.path("preprocessor_config.json"),
+                    "cannot read: no such file, and processor_config.json has no image_processor",
+                )),
+            }
+        };
+        let processor = ImageProcessor::from_json(&processor_json, &processor_file)?;
         let weights = files.weights()?;
         Self::from_parts(
             &files.source(),
@@ -131,7 +153,8 @@ impl Checkpoint {
             weights,
             tokenizer,
             processor,
-            optional("processor_config.json").as_deref(),
+            &processor_file,
+            processor_config.as_deref(),
             optional("generation_config.json").as_deref(),
         )
     }
@@ -147,3 +170,13 @@ impl Checkpoint {
         self.tokenizer.chat_prompt(user_text)
     }
 }
+
+/// The `image_processor` object of a processor_config.json (transformers 5.x nests the image
+/// processor there instead of writing preprocessor_config.json), as JSON text.
+fn nested_image_processor(processor_config_json: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(processor_config_json).ok()?;
+    v.get("image_processor")
+        .filter(|p| p.is_object())
+        .map(|p| p.to_string())
+}
+

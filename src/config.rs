@@ -55,6 +55,13 @@ pub struct VisionConfig {
     pub patch_size: usize,
     pub hidden_act: Activation,
     pub layer_norm_eps: f32,
+    /// SigLIP: whether the last hidden state (`hidden_states[-1]`, what `vision_feature_layer` -1
+    /// selects) is reported after `post_layernorm`, transformers' `tie_last_hidden_states`.
+    /// transformers 4.57 did so; 5.x does not (its SigLIP default, overridable by
+    /// `vision_config.tie_last_hidden_states`). Without the key: true for a checkpoint written by
+    /// 4.x (or not saying), false for one written by 5.x (`transformers_version` in config.json).
+    /// Always false for CLIP, whose `post_layernorm` only touches the pooled output.
+    pub tie_last_hidden_states: bool,
 }
 
 impl VisionConfig {
@@ -147,7 +154,17 @@ impl LlavaConfig {
         let empty = Value::Object(Default::default());
         let vision_value = root.get("vision_config").unwrap_or(&empty);
         let text_value = root.get("text_config").unwrap_or(&empty);
-        let vision = parse_vision(vision_value, file, root.get("vision_config").is_none())?;
+        // The transformers major version that wrote the file (absent: treated as 4.x).
+        let written_by_v5 = f
+            .str_opt("transformers_version")?
+            .and_then(|v| v.split('.').next()?.parse::<u32>().ok())
+            .is_some_and(|major| major >= 5);
+        let vision = parse_vision(
+            vision_value,
+            file,
+            root.get("vision_config").is_none(),
+            written_by_v5,
+        )?;
         let mut text = parse_text(text_value, file, root.get("text_config").is_none())?;
         // transformers ties embeddings when either level asks for it.
         if f.bool_or("tie_word_embeddings", false)? {
@@ -241,7 +258,7 @@ impl LlavaConfig {
     }
 }
 
-fn parse_vision(v: &Value, file: &str, absent: bool) -> Result<VisionConfig> {
+fn parse_vision(v: &Value, file: &str, absent: bool, written_by_v5: bool) -> Result<VisionConfig> {
     let f = Fields {
         obj: v,
         file,
@@ -288,6 +305,8 @@ fn parse_vision(v: &Value, file: &str, absent: bool) -> Result<VisionConfig> {
             )
         })?,
         layer_norm_eps: f.f64_or("layer_norm_eps", eps)? as f32,
+        tie_last_hidden_states: kind == VisionKind::Siglip
+            && f.bool_or("tie_last_hidden_states", !written_by_v5)?,
     };
     if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
         return Err(Error::file(
@@ -539,5 +558,35 @@ mod tests {
         assert_eq!(cfg.feature_layer_indices(), vec![26, 25]);
         assert!(cfg.text.attention_bias);
         assert_eq!(cfg.vision.hidden_act, Activation::GeluTanh);
+        assert!(
+            cfg.vision.tie_last_hidden_states,
+            "4.x semantics without a version"
+        );
+    }
+
+    #[test]
+    fn siglip_last_hidden_state_norm_follows_the_writing_version() {
+        let cfg = |top: &str, vision: &str| {
+            let text = format!(
+                r#"{{"model_type":"llava",{top}"vision_config":{{"model_type":"{vision}"}}}}"#
+            );
+            LlavaConfig::from_json(&text, "config.json").unwrap().vision
+        };
+        let siglip = "siglip_vision_model";
+        assert!(cfg(r#""transformers_version":"4.57.1","#, siglip).tie_last_hidden_states);
+        assert!(!cfg(r#""transformers_version":"5.24.0","#, siglip).tie_last_hidden_states);
+        assert!(
+            !cfg(r#""transformers_version":"5.0.0","#, "clip_vision_model").tie_last_hidden_states
+        );
+        assert!(!cfg("", "clip_vision_model").tie_last_hidden_states);
+        // vision_config.tie_last_hidden_states overrides the version's default.
+        let text = r#"{"model_type":"llava","transformers_version":"5.24.0",
+          "vision_config":{"model_type":"siglip_vision_model","tie_last_hidden_states":true}}"#;
+        assert!(
+            LlavaConfig::from_json(text, "config.json")
+                .unwrap()
+                .vision
+                .tie_last_hidden_states
+        );
     }
 }

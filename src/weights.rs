@@ -3,8 +3,10 @@
 //!
 //! Parsing and validation of each file (header length, JSON, offsets, overlaps) is done by the
 //! `safetensors` crate; this module adds the checks that need the model: every tensor the config
-//! implies exists, with the shape the config implies. Both tensor-name styles that transformers has
-//! written (`language_model.model.*` and `model.language_model.*`) are accepted.
+//! implies exists, with the shape the config implies. Every tensor-name style that transformers has
+//! written is accepted (see [`NameStyle`]): `language_model.model.*` or `model.language_model.*`,
+//! with the vision tower under `vision_tower.vision_model.*` (4.x) or `vision_tower.*` (5.x, no
+//! `vision_model.` level), each with or without a leading `model.`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -313,7 +315,7 @@ impl WeightStore {
         Ok(q)
     }
 
-    pub fn names(&self) -> impl Iterator<Item = &str> {
+    pub fn names(&self) -> impl Iterator<Item = &str> + Clone {
         self.entries.keys().map(|s| s.as_str())
     }
 
@@ -415,6 +417,13 @@ pub fn shard_names(index_json: &str, file: &str) -> Result<Vec<String>> {
 }
 
 /// The prefixes under which one checkpoint stores each part of the model.
+///
+/// `vision` is the prefix of the vision tower's `embeddings.` / `encoder.` tensors (CLIP and
+/// SigLIP alike). transformers 4.x nests them one level deeper than 5.x, whose `CLIPVisionModel` /
+/// `SiglipVisionModel` have no `vision_model` submodule: 4.x writes
+/// `vision_tower.vision_model.embeddings.*`, 5.24 writes `vision_tower.embeddings.*` (next to
+/// `language_model.model.*`; in memory 5.x names them `model.vision_tower.embeddings.*`). The level
+/// is found from the names present.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NameStyle {
     pub vision: String,
@@ -426,8 +435,13 @@ pub struct NameStyle {
 impl NameStyle {
     /// Detect the naming style from the tensor names present.
     pub fn detect(store: &WeightStore) -> NameStyle {
-        let has = |prefix: &str| store.names().any(|n| n.starts_with(prefix));
-        let (vision, projector, text, lm_head) = if has("model.language_model.") {
+        Self::from_names(store.names())
+    }
+
+    /// [`Self::detect`] over a list of tensor names.
+    pub fn from_names<'a>(names: impl Iterator<Item = &'a str> + Clone) -> NameStyle {
+        let has = |prefix: &str| names.clone().any(|n| n.starts_with(prefix));
+        let (tower, projector, text, lm_head) = if has("model.language_model.") {
             (
                 "model.vision_tower.",
                 "model.multi_modal_projector.",
@@ -450,8 +464,15 @@ impl NameStyle {
                 "lm_head.weight",
             )
         };
+        // CLIP and SigLIP both keep `embeddings.` right under the vision model.
+        let nested = format!("{tower}vision_model.");
+        let vision = if has(&format!("{nested}embeddings.")) {
+            nested
+        } else {
+            tower.to_string()
+        };
         NameStyle {
-            vision: vision.into(),
+            vision,
             projector: projector.into(),
             text: text.into(),
             lm_head: lm_head.into(),
@@ -476,6 +497,84 @@ mod tests {
             shard_names(ok, "idx.json").unwrap(),
             vec!["m-1.safetensors", "m-2.safetensors"]
         );
+    }
+
+    fn style(names: &[&str]) -> NameStyle {
+        NameStyle::from_names(names.iter().copied())
+    }
+
+    #[test]
+    fn vision_prefix_with_and_without_the_vision_model_level() {
+        // transformers 4.x (llava-hf checkpoints): CLIP, legacy names.
+        let s = style(&[
+            "language_model.model.embed_tokens.weight",
+            "language_model.lm_head.weight",
+            "multi_modal_projector.linear_1.weight",
+            "vision_tower.vision_model.embeddings.class_embedding",
+            "vision_tower.vision_model.embeddings.patch_embedding.weight",
+            "vision_tower.vision_model.pre_layrnorm.weight",
+            "vision_tower.vision_model.encoder.layers.0.self_attn.q_proj.weight",
+        ]);
+        assert_eq!(s.vision, "vision_tower.vision_model.");
+        assert_eq!(s.projector, "multi_modal_projector.");
+        assert_eq!(s.text, "language_model.model.");
+        assert_eq!(s.lm_head, "language_model.lm_head.weight");
+        // New prefixes, still nested (4.52+ in memory, rewritten checkpoints): SigLIP.
+        let s = style(&[
+            "model.language_model.embed_tokens.weight",
+            "model.multi_modal_projector.linear_1.weight",
+            "model.vision_tower.vision_model.embeddings.patch_embedding.bias",
+            "model.vision_tower.vision_model.embeddings.patch_embedding.weight",
+            "model.vision_tower.vision_model.post_layernorm.weight",
+        ]);
+        assert_eq!(s.vision, "model.vision_tower.vision_model.");
+        assert_eq!(s.text, "model.language_model.");
+        assert_eq!(s.lm_head, "lm_head.weight");
+        // transformers 5.24 `save_pretrained`: 4.x prefixes, no `vision_model.` level.
+        let s = style(&[
+            "language_model.model.embed_tokens.weight",
+            "language_model.lm_head.weight",
+            "multi_modal_projector.linear_1.weight",
+            "vision_tower.embeddings.class_embedding",
+            "vision_tower.embeddings.patch_embedding.weight",
+            "vision_tower.pre_layrnorm.weight",
+            "vision_tower.encoder.layers.0.self_attn.q_proj.weight",
+            "vision_tower.post_layernorm.weight",
+        ]);
+        assert_eq!(s.vision, "vision_tower.");
+        assert_eq!(s.text, "language_model.model.");
+        assert_eq!(s.lm_head, "language_model.lm_head.weight");
+        // transformers 5.x in-memory names (a state dict saved as is): CLIP and SigLIP.
+        for tower in [
+            &[
+                "model.vision_tower.embeddings.class_embedding",
+                "model.vision_tower.embeddings.patch_embedding.weight",
+                "model.vision_tower.pre_layrnorm.weight",
+            ][..],
+            &[
+                "model.vision_tower.embeddings.patch_embedding.weight",
+                "model.vision_tower.embeddings.patch_embedding.bias",
+                "model.vision_tower.post_layernorm.weight",
+            ][..],
+        ] {
+            let mut names = vec![
+                "model.language_model.layers.0.input_layernorm.weight",
+                "lm_head.weight",
+                "model.multi_modal_projector.linear_2.weight",
+            ];
+            names.extend_from_slice(tower);
+            let s = style(&names);
+            assert_eq!(s.vision, "model.vision_tower.");
+            assert_eq!(s.projector, "model.multi_modal_projector.");
+            assert_eq!(s.text, "model.language_model.");
+        }
+        // A bare LlavaModel either way.
+        let s = style(&[
+            "language_model.layers.0.mlp.up_proj.weight",
+            "vision_tower.embeddings.patch_embedding.weight",
+        ]);
+        assert_eq!(s.vision, "vision_tower.");
+        assert_eq!(s.text, "language_model.");
     }
 
     #[test]

@@ -156,6 +156,30 @@ fn unknown_model_type_and_bad_config_are_refused() {
 }
 
 #[test]
+fn missing_image_processor_config_is_refused() {
+    // The image processor comes from preprocessor_config.json (4.x) or, when that is absent, from
+    // processor_config.json's `image_processor` (5.x); the 4.x fixture's processor_config.json has
+    // none, so removing the first file leaves no image processor.
+    let dir = scratch_checkpoint("proc");
+    std::fs::remove_file(dir.join("preprocessor_config.json")).unwrap();
+    assert_refused(
+        &dir,
+        &good_image(),
+        "preprocessor_config.json",
+        "no such file, and processor_config.json has no image_processor",
+    );
+    // A 5.x-style nested one is read instead, and checked like the file.
+    let nested = r#"{"image_token": "<image>", "patch_size": 8, "image_processor": {"image_processor_type": "CLIPImageProcessor", "size": {"shortest_edge": 32}, "crop_size": {"height": 24, "width": 24}}}"#;
+    std::fs::write(dir.join("processor_config.json"), nested).unwrap();
+    assert_refused(
+        &dir,
+        &good_image(),
+        "processor_config.json (image_processor)",
+        "produces 24x24 images, but the vision tower expects 32x32",
+    );
+}
+
+#[test]
 fn tokenizer_without_image_token_is_refused() {
     let dir = scratch_checkpoint("tok");
     let tok = std::fs::read_to_string(dir.join("tokenizer.json")).unwrap();

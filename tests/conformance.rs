@@ -1,5 +1,6 @@
 //! The CPU reference engine against Hugging Face transformers, on the tiny random checkpoints that
-//! `tools/reference/make_model_fixtures.py` records (tests/fixtures/models/*): prompt ids identical,
+//! `tools/reference/make_model_fixtures.py` (transformers 4.x) and `make_v5_fixtures.py` (5.x)
+//! record (tests/fixtures/models/*): prompt ids identical,
 //! pixel values within 1e-5 (already at size) or 2/255 (resized), last-token logits within 1e-4
 //! relative, 16 greedy tokens identical — through the library and through `spec-llava caption`.
 
@@ -182,12 +183,26 @@ fn clip_llama2_tokenizer_matches_transformers() {
     check_fixture("clip-llama2tok");
 }
 
+/// As transformers 5.x saves it: vision tower without `vision_model.`, image processor inside
+/// processor_config.json, chat_template.jinja, `rope_parameters`.
+#[test]
+fn clip_llama_saved_by_transformers5_matches_transformers() {
+    check_fixture("clip-llama-v5");
+}
+
+#[test]
+fn siglip_qwen2_saved_by_transformers5_matches_transformers() {
+    check_fixture("siglip-qwen2-v5");
+}
+
 #[test]
 fn cli_caption_json_reproduces_greedy_tokens() {
     for name in [
         "clip-llama-gqa-f32",
         "siglip-qwen2-bf16-sharded",
         "clip-llama2tok",
+        "clip-llama-v5",
+        "siglip-qwen2-v5",
     ] {
         let r = reference(name);
         let case = &r.json["cases"][0];

@@ -171,3 +171,13 @@ fn siglip_qwen2_bf16_sharded_greedy_tokens_match_the_cpu() {
 fn clip_llama2_tokenizer_greedy_tokens_match_the_cpu() {
     check_fixture("clip-llama2tok");
 }
+
+#[test]
+fn clip_llama_saved_by_transformers5_greedy_tokens_match_the_cpu() {
+    check_fixture("clip-llama-v5");
+}
+
+#[test]
+fn siglip_qwen2_saved_by_transformers5_greedy_tokens_match_the_cpu() {
+    check_fixture("siglip-qwen2-v5");
+}

@@ -3,9 +3,10 @@
 //! server after one visit).
 //!
 //! Which files: the ones `Checkpoint::from_files` reads — required `config.json`,
-//! `tokenizer.json`, `preprocessor_config.json` and the weights (`model.safetensors`, or the shards
-//! named by `model.safetensors.index.json`); optional tokenizer/chat-template/processor/generation
-//! configs. An absent optional file is remembered in the cache as a 404 so offline loads see the
+//! `tokenizer.json` and the weights (`model.safetensors`, or the shards named by
+//! `model.safetensors.index.json`); optional tokenizer/chat-template/processor/generation configs
+//! (the image processor config is `preprocessor_config.json` or, as transformers 5.x saves it,
+//! inside `processor_config.json`: `Checkpoint::from_files` says when neither has it). An absent optional file is remembered in the cache as a 404 so offline loads see the
 //! same file set.
 
 use js_sys::{Reflect, Uint8Array};
@@ -24,8 +25,9 @@ pub const MODEL_CACHE: &str = "spec-llava-models-v1";
 /// weights are held once as downloaded bytes and once as engine tensors.
 pub const MAX_CHECKPOINT_BYTES: u64 = 1536 << 20;
 
-const REQUIRED: &[&str] = &["config.json", "tokenizer.json", "preprocessor_config.json"];
+const REQUIRED: &[&str] = &["config.json", "tokenizer.json"];
 const OPTIONAL: &[&str] = &[
+    "preprocessor_config.json",
     "tokenizer_config.json",
     "chat_template.jinja",
     "chat_template.json",

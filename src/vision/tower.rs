@@ -45,8 +45,9 @@ pub struct VisionTower<B: Backend> {
     class_embedding: Option<B::Weight>,
     position_embedding: B::Weight,
     pre_norm: Option<LayerNorm<B>>,
-    /// SigLIP only, and only when the last layer is run: transformers (4.57, the pinned reference)
-    /// reports `hidden_states[-1]` of `SiglipVisionModel` after `post_layernorm`.
+    /// SigLIP only, and only when the last layer is run and `tie_last_hidden_states` says so:
+    /// transformers 4.57 reports `hidden_states[-1]` of `SiglipVisionModel` after
+    /// `post_layernorm`, 5.x before it (see `VisionConfig::tie_last_hidden_states`).
     post_norm: Option<LayerNorm<B>>,
     layers: Vec<EncoderLayer<B>>,
 }
@@ -69,8 +70,9 @@ pub fn im2col(pixels: &[f32], channels: usize, image: usize, patch: usize) -> Ve
 }
 
 impl<B: Backend> VisionTower<B> {
-    /// Load the tower's weights under `prefix` (e.g. `vision_tower.`), only the first `depth`
-    /// encoder layers (deeper ones never feed LLaVA's features).
+    /// Load the tower's weights under `prefix`, the level that holds `embeddings.` and `encoder.`
+    /// (`vision_tower.vision_model.` as transformers 4.x saves it, `vision_tower.` as 5.x does; see
+    /// `NameStyle`), only the first `depth` encoder layers (deeper ones never feed LLaVA's features).
     pub fn load(
         b: &B,
         store: &WeightStore,
@@ -78,7 +80,7 @@ impl<B: Backend> VisionTower<B> {
         cfg: &VisionConfig,
         depth: usize,
     ) -> Result<Self> {
-        let w = Weights::new(b, store, &format!("{prefix}vision_model."));
+        let w = Weights::new(b, store, prefix);
         let (d, c, ps, eps) = (
             cfg.hidden_size,
             cfg.num_channels,
@@ -107,7 +109,7 @@ impl<B: Backend> VisionTower<B> {
         } else {
             (None, None)
         };
-        let post_norm = if cfg.kind == VisionKind::Siglip && depth == cfg.num_hidden_layers {
+        let post_norm = if cfg.tie_last_hidden_states && depth == cfg.num_hidden_layers {
             Some(LayerNorm::load(&w.pp("post_layernorm"), d, eps)?)
         } else {
             None

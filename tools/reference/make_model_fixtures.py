@@ -374,7 +374,8 @@ def run_cases(model, processor, fixture_dir: Path, cases: list[dict], eos_ids: l
     special_ids = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder.keys())
     records, tensors, problems = [], {}, []
     captured = {}
-    hook = model.multi_modal_projector.register_forward_hook(
+    # `model.model.multi_modal_projector`: 4.57 also has a property at the top, 5.x only this.
+    hook = model.model.multi_modal_projector.register_forward_hook(
         lambda _m, _i, o: captured.__setitem__("f", o.detach())
     )
     try:
@@ -464,10 +465,12 @@ def tensor_name_style(ckpt: Path) -> str:
     for f in sorted(ckpt.glob("*.safetensors")):
         if f.name != "reference.safetensors":
             names += list(load_file(str(f)).keys())
+    # transformers 5 drops the vision tower's `vision_model.` level (`vision_tower.embeddings.*`).
+    flat = "" if any(".vision_model." in n or n.startswith("vision_model.") for n in names) else "-flat-vision"
     if any(n.startswith("language_model.") for n in names):
-        return "legacy"
+        return "legacy" + flat
     if any(n.startswith("model.language_model.") for n in names):
-        return "new"
+        return "new" + flat
     raise AssertionError(f"unknown tensor-name style in {ckpt}")
 
 
@@ -805,7 +808,7 @@ def save_processor(spec: dict, processor: LlavaProcessor, out: Path) -> None:
             "Tests copy this fixture and that file into a temporary checkpoint directory.\n"
         )
     else:
-        processor.save_pretrained(out, save_jinja_files=False)
+        processor.save_pretrained(out, **spec.get("processor_save_kwargs", {"save_jinja_files": False}))
 
 
 def load_processor(spec: dict, ckpt: Path) -> LlavaProcessor:
@@ -928,7 +931,7 @@ def make_fixture(spec: dict, root: Path) -> dict:
     reference = {
         "transformers_version": transformers.__version__,
         "torch_version": torch.__version__,
-        "generator": "tools/reference/make_model_fixtures.py",
+        "generator": spec.get("generator", "tools/reference/make_model_fixtures.py"),
         "seed": seed,
         "weights_dtype": str(spec["storage_dtype"]).replace("torch.", ""),
         "compute_dtype": "float32",

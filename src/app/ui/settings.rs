@@ -100,7 +100,7 @@ fn ModelLoader(role: ModelRole) -> impl IntoView {
         <fieldset class="loader">
             <legend>{format!("your {name} model")}</legend>
             <label class="field">
-                <span>"folder (config.json, *.safetensors, tokenizer.json, preprocessor_config.json)"</span>
+                <span>"folder (config.json, *.safetensors, tokenizer.json, preprocessor_config.json or processor_config.json)"</span>
                 <input
                     type="file"
                     multiple=true
