@@ -11,6 +11,10 @@ pub enum Error {
     /// A problem not tied to one file (bad option values, mismatched models, ...).
     #[error("{0}")]
     Invalid(String),
+    /// The model's logits held NaN (or +inf) at output token `token` (0-based): a broken
+    /// checkpoint, or an overflow in half precision. The caption stops; the engine stays usable.
+    #[error("the model produced NaN at token {token} (non-finite logits: a broken checkpoint, or an overflow in half precision)")]
+    NonFinite { token: usize },
     /// The caller cancelled the run.
     #[error("cancelled")]
     Cancelled,

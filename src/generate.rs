@@ -51,7 +51,10 @@ pub async fn decode_plain<B: Backend>(
     let x = model.embed_prompt(b, prompt_ids, image_features)?;
     let positions: Vec<u32> = (0..prompt_ids.len() as u32).collect();
     let logits = model.forward(b, &mut cache, x, &Step::causal(0, &positions));
-    let mut next = sampler.pick_from(b, &logits).await;
+    let mut next = sampler
+        .pick_from(b, &logits)
+        .await
+        .ok_or(Error::NonFinite { token: 0 })?;
     let prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
     let t1 = web_time::Instant::now();
     let mut out = DecodeResult {
@@ -73,7 +76,9 @@ pub async fn decode_plain<B: Backend>(
         }
         let x = model.text.embed(b, &[next]);
         let l = model.forward(b, &mut cache, x, &Step::causal(len, &[len as u32]));
-        next = sampler.pick_from(b, &l).await;
+        next = sampler.pick_from(b, &l).await.ok_or(Error::NonFinite {
+            token: out.tokens.len(),
+        })?;
         len += 1;
     }
     out.decode_ms = t1.elapsed().as_secs_f64() * 1e3;

@@ -8,7 +8,7 @@
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, TopK};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -48,6 +48,19 @@ impl SamplingOptions {
     pub fn is_greedy(&self) -> bool {
         self.temperature == 0.0
     }
+}
+
+/// The argmax a `top_k(_, 1)` read-back holds, or `None` when the row had no finite maximum or a
+/// finite log-sum-exp (NaN or +inf logits) or the id is outside the vocabulary.
+pub fn greedy_token(top: &TopK, vocab: usize) -> Option<u32> {
+    let (&id, &value) = (top.ids.first()?, top.values.first()?);
+    (value.is_finite() && top.lse.is_finite() && (id as usize) < vocab).then_some(id)
+}
+
+/// Whether a logits row can be sampled from: no NaN, no +inf, and some finite value (-inf entries
+/// are masked tokens and fine).
+pub fn row_is_finite(row: &[f32]) -> bool {
+    row.iter().all(|v| !v.is_nan() && *v != f32::INFINITY) && row.iter().any(|v| v.is_finite())
 }
 
 /// Index of the first maximal value.
@@ -126,13 +139,16 @@ impl Sampler {
         self.rng.random::<f32>()
     }
     /// The next token from a logits tensor `[1, vocab]` on `b`: greedy reads back only the argmax
-    /// (`Backend::top_k`), sampling the whole row.
-    pub async fn pick_from<B: Backend>(&mut self, b: &B, logits: &B::Tensor) -> u32 {
+    /// (`Backend::top_k`), sampling the whole row. `None` when the logits are not finite (NaN or
+    /// +inf: a broken model), so that no NaN ever becomes a token id.
+    pub async fn pick_from<B: Backend>(&mut self, b: &B, logits: &B::Tensor) -> Option<u32> {
+        let vocab = b.dims(logits).1;
         if self.opts.is_greedy() {
-            let top = b.read(&b.top_k(logits, 1)).await;
-            return top.get(1).map_or(0, |&i| i as u32);
+            let top = TopK::parse(&b.read(&b.top_k(logits, 1)).await, 1, vocab);
+            return top.first().and_then(|t| greedy_token(t, vocab));
         }
-        self.pick(&b.read(logits).await)
+        let row = b.read(logits).await;
+        row_is_finite(&row).then(|| self.pick(&row))
     }
 
     pub fn pick(&mut self, logits: &[f32]) -> u32 {
@@ -164,6 +180,24 @@ mod tests {
             "{p:?}"
         );
         assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn non_finite_rows_give_no_token() {
+        let top = |v: f32, id: u32, lse: f32| TopK {
+            ids: vec![id],
+            values: vec![v],
+            lse,
+        };
+        assert_eq!(greedy_token(&top(2.0, 7, 3.0), 10), Some(7));
+        assert_eq!(greedy_token(&top(f32::NAN, 7, 3.0), 10), None);
+        assert_eq!(greedy_token(&top(2.0, 7, f32::NAN), 10), None);
+        assert_eq!(greedy_token(&top(f32::MIN, u32::MAX, f32::NAN), 10), None);
+        assert_eq!(greedy_token(&top(2.0, 10, 3.0), 10), None);
+        assert!(row_is_finite(&[1.0, f32::NEG_INFINITY]));
+        assert!(!row_is_finite(&[1.0, f32::NAN]));
+        assert!(!row_is_finite(&[1.0, f32::INFINITY]));
+        assert!(!row_is_finite(&[f32::NEG_INFINITY]));
     }
 
     #[test]

@@ -9,7 +9,7 @@
 use crate::backend::{AttnMask, Backend, TopK, MAX_TOP_K};
 use crate::error::{Error, Result};
 use crate::model::LlavaModel;
-use crate::sampling::{Sampler, SamplingOptions};
+use crate::sampling::{greedy_token, row_is_finite, Sampler, SamplingOptions};
 use crate::speculative::adapt::CostModel;
 use crate::speculative::events::{RoundEvent, RoundTimings};
 use crate::speculative::tree::DraftTree;
@@ -72,36 +72,41 @@ impl<'m, B: Backend> Stream<'m, B> {
     }
 
     /// The `k` best tokens of every logits row with their log-probabilities: all the drafting
-    /// reads back.
+    /// reads back. Ids outside the vocabulary and non-finite log-probabilities (a draft that
+    /// produced NaN) are dropped: a bad draft costs speed, never correctness. Log-probabilities
+    /// are clamped at 0, so rounding in the device's `log` cannot make a child outscore its parent.
     async fn top_k(&self, b: &B, logits: &B::Tensor, k: usize) -> Vec<Vec<(u32, f32)>> {
         let vocab = self.model.config.text.vocab_size;
         let data = b.read(&b.top_k(logits, k)).await;
         TopK::parse(&data, k.clamp(1, MAX_TOP_K), vocab)
             .iter()
-            .map(TopK::logprobs)
+            .map(|t| {
+                t.logprobs()
+                    .into_iter()
+                    .filter(|&(id, lp)| (id as usize) < vocab && lp.is_finite())
+                    .map(|(id, lp)| (id, lp.min(0.0)))
+                    .collect()
+            })
             .collect()
     }
 
-    /// What verification reads: the argmax of every row when greedy, else the rows.
-    async fn verify_rows(&self, b: &B, logits: &B::Tensor, greedy: bool) -> TargetRows {
+    /// What verification reads: the argmax of every row when greedy, else the rows. `None` when
+    /// a row is not finite (the target produced NaN).
+    async fn verify_rows(&self, b: &B, logits: &B::Tensor, greedy: bool) -> Option<TargetRows> {
+        let vocab = self.model.config.text.vocab_size;
         if greedy {
             let data = b.read(&b.top_k(logits, 1)).await;
-            let vocab = self.model.config.text.vocab_size;
-            return TargetRows::Argmax(
-                TopK::parse(&data, 1, vocab)
-                    .iter()
-                    .map(|t| t.ids.first().copied().unwrap_or(0))
-                    .collect(),
-            );
+            let ids = TopK::parse(&data, 1, vocab)
+                .iter()
+                .map(|t| greedy_token(t, vocab))
+                .collect::<Option<Vec<u32>>>()?;
+            return Some(TargetRows::Argmax(ids));
         }
-        let vocab = self.model.config.text.vocab_size;
-        TargetRows::Logits(
-            b.read(logits)
-                .await
-                .chunks(vocab)
-                .map(|c| c.to_vec())
-                .collect(),
-        )
+        let data = b.read(logits).await;
+        let rows: Vec<Vec<f32>> = data.chunks(vocab).map(|c| c.to_vec()).collect();
+        rows.iter()
+            .all(|r| row_is_finite(r))
+            .then_some(TargetRows::Logits(rows))
     }
 }
 
@@ -136,7 +141,7 @@ pub async fn decode_speculative<B: Backend, D: Backend>(
     let t1 = web_time::Instant::now();
     while !run.finished() {
         let mut round = Round::draft(&mut run).await;
-        let verdict = round.verify(&mut run).await;
+        let verdict = round.verify(&mut run).await?;
         let stopped = round.commit(&mut run, &verdict);
         let event = RoundEvent::new(
             run.out.rounds,
@@ -193,7 +198,10 @@ impl<'a, B: Backend, D: Backend> Speculation<'a, B, D> {
             inp.max_new_tokens + tree_room,
         )
         .await?;
-        let root = sampler.pick_from(b, &logits).await;
+        let root = sampler
+            .pick_from(b, &logits)
+            .await
+            .ok_or(Error::NonFinite { token: 0 })?;
         let draft_room = inp.max_new_tokens + opts.depth * opts.top_k + 2;
         // The draft's prompt logits are not needed: its first pass in each round re-runs the root.
         let (draft, _) =
@@ -373,7 +381,10 @@ impl Round {
 
     /// Verify: one target pass over the root and the selected nodes at positions prefix + depth,
     /// with the tree's ancestor mask; greedy or rejection-sampled acceptance.
-    async fn verify<B: Backend, D: Backend>(&mut self, run: &mut Speculation<'_, B, D>) -> Verdict {
+    async fn verify<B: Backend, D: Backend>(
+        &mut self,
+        run: &mut Speculation<'_, B, D>,
+    ) -> Result<Verdict> {
         let tv = web_time::Instant::now();
         let (b, l) = (run.b, self.target_start);
         let nodes = &self.tree.nodes;
@@ -396,13 +407,19 @@ impl Round {
         };
         let logits = run.target.run(b, &tokens, &step);
         let greedy = run.inp.sampling.is_greedy();
-        let rows = run.target.verify_rows(b, &logits, greedy).await;
+        let rows = run
+            .target
+            .verify_rows(b, &logits, greedy)
+            .await
+            .ok_or(Error::NonFinite {
+                token: run.out.tokens.len(),
+            })?;
         let verdict = verify(&mut self.tree, &self.order, &rows, &mut run.sampler);
         run.out.rounds += 1;
         run.out.accepted_per_round.push(verdict.accepted.len());
         run.out.verified_per_round.push(self.order.len() - 1);
         self.timings.verify_ms = tv.elapsed().as_secs_f64() * 1e3;
-        verdict
+        Ok(verdict)
     }
 
     /// Emit the accepted tokens and the bonus (cut at EOS or the token limit), then compact both

@@ -94,17 +94,32 @@ fn sample_next(
     row: &[f32],
     sampler: &mut Sampler,
 ) -> Result<usize, u32> {
-    let mut p = sampling_distribution(row, sampler.options());
+    let target = sampling_distribution(row, sampler.options());
+    let mut p = target.clone();
     for &k in kids {
         let x = tree.nodes[k].token as usize;
-        if sampler.uniform() < p[x] {
+        if sampler.uniform() < p.get(x).copied().unwrap_or(0.0) {
             return Ok(k);
         }
         tree.nodes[k].status = NodeStatus::Rejected;
-        let left = 1.0 - p[x];
-        p[x] = 0.0;
+        let Some(px) = p.get_mut(x) else { continue };
+        let left = 1.0 - *px;
+        *px = 0.0;
         if left > 0.0 {
             p.iter_mut().for_each(|v| *v /= left);
+        }
+    }
+    if p.iter().all(|&v| v <= 0.0) {
+        // Float rounding rejected the whole nucleus (the children held all of its mass): draw
+        // from the target's distribution without them, or, if nothing is left, from all of it.
+        p = target.clone();
+        for &k in kids {
+            if let Some(v) = p.get_mut(tree.nodes[k].token as usize) {
+                *v = 0.0;
+            }
+        }
+        if p.iter().all(|&v| v <= 0.0) {
+            p = target;
         }
     }
     let u = sampler.uniform();

@@ -94,6 +94,80 @@ pub fn checkpoint_dir(name: &str) -> PathBuf {
     dst
 }
 
+/// A copy of checkpoint `name` in which every tensor whose name ends with `suffix` is filled with
+/// `value` (e.g. NaN in the final norm: a model whose logits are NaN).
+pub fn poisoned_copy(name: &str, suffix: &str, value: f32) -> PathBuf {
+    let src = checkpoint_dir(name);
+    let dst = std::env::temp_dir().join(format!(
+        "spec-llava-poisoned-{name}-{}-{}",
+        suffix.replace('.', "_"),
+        std::process::id()
+    ));
+    copy_files(&src, &dst);
+    rewrite_tensors(&dst, |tensor, n, dtype| {
+        if !tensor.ends_with(suffix) {
+            return None;
+        }
+        float_bytes(dtype, n, || value)
+    });
+    dst
+}
+
+/// `n` values from `value()` as the bytes of a float tensor of `dtype`; None for other dtypes.
+fn float_bytes(
+    dtype: safetensors::Dtype,
+    n: usize,
+    mut value: impl FnMut() -> f32,
+) -> Option<Vec<u8>> {
+    Some(match dtype {
+        safetensors::Dtype::F32 => (0..n).flat_map(|_| value().to_le_bytes()).collect(),
+        safetensors::Dtype::F16 => (0..n)
+            .flat_map(|_| half::f16::from_f32(value()).to_le_bytes())
+            .collect(),
+        safetensors::Dtype::BF16 => (0..n)
+            .flat_map(|_| half::bf16::from_f32(value()).to_le_bytes())
+            .collect(),
+        _ => return None,
+    })
+}
+
+/// Rewrite the safetensors files of checkpoint dir `dir`: `f(name, elements, dtype)` gives a
+/// tensor's new bytes, or None to keep it.
+fn rewrite_tensors(
+    dir: &Path,
+    mut f: impl FnMut(&str, usize, safetensors::Dtype) -> Option<Vec<u8>>,
+) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("safetensors") {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut tensors = st.tensors();
+        // `tensors()` comes from a hash map: sort so rewrites are the same in every run.
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        let out: Vec<(String, Vec<u8>, safetensors::Dtype, Vec<usize>)> = tensors
+            .into_iter()
+            .map(|(name, view)| {
+                let n: usize = view.shape().iter().product();
+                let data = f(&name, n, view.dtype()).unwrap_or_else(|| view.data().to_vec());
+                (name, data, view.dtype(), view.shape().to_vec())
+            })
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView)> = out
+            .iter()
+            .map(|(n, d, t, s)| {
+                (
+                    n.clone(),
+                    safetensors::tensor::TensorView::new(*t, s.clone(), d).unwrap(),
+                )
+            })
+            .collect();
+        safetensors::serialize_to_file(views, None, &path).unwrap();
+    }
+}
+
 /// A copy of checkpoint `name` whose weights are replaced by seeded noise of the same shapes and
 /// dtypes (tokenizer and configs unchanged).
 pub fn random_weights_copy(name: &str, seed: u64) -> PathBuf {
@@ -112,43 +186,6 @@ pub fn random_weights_copy(name: &str, seed: u64) -> PathBuf {
             .wrapping_add(1442695040888963407);
         ((state >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
     };
-    for entry in std::fs::read_dir(&dst).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().and_then(|e| e.to_str()) != Some("safetensors") {
-            continue;
-        }
-        let bytes = std::fs::read(&path).unwrap();
-        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        let mut out: Vec<(String, Vec<u8>, safetensors::Dtype, Vec<usize>)> = Vec::new();
-        let mut tensors = st.tensors();
-        // `tensors()` comes from a hash map: sort so the noise is the same in every run.
-        tensors.sort_by(|a, b| a.0.cmp(&b.0));
-        for (name, view) in tensors {
-            let n: usize = view.shape().iter().product();
-            let data: Vec<u8> = match view.dtype() {
-                safetensors::Dtype::F32 => {
-                    (0..n).flat_map(|_| (next() * 0.5).to_le_bytes()).collect()
-                }
-                safetensors::Dtype::F16 => (0..n)
-                    .flat_map(|_| half::f16::from_f32(next() * 0.5).to_le_bytes())
-                    .collect(),
-                safetensors::Dtype::BF16 => (0..n)
-                    .flat_map(|_| half::bf16::from_f32(next() * 0.5).to_le_bytes())
-                    .collect(),
-                _ => view.data().to_vec(),
-            };
-            out.push((name, data, view.dtype(), view.shape().to_vec()));
-        }
-        let views: Vec<(String, safetensors::tensor::TensorView)> = out
-            .iter()
-            .map(|(n, d, t, s)| {
-                (
-                    n.clone(),
-                    safetensors::tensor::TensorView::new(*t, s.clone(), d).unwrap(),
-                )
-            })
-            .collect();
-        safetensors::serialize_to_file(views, None, &path).unwrap();
-    }
+    rewrite_tensors(&dst, |_, n, dtype| float_bytes(dtype, n, || next() * 0.5));
     dst
 }
