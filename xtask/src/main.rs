@@ -7,10 +7,12 @@
 //! - `scenes --count N --seed S --out DIR`: render procedural scenes with the `spec-llava` CLI.
 //! - `bench [--json]`: release build, then `spec-llava bench-kernels` and the speculation `bench`.
 //! - `setup [--browser]`: install prerequisites only (`--browser` adds the browser-test tools).
+//! - `compare [--scenes N] [--json]`: transformers and our engines, plain and speculative, in one run.
 //! - `layers`: check that `src/` imports follow the layers of ARCHITECTURE.md (see `layers`).
 
 mod app;
 mod check;
+mod compare;
 mod layers;
 mod prereq;
 mod serve;
@@ -28,6 +30,8 @@ commands:
   scenes --count N --seed S --out DIR  render procedural scenes (spec-llava scenes)
   bench [--json]                       kernel and speculation benchmarks (release build)
   setup [--browser]                    install missing prerequisites only
+  compare [--scenes N] [--seed S] [--max-new-tokens M] [--json]
+                                       transformers vs our engines, plain and speculative, one table
   layers                               check src/ imports against the layers of ARCHITECTURE.md";
 
 fn main() -> ExitCode {
@@ -74,6 +78,7 @@ fn run(args: &[String]) -> Result<(), String> {
             }
             Ok(())
         }
+        "compare" => compare::compare(&root, rest),
         "layers" => {
             no_more_args(rest)?;
             layers::check(&root)
