@@ -72,3 +72,11 @@ pub fn send(req: &Request, buffers: Vec<Vec<u8>>) {
         }
     });
 }
+
+/// Destroy the engine's WebGPU device, as a driver reset or a reclaimed GPU would: the running
+/// caption fails and the engine re-initialises. For the e2e suite, which calls it from the page
+/// (`(await import('./web/pkg/spec_llava.js')).lose_gpu_device()`); the UI never does.
+#[wasm_bindgen]
+pub fn lose_gpu_device() {
+    send(&Request::LoseDevice, Vec::new());
+}

@@ -146,6 +146,10 @@ pub enum Request {
     Cancel {
         run: u64,
     },
+    /// Destroy the WebGPU device now, as a driver reset or a reclaimed GPU would: the running
+    /// caption fails and the engine re-initialises from the files it holds. Not sent by the UI;
+    /// the e2e suite sends it (through `lose_gpu_device`) to check that recovery.
+    LoseDevice,
 }
 
 /// What a finished run produced.

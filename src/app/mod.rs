@@ -19,6 +19,8 @@ mod ui;
 mod worker;
 
 #[cfg(target_arch = "wasm32")]
+pub use bridge::lose_gpu_device;
+#[cfg(target_arch = "wasm32")]
 pub use ui::start_app;
 #[cfg(target_arch = "wasm32")]
 pub use worker::start_worker;

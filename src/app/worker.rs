@@ -18,7 +18,7 @@ use crate::app::fetch::{cache_checkpoint, fetch_checkpoint, MAX_CHECKPOINT_BYTES
 use crate::app::messages::{BackendKind, Event, ModelRole, Request};
 use crate::app::session::{CaptionJob, Session};
 use crate::backend::cpu::CpuBackend;
-use crate::backend::gpu::GpuBackend;
+use crate::backend::gpu::{DeviceLossHandle, GpuBackend};
 use crate::error::{Error, Result};
 use crate::files::MemoryFiles;
 
@@ -46,6 +46,8 @@ struct State {
     /// The checkpoint files behind the loaded models, to rebuild the engine (backend switch,
     /// device loss) without downloading again.
     files: RefCell<Vec<(ModelRole, Rc<MemoryFiles>)>>,
+    /// The GPU engine's device, reachable while a run holds the engine (`Request::LoseDevice`).
+    gpu_loss: RefCell<Option<DeviceLossHandle>>,
 }
 
 thread_local! {
@@ -108,6 +110,12 @@ fn enqueue(req: Request, buffers: Vec<Vec<u8>>) {
         match &req {
             Request::Cancel { run } => {
                 s.cancelled_up_to.set(s.cancelled_up_to.get().max(*run));
+                return;
+            }
+            Request::LoseDevice => {
+                if let Some(handle) = s.gpu_loss.borrow().as_ref() {
+                    handle.lose("destroyed on request");
+                }
                 return;
             }
             Request::Caption { run, .. } => {
@@ -196,13 +204,15 @@ async fn handle(s: &Rc<State>, req: Request, buffers: Vec<Vec<u8>>) {
             };
             *s.engine.borrow_mut() = Some(engine);
             match out {
-                Ok(result) if gpu_failure.is_none() => post(&Event::Done { run, mode, result }),
+                // A GPU failure explains whatever the run reported (a lost device reads back
+                // NaN): only the failure is shown, below.
+                _ if gpu_failure.is_some() => {}
+                Ok(result) => post(&Event::Done { run, mode, result }),
                 Err(Error::Cancelled) => post(&Event::Cancelled { run }),
                 Err(e) => post(&Event::Error {
                     run: Some(run),
                     message: e.to_string(),
                 }),
-                Ok(_) => {}
             }
             if let Some(e) = gpu_failure {
                 post(&Event::Error {
@@ -217,7 +227,8 @@ async fn handle(s: &Rc<State>, req: Request, buffers: Vec<Vec<u8>>) {
                 }
             }
         }
-        Request::Cancel { .. } => {}
+        // Handled as they arrive (`enqueue`), never queued.
+        Request::Cancel { .. } | Request::LoseDevice => {}
     }
 }
 
@@ -288,6 +299,15 @@ async fn build_engine(
     Ok((engine, notice))
 }
 
+/// Make `engine` the worker's engine (and remember how to lose its GPU device).
+fn install(s: &State, engine: Engine) {
+    *s.gpu_loss.borrow_mut() = match &engine {
+        Engine::Gpu(x) => Some(x.backend.loss_handle()),
+        Engine::Cpu(_) => None,
+    };
+    *s.engine.borrow_mut() = Some(engine);
+}
+
 fn role_name(role: ModelRole) -> &'static str {
     match role {
         ModelRole::Target => "target",
@@ -322,7 +342,7 @@ async fn init(s: &Rc<State>, kind: BackendKind, target: &str, draft: Option<&str
         }
     }
     let (engine, notice) = build_engine(kind, &files).await?;
-    *s.engine.borrow_mut() = Some(engine);
+    install(s, engine);
     *s.files.borrow_mut() = files;
     ready(s, notice);
     Ok(())
@@ -331,7 +351,7 @@ async fn init(s: &Rc<State>, kind: BackendKind, target: &str, draft: Option<&str
 async fn rebuild(s: &Rc<State>, kind: BackendKind) -> Result<()> {
     let files = s.files.borrow().clone();
     let (engine, notice) = build_engine(kind, &files).await?;
-    *s.engine.borrow_mut() = Some(engine);
+    install(s, engine);
     ready(s, notice);
     Ok(())
 }

@@ -41,7 +41,9 @@ impl Step {
             Action::Prereqs => "install missing build and browser prerequisites".to_string(),
             Action::Layers => "src/ imports against the layers of ARCHITECTURE.md".to_string(),
             Action::App => "build the wasm app into web/pkg".to_string(),
-            Action::E2e => format!("node {E2E_SCRIPT} (headless Chromium, WebGPU)"),
+            Action::E2e => {
+                format!("node {E2E_SCRIPT} and {STRESS_SCRIPT} (headless Chromium, WebGPU)")
+            }
         }
     }
 
@@ -126,6 +128,8 @@ fn steps(nextest: bool, plain: bool) -> Vec<Step> {
 
 /// The end-to-end script, relative to the repository root.
 pub const E2E_SCRIPT: &str = "tests/e2e/app.spec.mjs";
+/// The page under stress (many drops, bad model files, a cut download, a lost GPU device).
+pub const STRESS_SCRIPT: &str = "tests/e2e/stress.spec.mjs";
 
 /// Run the browser suite against this xtask's own server (`serve --no-build`), comparing the
 /// page's captions with the native CLI's.
@@ -140,14 +144,17 @@ fn run_e2e(root: &Path) -> Result<(), String> {
     let xtask = std::env::current_exe().map_err(|e| format!("xtask path: {e}"))?;
     let artifacts = root.join("target/e2e");
     std::fs::create_dir_all(&artifacts).map_err(|e| format!("{}: {e}", artifacts.display()))?;
-    run_status(
-        Command::new("node")
-            .current_dir(root)
-            .arg(E2E_SCRIPT)
-            .env("SPEC_LLAVA_BIN", root.join("target/debug/spec-llava"))
-            .env("XTASK_BIN", xtask)
-            .env("E2E_ARTIFACTS", artifacts),
-    )
+    for script in [E2E_SCRIPT, STRESS_SCRIPT] {
+        run_status(
+            Command::new("node")
+                .current_dir(root)
+                .arg(script)
+                .env("SPEC_LLAVA_BIN", root.join("target/debug/spec-llava"))
+                .env("XTASK_BIN", &xtask)
+                .env("E2E_ARTIFACTS", &artifacts),
+        )?;
+    }
+    Ok(())
 }
 
 /// Runs every step in order; returns an error naming the first step that failed.

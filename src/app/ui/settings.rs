@@ -121,6 +121,7 @@ fn ModelLoader(role: ModelRole) -> impl IntoView {
                 <span>"or base URL"</span>
                 <input
                     type="url"
+                    data-testid=format!("{name}-url")
                     placeholder="https://…/llava-checkpoint"
                     prop:value=move || url.get()
                     on:input=move |e: ev::Event| url.set(event_target_value(&e))
@@ -128,6 +129,7 @@ fn ModelLoader(role: ModelRole) -> impl IntoView {
             </label>
             <button
                 type="button"
+                data-testid=format!("{name}-load")
                 on:click=move |_| {
                     let u = url.get_untracked();
                     if !u.trim().is_empty() {

@@ -60,6 +60,23 @@ impl ErrorLog {
     }
 }
 
+/// Destroys a device from outside a run, as a driver reset or the browser reclaiming the GPU
+/// would, and records it as a lost device (so `take_error` reports it and callers rebuild). What
+/// the app's recovery tests use; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct DeviceLossHandle {
+    device: wgpu::Device,
+    errors: ErrorLog,
+}
+
+impl DeviceLossHandle {
+    pub fn lose(&self, why: &str) {
+        self.errors
+            .push(format!("the GPU device was lost ({why})"));
+        self.device.destroy();
+    }
+}
+
 /// An opened device with its queue and what the engine needs to know about it.
 pub struct GpuDevice {
     pub device: wgpu::Device,
@@ -70,6 +87,15 @@ pub struct GpuDevice {
     pub cpu: bool,
     pub limits: EngineLimits,
     pub errors: ErrorLog,
+}
+
+impl GpuDevice {
+    pub fn loss_handle(&self) -> DeviceLossHandle {
+        DeviceLossHandle {
+            device: self.device.clone(),
+            errors: self.errors.clone(),
+        }
+    }
 }
 
 const GIB: u64 = 1 << 30;

@@ -34,7 +34,7 @@ mod weights;
 use std::cell::RefCell;
 use std::rc::Rc;
 
-pub use device::{EngineLimits, GpuOptions};
+pub use device::{DeviceLossHandle, EngineLimits, GpuOptions};
 pub use matmul::MatmulShape;
 pub use pipelines::Kernel;
 pub use weights::{GpuWeight, WeightDType};
@@ -175,6 +175,11 @@ impl GpuBackend {
     }
 
     /// Errors since the last call (wgpu validation / out-of-memory, shape mismatches), if any.
+    /// A handle that destroys this engine's device when asked (see [`DeviceLossHandle`]).
+    pub fn loss_handle(&self) -> DeviceLossHandle {
+        self.dev.loss_handle()
+    }
+
     pub fn take_error(&self) -> Option<Error> {
         self.dev
             .errors
