@@ -41,6 +41,12 @@ impl Checkpoint {
         processor_config_json: Option<&str>,
         generation_config_json: Option<&str>,
     ) -> Result<Self> {
+        crate::config::validate::checkpoint_parts(
+            source,
+            &config,
+            processor_config_json,
+            generation_config_json,
+        )?;
         let image_token = processor_config_json
             .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
             .and_then(|v| {

@@ -8,6 +8,8 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 
+pub mod validate;
+
 /// Element-wise activations used anywhere in the model (names as in transformers' `ACT2FN`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
@@ -220,7 +222,9 @@ impl LlavaConfig {
         let image_token_index = f
             .u64_opt("image_token_index")?
             .or(f.u64_opt("image_token_id")?)
-            .unwrap_or(32000) as u32;
+            .unwrap_or(32000);
+        let image_token_index = u32::try_from(image_token_index)
+            .map_err(|_| f.bad("image_token_index", "a token id below 2^32"))?;
         let cfg = LlavaConfig {
             image_token_index,
             projector_hidden_act,
@@ -230,6 +234,7 @@ impl LlavaConfig {
             vision,
             text,
         };
+        validate::llava(&cfg, &root, file)?;
         Ok(cfg)
     }
 
@@ -331,6 +336,7 @@ fn parse_text(v: &Value, file: &str, _absent: bool) -> Result<TextConfig> {
         section: "text_config.",
     };
     let model_type = f.str_or("model_type", "llama")?;
+    validate::text_ids(v, file)?;
     let kind = match model_type {
         "llama" => TextKind::Llama,
         "qwen2" => TextKind::Qwen2,

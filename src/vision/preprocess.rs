@@ -140,9 +140,16 @@ impl ImageProcessor {
                     .into(),
             ));
         }
-        if proc.image_std.contains(&0.0) {
-            return Err(fail("image_std contains 0".into()));
-        }
+        // Mean, std and rescale factor: finite and in range (1e308 or a zero std would make
+        // every pixel value infinite or NaN, and the logits NaN).
+        let root: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+        crate::config::validate::image_processor(
+            proc.rescale_factor,
+            &proc.image_mean,
+            &proc.image_std,
+            &root,
+            file,
+        )?;
         Ok(proc)
     }
 

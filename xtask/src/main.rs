@@ -9,6 +9,8 @@
 //! - `setup [--browser]`: install prerequisites only (`--browser` adds the browser-test tools).
 //! - `compare [--scenes N] [--json]`: transformers and our engines, plain and speculative, in one run.
 //! - `layers`: check that `src/` imports follow the layers of ARCHITECTURE.md (see `layers`).
+//! - `fuzz [--minutes N]`: the checkpoint/image fuzz test (`tests/fuzz_checkpoints.rs`) in release,
+//!   for N minutes (default 10) instead of the test suite's 45 seconds.
 
 mod app;
 mod check;
@@ -32,7 +34,8 @@ commands:
   setup [--browser]                    install missing prerequisites only
   compare [--scenes N] [--seed S] [--max-new-tokens M] [--json]
                                        transformers vs our engines, plain and speculative, one table
-  layers                               check src/ imports against the layers of ARCHITECTURE.md";
+  layers                               check src/ imports against the layers of ARCHITECTURE.md
+  fuzz [--minutes N]                   fuzz checkpoints and images for N minutes (default 10), release build";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -70,6 +73,7 @@ fn run(args: &[String]) -> Result<(), String> {
         }
         "scenes" => scenes(&root, rest),
         "bench" => bench(&root, rest),
+        "fuzz" => fuzz(&root, rest),
         "setup" => {
             let opts = Flags::parse(rest, &[], &["--browser"])?;
             prereq::ensure_build_prereqs()?;
@@ -164,6 +168,38 @@ fn bench(root: &Path, args: &[String]) -> Result<(), String> {
         check::run_status(&mut cmd)?;
     }
     Ok(())
+}
+
+/// `cargo xtask fuzz`: `tests/fuzz_checkpoints.rs` in release with a budget of N minutes
+/// (`SPEC_LLAVA_FUZZ_SECONDS`), its case counts shown.
+fn fuzz(root: &Path, args: &[String]) -> Result<(), String> {
+    let seconds = fuzz_seconds(args)?;
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "--release",
+        "--test",
+        "fuzz_checkpoints",
+        "--",
+        "--nocapture",
+    ])
+    .env("SPEC_LLAVA_FUZZ_SECONDS", seconds.to_string())
+    .current_dir(root);
+    check::run_status(&mut cmd)
+}
+
+/// The fuzz budget in seconds from `--minutes N` (default 10; fractions allowed).
+fn fuzz_seconds(args: &[String]) -> Result<u64, String> {
+    let opts = Flags::parse(args, &["--minutes"], &[])?;
+    let minutes = match opts.value("--minutes") {
+        Some(m) => m
+            .parse::<f64>()
+            .ok()
+            .filter(|m| m.is_finite() && *m > 0.0 && *m <= 7.0 * 24.0 * 60.0)
+            .ok_or_else(|| format!("--minutes: not a positive number of minutes: {m}"))?,
+        None => 10.0,
+    };
+    Ok((minutes * 60.0).ceil() as u64)
 }
 
 /// The cargo that launched us (so nested builds use the same toolchain), else `cargo` on PATH.
@@ -262,6 +298,14 @@ mod tests {
         assert_eq!(err, "--port needs a value");
         let err = Flags::parse(&strings(&["--browser=1"]), &[], &["--browser"]).unwrap_err();
         assert!(err.starts_with("unexpected argument"), "{err}");
+    }
+
+    #[test]
+    fn fuzz_minutes_become_seconds() {
+        assert_eq!(fuzz_seconds(&[]).unwrap(), 600);
+        assert_eq!(fuzz_seconds(&strings(&["--minutes", "2.5"])).unwrap(), 150);
+        let err = fuzz_seconds(&strings(&["--minutes", "-1"])).unwrap_err();
+        assert!(err.starts_with("--minutes: not a positive"), "{err}");
     }
 
     #[test]

@@ -71,8 +71,7 @@ pub struct DeviceLossHandle {
 
 impl DeviceLossHandle {
     pub fn lose(&self, why: &str) {
-        self.errors
-            .push(format!("the GPU device was lost ({why})"));
+        self.errors.push(format!("the GPU device was lost ({why})"));
         self.device.destroy();
     }
 }
