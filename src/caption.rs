@@ -211,9 +211,14 @@ impl<B: Backend> Captioner<B> {
         drafter: &mut Drafter<D>,
         options: SpecOptions,
     ) {
-        let draft = &drafter.captioner.model;
+        let models = (&self.model, &drafter.captioner.model);
+        // Timed after a context as long as a default caption's prompt (image tokens included).
+        let prefix = self
+            .prompt_text(&CaptionRequest::default())
+            .and_then(|p| self.checkpoint.prompt_ids(&p))
+            .map_or(64, |ids| ids.len());
         let (budget, top_k) = (options.budget, options.top_k);
-        let cost = CostModel::measure(b, d, &self.model, draft, budget, top_k).await;
+        let cost = CostModel::measure(b, d, models, prefix, budget, top_k).await;
         drafter.cost = Some(cost);
     }
 

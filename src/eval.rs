@@ -213,9 +213,8 @@ pub async fn bench_with<B: Backend, D: Backend>(
     };
     let saved = drafter.cost.take();
     let cost = if adaptive {
-        let draft = &drafter.captioner.model;
-        let (budget, top_k) = (options.budget, options.top_k);
-        Some(CostModel::measure(b, d, &target.model, draft, budget, top_k).await)
+        target.calibrate_with(b, d, drafter, options).await;
+        drafter.cost.take()
     } else {
         None
     };

@@ -61,26 +61,29 @@ impl CostModel {
             .fold((0, f64::MIN), |best, x| if x.1 > best.1 { x } else { best })
     }
 
-    /// Time target passes of 1..=max_nodes+1 tokens on `b` and draft passes on `d`.
+    /// Time target passes of 1..=max_nodes+1 tokens on `b` and draft passes on `d`, after a
+    /// `prefix`-token context (the prompt's length: attention cost grows with it).
     pub async fn measure<B: Backend, D: Backend>(
         b: &B,
         d: &D,
-        target: &LlavaModel<B>,
-        draft: &LlavaModel<D>,
+        models: (&LlavaModel<B>, &LlavaModel<D>),
+        prefix: usize,
         max_nodes: usize,
         top_k: usize,
     ) -> Self {
-        const PREFIX: usize = 64;
+        let (target, draft) = models;
         let mut sizes = vec![1usize];
         while *sizes.last().unwrap_or(&1) < max_nodes + 1 {
             let next = (sizes.last().unwrap_or(&1) * 2).min(max_nodes + 1);
             sizes.push(next);
         }
+        // Read back what decoding reads: the argmax per verified node (greedy verification) and
+        // the top-k per frontier node (drafting), never whole vocabulary rows.
         let mut verify_ms = Vec::new();
         for &n in &sizes {
-            verify_ms.push((n, time_pass(b, target, PREFIX, n).await));
+            verify_ms.push((n, time_pass(b, target, prefix, n, 1).await));
         }
-        let draft_pass_ms = time_pass(d, draft, PREFIX, top_k).await;
+        let draft_pass_ms = time_pass(d, draft, prefix, top_k, top_k).await;
         CostModel {
             verify_ms,
             draft_pass_ms,
@@ -88,8 +91,15 @@ impl CostModel {
     }
 }
 
-/// Median time of a chain-shaped pass of `n` tokens after a `prefix`-token cache.
-async fn time_pass<B: Backend>(b: &B, model: &LlavaModel<B>, prefix: usize, n: usize) -> f64 {
+/// Median time of a chain-shaped pass of `n` tokens after a `prefix`-token cache, with the `k` best
+/// logits of every row read back (as decoding reads them).
+async fn time_pass<B: Backend>(
+    b: &B,
+    model: &LlavaModel<B>,
+    prefix: usize,
+    n: usize,
+    k: usize,
+) -> f64 {
     let mut cache = model.text.new_cache(b, prefix + n);
     let ids: Vec<u32> = (0..prefix as u32).map(|i| i % 7).collect();
     let pos: Vec<u32> = (0..prefix as u32).collect();
@@ -122,7 +132,7 @@ async fn time_pass<B: Backend>(b: &B, model: &LlavaModel<B>, prefix: usize, n: u
                 rows: LogitRows::All,
             },
         );
-        b.read(&logits).await;
+        b.read(&b.top_k(&logits, k)).await;
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
     times.sort_by(f64::total_cmp);
