@@ -8,8 +8,8 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use spec_llava::app::layout::{
-    acceptance_by_depth, layout, node_description, plan, pruned_groups, shorten, text_width,
-    token_label, token_texts, PlanOptions, TreePlan, FONT_PX, GAP_PX, PAD_PX,
+    acceptance_by_depth, layout, node_description, phase_times, plan, pruned_groups, shorten,
+    text_width, token_label, token_texts, PlanOptions, TreePlan, FONT_PX, GAP_PX, PAD_PX,
 };
 use spec_llava::app::messages::{
     BackendKind, Event, ModelRole, Request, RunMode, RunResult, Settings,
@@ -625,7 +625,15 @@ fn check_plan(round: &RoundEvent, p: &TreePlan, options: &PlanOptions, what: &st
         round.nodes[path.last().unwrap().id].status,
         NodeStatus::Bonus
     );
-    // Focus order starts with the accepted path.
+    // Focus order: nodes and badges numbered once each, starting with the accepted path.
+    let mut seqs: Vec<usize> = p
+        .nodes
+        .iter()
+        .map(|n| n.seq)
+        .chain(p.badges.iter().map(|b| b.seq))
+        .collect();
+    seqs.sort_unstable();
+    assert!(seqs.iter().enumerate().all(|(i, &s)| i == s));
     assert!(p.nodes.iter().zip(&path).all(|(a, b)| a.id == b.id));
 }
 
@@ -789,4 +797,17 @@ fn node_descriptions_name_status_token_and_confidence() {
     let mut root = node(0, None, 0);
     root.status = NodeStatus::Accepted;
     assert!(node_description(&root, " a").starts_with("previous token: 'a'"));
+}
+
+#[test]
+fn phases_run_in_order_and_stay_short() {
+    for columns in [1, 2, 5, 10, 11, 30, 200] {
+        let t = phase_times(columns);
+        assert!(
+            t.step_ms * columns as u32 <= t.prune_at_ms,
+            "{columns}: {t:?}"
+        );
+        assert!(t.prune_at_ms < t.verify_at_ms && t.verify_at_ms < t.fly_at_ms);
+        assert!(t.fly_at_ms <= 1600 || columns > 30, "{columns}: {t:?}");
+    }
 }

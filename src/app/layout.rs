@@ -123,6 +123,8 @@ pub struct PlanOptions {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlacedNode {
     pub id: usize,
+    /// Place in focus order among nodes and badges.
+    pub seq: usize,
     pub column: usize,
     pub row: usize,
     pub x: f32,
@@ -140,6 +142,8 @@ pub struct PlacedNode {
 pub struct Badge {
     /// The drawn node the candidates hang below (their nearest verified ancestor).
     pub owner: usize,
+    /// Place in focus order among nodes and badges.
+    pub seq: usize,
     /// How many pruned candidates it stands for.
     pub count: usize,
     pub expanded: bool,
@@ -453,12 +457,13 @@ pub fn plan(nodes: &[NodeEvent], options: &PlanOptions) -> TreePlan {
     let max_w = column_px - GAP_PX;
     let mut placed = Vec::new();
     let mut badges = Vec::new();
-    for &(v, badge, column, row) in &order {
+    for (seq, &(v, badge, column, row)) in order.iter().enumerate() {
         let x = MARGIN_PX + column as f32 * column_px;
         let y = MARGIN_PX + row as f32 * ROW_PX + ROW_PX / 2.0;
         if badge {
             badges.push(Badge {
                 owner: v,
+                seq,
                 count: badge_of[v].unwrap_or(0),
                 expanded: options.expanded.contains(&v),
                 column,
@@ -472,6 +477,7 @@ pub fn plan(nodes: &[NodeEvent], options: &PlanOptions) -> TreePlan {
             let w = (text_width(&label, FONT_PX) + 2.0 * PAD_PX).clamp(PILL_H.min(max_w), max_w);
             placed.push(PlacedNode {
                 id: v,
+                seq,
                 column,
                 row,
                 x,
@@ -500,4 +506,45 @@ pub fn plan(nodes: &[NodeEvent], options: &PlanOptions) -> TreePlan {
         column_px,
         pruned_total: nodes.iter().filter(|n| is_pruned(n)).count(),
     }
+}
+
+/// When each phase of a round's live drawing starts (ms after the round arrives): draft levels
+/// appear one column every `step_ms`; at `prune_at_ms` the candidates cut by the budget fade into
+/// their badges; at `verify_at_ms` the verdict colours nodes (the accepted path left to right, one
+/// column every `path_step_ms`); at `fly_at_ms` the accepted words fly into the caption.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PhaseTimes {
+    pub step_ms: u32,
+    pub prune_at_ms: u32,
+    pub verify_at_ms: u32,
+    pub path_step_ms: u32,
+    pub fly_at_ms: u32,
+}
+
+/// Phase times for a round whose drawn tree has `columns` columns. The whole sequence stays
+/// under about 1.5 s however deep the tree.
+pub fn phase_times(columns: usize) -> PhaseTimes {
+    let columns = columns.max(1) as u32;
+    let step_ms = (560 / columns).clamp(25, 80);
+    let prune_at_ms = step_ms * columns + 80;
+    let verify_at_ms = prune_at_ms + 220;
+    let path_step_ms = (360 / columns).clamp(15, 50);
+    PhaseTimes {
+        step_ms,
+        prune_at_ms,
+        verify_at_ms,
+        path_step_ms,
+        fly_at_ms: verify_at_ms + path_step_ms * columns + 150,
+    }
+}
+
+/// Phase times of a round as the tree view draws it by default.
+pub fn round_phase_times(nodes: &[NodeEvent]) -> PhaseTimes {
+    let columns = nodes
+        .iter()
+        .filter(|n| !is_pruned(n))
+        .map(|n| n.depth + 1)
+        .max()
+        .unwrap_or(1);
+    phase_times(columns + 1)
 }
