@@ -558,7 +558,7 @@ fn check_plan(round: &RoundEvent, p: &TreePlan, options: &PlanOptions, what: &st
             assert!(!d.label.is_empty(), "{what}: node {i} has no label");
             assert!(
                 text_width(&d.label, FONT_PX) + 2.0 * PAD_PX <= d.w + 0.01
-                    && d.w <= p.column_px - GAP_PX + 0.01,
+                    && d.w <= p.column_w[d.column] - GAP_PX + 0.01,
                 "{what}: label {:?} of node {i} does not fit its column",
                 d.label
             );
@@ -637,6 +637,9 @@ fn check_plan(round: &RoundEvent, p: &TreePlan, options: &PlanOptions, what: &st
     assert!(p.nodes.iter().zip(&path).all(|(a, b)| a.id == b.id));
 }
 
+/// Labels are drawn at `FONT_PX`: readable.
+const _: () = assert!(FONT_PX >= 11.0);
+
 #[test]
 fn tree_plan_fits_a_default_round_in_the_panel_with_readable_labels() {
     for seed in 0..40 {
@@ -653,7 +656,6 @@ fn tree_plan_fits_a_default_round_in_the_panel_with_readable_labels() {
             let p = plan(&round.nodes, &options);
             check_plan(&round, &p, &options, &format!("seed {seed}"));
             assert!(p.width <= 660.0, "seed {seed}: {} px wide", p.width);
-            assert!(FONT_PX >= 11.0);
             // Collapsed: only the verified nodes are drawn.
             assert_eq!(
                 p.nodes.len(),

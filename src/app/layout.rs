@@ -147,6 +147,8 @@ pub struct Badge {
     /// How many pruned candidates it stands for.
     pub count: usize,
     pub expanded: bool,
+    /// Right of its node (a node with no drawn children), else under it in the same column.
+    pub beside: bool,
     pub column: usize,
     pub row: usize,
     pub x: f32,
@@ -166,7 +168,9 @@ pub struct TreePlan {
     pub height: f32,
     pub columns: usize,
     pub rows: usize,
-    pub column_px: f32,
+    /// Left edge and width of each column (a node's pill is at most its column less `GAP_PX`).
+    pub column_x: Vec<f32>,
+    pub column_w: Vec<f32>,
     /// Pruned candidates of the round, drawn or not.
     pub pruned_total: usize,
 }
@@ -391,9 +395,9 @@ pub fn node_description(node: &NodeEvent, text: &str) -> String {
 /// top to bottom with the accepted (or bonus) child first and the rest in the draft's order, and a
 /// parent on its first child's row: the accepted path is the top row and reads as the words it
 /// added, the bonus token at its end. Pruned candidates are collapsed into one badge per drawn
-/// node (their nearest verified ancestor) unless expanded or `show_pruned`; a badge takes a
-/// child's place after the node's drawn children. Columns share `options.width`; labels are
-/// shortened to their column.
+/// node (their nearest verified ancestor) unless expanded or `show_pruned`; a badge sits right
+/// of a node with no drawn children, else under its node. Columns share `options.width`, each as
+/// wide as its labels want until they do not all fit; then labels are shortened to their column.
 pub fn plan(nodes: &[NodeEvent], options: &PlanOptions) -> TreePlan {
     let n = nodes.len();
     let owner = pruned_owner(nodes);
@@ -436,10 +440,16 @@ pub fn plan(nodes: &[NodeEvent], options: &PlanOptions) -> TreePlan {
             if badge {
                 continue;
             }
+            let leaf = children[v].len() == 1;
             for (k, &c) in children[v].iter().enumerate().rev() {
-                let is_badge = c == BADGE;
-                let id = if is_badge { v } else { c };
-                stack.push((id, is_badge, column + 1, (k == 0).then_some(row)));
+                if c == BADGE && !leaf {
+                    // Under its node, in the node's column: free, as the node's subtree lies
+                    // to its right (the row below is reserved when the subtree is one row).
+                    stack.push((v, true, column, Some(row + 1)));
+                } else {
+                    let id = if c == BADGE { v } else { c };
+                    stack.push((id, c == BADGE, column + 1, (k == 0).then_some(row)));
+                }
             }
         }
     }
@@ -450,15 +460,52 @@ pub fn plan(nodes: &[NodeEvent], options: &PlanOptions) -> TreePlan {
     } else {
         0.0
     };
-    let column_px = ((avail - 2.0 * MARGIN_PX) / columns as f32).clamp(MIN_COL_PX, MAX_COL_PX);
-    let width = avail.max(2.0 * MARGIN_PX + columns as f32 * column_px);
-    let height = 2.0 * MARGIN_PX + rows as f32 * ROW_PX;
     let texts = token_texts(nodes);
-    let max_w = column_px - GAP_PX;
+    let labels: Vec<String> = texts.iter().map(|t| token_label(t)).collect();
+    // Each column as wide as its widest full label wants, within bounds; if they do not all fit,
+    // the widest give way first (one cap for all, found by bisection), never below the minimum.
+    let mut want = vec![MIN_COL_PX; columns];
+    for &(v, badge, column, _) in &order {
+        let w = if badge {
+            BADGE_W + GAP_PX
+        } else {
+            text_width(&labels[v], FONT_PX) + 2.0 * PAD_PX + GAP_PX
+        };
+        want[column] = want[column].max(w.min(MAX_COL_PX));
+    }
+    let inner = avail - 2.0 * MARGIN_PX;
+    let total = |cap: f32| want.iter().map(|&w| w.min(cap)).sum::<f32>();
+    let column_w: Vec<f32> = if total(MAX_COL_PX) <= inner {
+        // Room to spare: spread it evenly, up to the maximum column width.
+        let extra = (inner - total(MAX_COL_PX)) / columns as f32;
+        want.iter()
+            .map(|&w| (w + extra).min(MAX_COL_PX.max(w)))
+            .collect()
+    } else {
+        let (mut lo, mut hi) = (MIN_COL_PX, MAX_COL_PX);
+        for _ in 0..40 {
+            let mid = (lo + hi) / 2.0;
+            if total(mid) <= inner {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        want.iter().map(|&w| w.min(lo)).collect()
+    };
+    let mut column_x = Vec::with_capacity(columns);
+    let mut x = MARGIN_PX;
+    for &w in &column_w {
+        column_x.push(x);
+        x += w;
+    }
+    let width = avail.max(x + MARGIN_PX);
+    let height = 2.0 * MARGIN_PX + rows as f32 * ROW_PX;
     let mut placed = Vec::new();
     let mut badges = Vec::new();
     for (seq, &(v, badge, column, row)) in order.iter().enumerate() {
-        let x = MARGIN_PX + column as f32 * column_px;
+        let x = column_x[column];
+        let max_w = column_w[column] - GAP_PX;
         let y = MARGIN_PX + row as f32 * ROW_PX + ROW_PX / 2.0;
         if badge {
             badges.push(Badge {
@@ -471,9 +518,10 @@ pub fn plan(nodes: &[NodeEvent], options: &PlanOptions) -> TreePlan {
                 x,
                 y,
                 w: BADGE_W.min(max_w),
+                beside: nodes_children_drawn(&children, v) == 0,
             });
         } else {
-            let label = shorten(&token_label(&texts[v]), max_w - 2.0 * PAD_PX, FONT_PX);
+            let label = shorten(&labels[v], max_w - 2.0 * PAD_PX, FONT_PX);
             let w = (text_width(&label, FONT_PX) + 2.0 * PAD_PX).clamp(PILL_H.min(max_w), max_w);
             placed.push(PlacedNode {
                 id: v,
@@ -503,9 +551,15 @@ pub fn plan(nodes: &[NodeEvent], options: &PlanOptions) -> TreePlan {
         height,
         columns,
         rows,
-        column_px,
+        column_x,
+        column_w,
         pruned_total: nodes.iter().filter(|n| is_pruned(n)).count(),
     }
+}
+
+/// Drawn children of `v` (badge slots excluded).
+fn nodes_children_drawn(children: &[Vec<usize>], v: usize) -> usize {
+    children[v].iter().filter(|&&c| c != usize::MAX).count()
 }
 
 /// When each phase of a round's live drawing starts (ms after the round arrives): draft levels
@@ -522,13 +576,13 @@ pub struct PhaseTimes {
 }
 
 /// Phase times for a round whose drawn tree has `columns` columns. The whole sequence stays
-/// under about 1.5 s however deep the tree.
+/// under about 1.6 s up to 30 columns (the default depth 8 draws about 11).
 pub fn phase_times(columns: usize) -> PhaseTimes {
     let columns = columns.max(1) as u32;
-    let step_ms = (560 / columns).clamp(25, 80);
+    let step_ms = (560 / columns).clamp(10, 80);
     let prune_at_ms = step_ms * columns + 80;
     let verify_at_ms = prune_at_ms + 220;
-    let path_step_ms = (360 / columns).clamp(15, 50);
+    let path_step_ms = (360 / columns).clamp(8, 50);
     PhaseTimes {
         step_ms,
         prune_at_ms,

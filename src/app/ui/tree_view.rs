@@ -142,15 +142,30 @@ fn draw_round(
     let mut ghosts = Vec::new();
     for b in &p.badges {
         let owner = p.node(b.owner).unwrap();
-        let (x1, y1) = (owner.x + owner.w, owner.y);
-        let (x2, y2) = (b.x, b.y);
-        let mx = (x1 + x2) / 2.0;
+        // A badge right of its node is joined like a child; one under its node by a short drop.
+        let (x1, y1, x2, y2, d) = if b.beside {
+            let (x1, y1, x2, y2) = (owner.x + owner.w, owner.y, b.x, b.y);
+            let mx = (x1 + x2) / 2.0;
+            (
+                x1,
+                y1,
+                x2,
+                y2,
+                format!("M{x1:.1} {y1:.1} C{mx:.1} {y1:.1} {mx:.1} {y2:.1} {x2:.1} {y2:.1}"),
+            )
+        } else {
+            let (x1, y1) = (owner.x + 10.0, owner.y + PILL_H / 2.0);
+            let (x2, y2) = (b.x + 10.0, b.y - PILL_H / 2.0);
+            (
+                owner.x + owner.w,
+                owner.y,
+                b.x + b.w,
+                b.y,
+                format!("M{x1:.1} {y1:.1} L{x2:.1} {y2:.1}"),
+            )
+        };
         links.push(view! {
-            <path
-                class="edge badge-link"
-                d=format!("M{x1:.1} {y1:.1} C{mx:.1} {y1:.1} {mx:.1} {y2:.1} {x2:.1} {y2:.1}")
-                style=format!("--d: {}", b.column)
-            ></path>
+            <path class="edge badge-link" d=d style=format!("--d: {}", b.column)></path>
         });
         // While live: the candidates the draft proposed here, fanning out and fading as pruned.
         if live && !b.expanded {
