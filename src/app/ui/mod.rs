@@ -3,7 +3,8 @@
 //! [`Event`]s from the worker; everything it asks goes out as [`Request`]s (`bridge`).
 //!
 //! Test hooks (`data-testid`): drop-input, caption, status, error, tree (nodes carry
-//! `data-status`), round-scrubber, compare (+ compare-result, plain-caption).
+//! `data-status`; see `tree_view` for the rest), round-scrubber, round-strip, follow-latest,
+//! show-pruned, compare (+ compare-result, plain-caption).
 
 mod drop_zone;
 mod settings;
