@@ -80,7 +80,8 @@ const browser = await chromium.launch({
   args: ['--no-sandbox', '--enable-unsafe-webgpu', '--disable-background-networking', '--disable-component-update',
     '--disable-sync', '--no-first-run'],
 });
-const context = await browser.newContext();
+// A 1280-px-wide page: the tree must fit its panel there (layout checks below).
+const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
 // Record main-thread long tasks (PerformanceObserver 'longtask') from the first script on.
 await context.addInitScript(() => {
   window.__longTasks = [];
@@ -117,6 +118,53 @@ async function caption(scene) {
   const s = await drop(scene.path);
   if (s === 'error') throw new Error(`FAILED: caption error: ${await page.getByTestId('error').textContent()}`);
   return (await page.getByTestId('caption').textContent()).trim();
+}
+
+// Layout facts of the round drawn now: the tree fits its panel (no horizontal overflow), every
+// verified node is labelled at a readable size, labels do not overlap, collapsed pruned counts
+// add up to the round's pruned total, every node has a text alternative.
+async function treeFacts() {
+  return page.evaluate(() => {
+    const panel = document.querySelector('.tree-scroll');
+    const svg = document.querySelector('[data-testid=tree]');
+    const verified = [...svg.querySelectorAll('g.node:not(.badge)')].filter((g) => g.getAttribute('data-status') !== 'pruned');
+    const px = (t) => parseFloat(getComputedStyle(t).fontSize) * (t.getScreenCTM()?.a ?? 1);
+    const labels = verified.map((g) => g.querySelector('text'));
+    const boxes = [...svg.querySelectorAll('g.node text')].map((t) => t.getBoundingClientRect());
+    let overlaps = 0;
+    for (let i = 0; i < boxes.length; i++) {
+      for (let j = 0; j < i; j++) {
+        const [a, b] = [boxes[i], boxes[j]];
+        if (a.left < b.right - 0.5 && b.left < a.right - 0.5 && a.top < b.bottom - 0.5 && b.top < a.bottom - 0.5) overlaps++;
+      }
+    }
+    const badges = [...svg.querySelectorAll('g.badge')];
+    return {
+      round: svg.getAttribute('data-round'),
+      overflow: panel.scrollWidth - panel.clientWidth,
+      right: svg.getBoundingClientRect().right - panel.getBoundingClientRect().right,
+      verified: verified.length,
+      verifiedAttr: Number(svg.getAttribute('data-verified')),
+      unlabelled: labels.filter((t) => !t || t.textContent.trim() === '').length,
+      smallest: Math.min(...labels.map(px)),
+      overlaps,
+      prunedTotal: Number(svg.getAttribute('data-pruned-total')),
+      collapsed: badges.filter((b) => b.getAttribute('aria-expanded') !== 'true').reduce((n, b) => n + Number(b.getAttribute('data-pruned')), 0),
+      prunedDrawn: svg.querySelectorAll('g.node.pruned:not(.badge)').length,
+      badges: badges.length,
+      noAlt: [...svg.querySelectorAll('g.node')].filter((g) => g.getAttribute('tabindex') !== '0' || !(g.getAttribute('aria-label') ?? '').includes(':') && !g.classList.contains('badge')).length,
+      accepted: [...svg.querySelectorAll('g.node.accepted:not(.root), g.node.bonus')].map((g) => g.getAttribute('aria-label')),
+    };
+  });
+}
+function checkTreeFacts(f, where) {
+  if (f.overflow > 0 || f.right > 0.5) throw new Error(`FAILED: ${where}: the tree overflows its panel (${f.overflow} px scroll, ${f.right.toFixed(1)} px past the edge)`);
+  if (f.verified === 0 || f.verified !== f.verifiedAttr) throw new Error(`FAILED: ${where}: ${f.verified} verified nodes drawn of ${f.verifiedAttr}`);
+  if (f.unlabelled > 0) throw new Error(`FAILED: ${where}: ${f.unlabelled} verified nodes without a label`);
+  if (!(f.smallest >= 11)) throw new Error(`FAILED: ${where}: labels at ${f.smallest.toFixed(1)} px (< 11)`);
+  if (f.overlaps > 0) throw new Error(`FAILED: ${where}: ${f.overlaps} overlapping labels`);
+  if (f.collapsed + f.prunedDrawn !== f.prunedTotal) throw new Error(`FAILED: ${where}: pruned badges add up to ${f.collapsed} + ${f.prunedDrawn} drawn, not ${f.prunedTotal}`);
+  if (f.noAlt > 0) throw new Error(`FAILED: ${where}: ${f.noAlt} nodes not focusable or without a text alternative`);
 }
 
 try {
@@ -158,10 +206,17 @@ try {
 
   // 2. A dropped scene gets exactly the native CLI's caption; a screenshot mid-generation.
   const longTasksBefore = await page.evaluate(() => window.__longTasks?.length ?? -1);
+  // The screenshot is of a round as it rests (reduced motion: no phase animation half-way), once
+  // a round has accepted words, while the caption is still being written.
+  await page.emulateMedia({ reducedMotion: 'reduce' });
   await page.getByTestId('drop-input').setInputFiles(scenes[0].path);
   await page.waitForSelector('[data-testid=tree] g.node', { timeout: 180_000 });
+  await page.waitForFunction(() => document.querySelectorAll('[data-testid=tree] g.node.accepted:not(.root)').length >= 2
+    || document.querySelector('[data-testid=status]').textContent !== 'generating', null, { timeout: 180_000 });
+  const midStatus = await status();
   await page.screenshot({ path: join(ARTIFACTS, 'mid-generation.png'), fullPage: true });
-  log(`screenshot: ${join(ARTIFACTS, 'mid-generation.png')}`);
+  log(`screenshot: ${join(ARTIFACTS, 'mid-generation.png')} (status ${midStatus})`);
+  await page.emulateMedia({ reducedMotion: 'no-preference' });
   const s0 = await waitStatus(['done', 'error']);
   check(s0 === 'done', 'the first caption finishes');
   const got0 = (await page.getByTestId('caption').textContent()).trim();
@@ -178,12 +233,53 @@ try {
   const rounds = Number(await page.getByTestId('round-scrubber').getAttribute('max'));
   check(rounds >= 2, `several speculation rounds (${rounds})`);
   const drawn = [];
+  let facts = { verified: 0, pruned: 0, badges: 0, smallest: Infinity };
   for (let r = 1; r <= rounds; r++) {
     await page.getByTestId('round-scrubber').fill(String(r));
     drawn.push(await page.getByTestId('tree').getAttribute('data-round'));
     for (const st of await page.locator('[data-testid=tree] g.node').evaluateAll((ns) => ns.map((n) => n.getAttribute('data-status')))) seen.add(st);
+    const f = await treeFacts();
+    checkTreeFacts(f, `round ${r}`);
+    facts = { verified: facts.verified + f.verified, pruned: facts.pruned + f.prunedTotal, badges: facts.badges + f.badges, smallest: Math.min(facts.smallest, f.smallest) };
   }
   check(new Set(drawn).size === rounds, `the scrubber draws each of the ${rounds} rounds (${drawn.join(',')})`);
+  check(true, `at 1280 px, every round's tree fits its panel with no horizontal overflow; all ${facts.verified} verified nodes `
+    + `are labelled (smallest ${facts.smallest.toFixed(1)} px >= 11), no labels overlap, every node is focusable with a text alternative; `
+    + `${facts.badges} "+n" badges add up to each round's pruned total (${facts.pruned} in all)`);
+  const path = (await treeFacts()).accepted;
+  check(path.length >= 1 && path.every((l) => /^(accepted: '.+', draft confidence \d\.\d\d|bonus, the target's own token: '.+')$/.test(l)),
+    `accepted nodes say what they are: ${JSON.stringify(path.slice(0, 3))}`);
+
+  // 4b. The round strip: one mark per round with its accepted length; a click shows that round
+  // and stops following; "follow latest" follows again.
+  const marks = await page.locator('[data-testid=round-strip] .mark').evaluateAll((ms) => ms.map((m) => ({ round: m.getAttribute('data-round'), accepted: Number(m.getAttribute('data-accepted')) })));
+  check(marks.length === rounds && marks.every((m, i) => m.round === drawn[i]), `the round strip has one mark per round (${marks.map((m) => m.accepted).join(' ')})`);
+  await page.locator('[data-testid=round-strip] .mark').nth(0).click();
+  const shown0 = await page.getByTestId('tree').getAttribute('data-round');
+  const accepted0 = await page.locator('[data-testid=tree] g.node.accepted:not(.root)').count();
+  check(shown0 === marks[0].round && accepted0 === marks[0].accepted && (await page.getByTestId('round-scrubber').inputValue()) === '1',
+    `a click on the first mark draws its round (${accepted0} accepted) and moves the scrubber`);
+  await page.getByTestId('follow-latest').click();
+  check((await page.getByTestId('tree').getAttribute('data-round')) === drawn[drawn.length - 1], '"follow latest" draws the latest round again');
+
+  // 4c. Pruned candidates: a badge expands on click (its candidates drawn, the total unchanged),
+  // and "show all candidates" draws every one of them.
+  const badge = page.locator('[data-testid=tree] g.badge').first();
+  const inBadge = Number(await badge.getAttribute('data-pruned'));
+  await badge.click();
+  let f = await treeFacts();
+  checkTreeFacts(f, 'a badge expanded');
+  check(f.prunedDrawn === inBadge, `a "+${inBadge}" badge expands into its ${inBadge} candidates on click`);
+  await page.getByTestId('show-pruned').check();
+  f = await treeFacts();
+  checkTreeFacts(f, 'show all');
+  check(f.prunedDrawn === f.prunedTotal && f.badges === 0, `"show all candidates" draws all ${f.prunedTotal} pruned candidates`);
+  await page.getByTestId('show-pruned').uncheck();
+  // Keyboard: the first node takes focus, Tab walks the accepted path first.
+  await page.locator('[data-testid=tree] g.node').first().focus();
+  await page.keyboard.press('Tab');
+  const focused = await page.evaluate(() => document.activeElement?.getAttribute('aria-label') ?? '');
+  check(/^(accepted|bonus)/.test(focused), `Tab from the root goes along the accepted path (${JSON.stringify(focused)})`);
   // More scenes if some state has not shown up yet.
   for (const scene of scenes.slice(1)) {
     if (seen.size === 5) break;
@@ -203,6 +299,22 @@ try {
   const cmp = await page.getByTestId('compare-result').textContent();
   check(cmp.includes('identical outputs'), 'compare shows identical outputs');
   check((await page.getByTestId('plain-caption').textContent()).trim() === (await page.getByTestId('caption').textContent()).trim(), 'the plain caption equals the speculative one');
+
+  // 5b. Live phases: a round drawn while following generation animates (column by column, then
+  // the verdict); with prefers-reduced-motion nothing animates.
+  await page.getByTestId('drop-input').setInputFiles(scenes[1].path);
+  await page.waitForSelector('[data-testid=tree][data-live=true] g.node', { timeout: 180_000 });
+  const anim = await page.evaluate(() => {
+    const g = document.querySelector('[data-testid=tree][data-live=true] g.node');
+    return g ? getComputedStyle(g).animationName : 'gone';
+  });
+  await waitStatus(['done', 'error']);
+  check(anim === 'gone' || anim.includes('tv-appear'), `a live round's nodes appear in phases (animation ${anim})`);
+  await page.emulateMedia({ reducedMotion: 'reduce' });
+  const still = await page.evaluate(() => [...document.querySelectorAll('[data-testid=tree] *, [data-testid=caption] *')]
+    .filter((e) => getComputedStyle(e).animationName !== 'none').length);
+  check(still === 0, 'with prefers-reduced-motion nothing in the tree or caption animates');
+  await page.emulateMedia({ reducedMotion: 'no-preference' });
 
   // 6. A new drop during generation cancels the running caption; the new image's caption wins.
   await page.getByTestId('drop-input').setInputFiles(scenes[1].path);

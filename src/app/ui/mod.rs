@@ -3,7 +3,8 @@
 //! [`Event`]s from the worker; everything it asks goes out as [`Request`]s (`bridge`).
 //!
 //! Test hooks (`data-testid`): drop-input, caption, status, error, tree (nodes carry
-//! `data-status`), round-scrubber, compare (+ compare-result, plain-caption).
+//! `data-status`; see `tree_view` for the rest), round-scrubber, round-strip, follow-latest,
+//! show-pruned, compare (+ compare-result, plain-caption).
 
 mod drop_zone;
 mod settings;
@@ -22,7 +23,7 @@ use wasm_bindgen::prelude::*;
 
 use crate::app::bridge;
 use crate::app::messages::{BackendKind, Event, ModelInfo, Request, RunMode, RunResult, Settings};
-use crate::speculative::events::{NodeEvent, RoundEvent};
+use crate::speculative::events::RoundEvent;
 
 /// What the status hook reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +68,11 @@ pub struct AppState {
     pub rounds: RwSignal<Vec<RoundEvent>>,
     /// Round shown by the tree view (index); `None` follows the latest.
     pub shown: RwSignal<Option<usize>>,
-    pub hovered: RwSignal<Option<NodeEvent>>,
+    /// What the tree view's details line says (the hovered or focused node or badge).
+    pub hovered: RwSignal<Option<String>>,
+    /// The caption before the latest round's words (those fly in), and when they start to.
+    pub caption_before: RwSignal<String>,
+    pub fly_at_ms: RwSignal<u32>,
     pub result: RwSignal<Option<RunResult>>,
     pub plain: RwSignal<Option<RunResult>>,
     pub plain_text: RwSignal<String>,
@@ -137,6 +142,8 @@ impl AppState {
             rounds: RwSignal::new(Vec::new()),
             shown: RwSignal::new(None),
             hovered: RwSignal::new(None),
+            caption_before: RwSignal::new(String::new()),
+            fly_at_ms: RwSignal::new(0),
             result: RwSignal::new(None),
             plain: RwSignal::new(None),
             plain_text: RwSignal::new(String::new()),
@@ -175,6 +182,7 @@ impl AppState {
         self.run.set(run);
         self.compare_run.set(0);
         self.caption.set(String::new());
+        self.caption_before.set(String::new());
         self.rounds.set(Vec::new());
         self.shown.set(None);
         self.hovered.set(None);
@@ -262,6 +270,7 @@ impl AppState {
             Event::Started { .. } | Event::Cancelled { .. } => {}
             Event::Text { run, text } => {
                 if run == self.run.get_untracked() {
+                    self.caption_before.set(text.clone());
                     self.caption.set(text);
                 } else if run == self.compare_run.get_untracked() {
                     self.plain_text.set(text);
@@ -269,13 +278,21 @@ impl AppState {
             }
             Event::Round { run, round, text } => {
                 if run == self.run.get_untracked() {
+                    self.fly_at_ms
+                        .set(crate::app::layout::round_phase_times(&round.nodes).fly_at_ms);
                     self.rounds.update(|r| r.push(round));
+                    self.caption_before.set(self.caption.get_untracked());
                     self.caption.set(text);
                 }
             }
             Event::Done { run, result, .. } => {
                 if run == self.run.get_untracked() {
-                    self.caption.set(result.text.clone());
+                    // Redraw the caption only if it changed (the last round's words may still
+                    // be flying in).
+                    if self.caption.get_untracked() != result.text {
+                        self.caption_before.set(result.text.clone());
+                        self.caption.set(result.text.clone());
+                    }
                     self.result.set(Some(result));
                     self.status.set(Status::Done);
                 } else if run == self.compare_run.get_untracked() {
@@ -339,7 +356,7 @@ fn App() -> impl IntoView {
                     <img class="preview" alt="the image being captioned" src=move || st.preview.get().unwrap_or_default()/>
                 </Show>
                 <h2>"Caption"</h2>
-                <p class="caption" data-testid="caption" aria-live="polite">{move || st.caption.get()}</p>
+                <p class="caption" data-testid="caption" aria-live="polite">{move || caption_words(st)}</p>
                 <Stats/>
             </section>
             <section class="right">
@@ -347,6 +364,20 @@ fn App() -> impl IntoView {
                 <SettingsPanel/>
             </section>
         </main>
+    }
+}
+
+/// The caption, the latest round's words in their own span (they fly in from the tree).
+fn caption_words(st: AppState) -> impl IntoView {
+    let text = st.caption.get();
+    let before = st.caption_before.get();
+    let (old, new) = match text.strip_prefix(before.as_str()) {
+        Some(new) => (before.clone(), new.to_string()),
+        None => (text.clone(), String::new()),
+    };
+    view! {
+        <span class="old-words">{old}</span>
+        <span class="new-words" style=format!("--fly-at: {}ms", st.fly_at_ms.get_untracked())>{new}</span>
     }
 }
 
