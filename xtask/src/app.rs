@@ -7,8 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::check::run_status;
 use crate::prereq;
+use crate::process::run_status;
 
 /// Where wasm-bindgen writes the module and its JS glue (see index.html, web/worker.js, sw.js).
 pub const PKG_DIR: &str = "web/pkg";

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::process::{quiet_success, run_status};
 use crate::{cargo, prereq};
 
 /// One step of the check: either a command line or an in-process action (the prerequisites).
@@ -199,35 +200,6 @@ fn has_nextest() -> bool {
     quiet_success(cargo().args(["nextest", "--version"]))
 }
 
-/// Runs a command with inherited output; a non-zero exit becomes an error with the exit status.
-pub fn run_status(cmd: &mut Command) -> Result<(), String> {
-    let status = cmd
-        .status()
-        .map_err(|e| format!("cannot start {:?}: {e}", cmd.get_program()))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("{} exited with {status}", render(cmd)))
-    }
-}
-
-/// Whether a command runs and exits 0, with its output discarded (for presence checks).
-pub fn quiet_success(cmd: &mut Command) -> bool {
-    cmd.stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// The command line, with the program's directory left out (cargo's is a long toolchain path).
-fn render(cmd: &Command) -> String {
-    let program = Path::new(cmd.get_program());
-    let program = program.file_name().unwrap_or(program.as_os_str());
-    let mut words = vec![program.to_string_lossy().into_owned()];
-    words.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
-    words.join(" ")
-}
-
 fn seconds(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
 }
@@ -283,25 +255,6 @@ mod tests {
             steps(false, true)[1].describe(),
             "cargo fmt --all -- --check --color never"
         );
-    }
-
-    #[test]
-    fn run_status_reports_the_failing_command() {
-        let err = run_status(Command::new("false").arg("x")).unwrap_err();
-        assert_eq!(err, "false x exited with exit status: 1");
-        let err = run_status(Command::new("/bin/sh").args(["-c", "exit 3"])).unwrap_err();
-        assert_eq!(err, "sh -c exit 3 exited with exit status: 3");
-        assert!(run_status(&mut Command::new("true")).is_ok());
-        assert!(run_status(&mut Command::new("/nonexistent/xtask-cmd"))
-            .unwrap_err()
-            .starts_with("cannot start"));
-    }
-
-    #[test]
-    fn quiet_success_distinguishes_exit_codes() {
-        assert!(quiet_success(&mut Command::new("true")));
-        assert!(!quiet_success(&mut Command::new("false")));
-        assert!(!quiet_success(&mut Command::new("/nonexistent/xtask-cmd")));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 
-use crate::{cargo, check, Flags};
+use crate::{cargo, process, Flags};
 
 const REQUIREMENTS: &str = "tools/compare/requirements.txt";
 const HF_SCRIPT: &str = "tools/compare/hf_assisted.py";
@@ -64,7 +64,7 @@ pub fn compare(root: &Path, args: &[String]) -> Result<(), String> {
         number("--max-new-tokens", 64)?,
     );
     let python = ensure_venv(root)?;
-    check::run_status(cargo().current_dir(root).args([
+    process::run_status(cargo().current_dir(root).args([
         "build",
         "--release",
         "--bin",
@@ -245,8 +245,8 @@ fn ensure_venv(root: &Path) -> Result<PathBuf, String> {
         return Ok(python);
     }
     eprintln!("compare: making {} from {REQUIREMENTS}", venv.display());
-    check::run_status(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-    check::run_status(
+    process::run_status(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    process::run_status(
         Command::new(&python)
             .args(["-m", "pip", "install", "--quiet", "-r"])
             .arg(root.join(REQUIREMENTS)),

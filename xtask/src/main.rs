@@ -17,6 +17,7 @@ mod check;
 mod compare;
 mod layers;
 mod prereq;
+mod process;
 mod serve;
 
 use std::env;
@@ -134,7 +135,7 @@ fn scenes(root: &Path, args: &[String]) -> Result<(), String> {
         cmd.args([flag, value]);
     }
     cmd.current_dir(root);
-    check::run_status(&mut cmd)
+    process::run_status(&mut cmd)
 }
 
 /// `cargo xtask bench`: the kernel benchmark, then plain vs speculative decoding of the demo pair
@@ -165,7 +166,7 @@ fn bench(root: &Path, args: &[String]) -> Result<(), String> {
         let mut cmd = cargo();
         cmd.args(["run", "--quiet", "--release", "--bin", "spec-llava", "--"]);
         cmd.args(run).args(json).current_dir(root);
-        check::run_status(&mut cmd)?;
+        process::run_status(&mut cmd)?;
     }
     Ok(())
 }
@@ -185,7 +186,7 @@ fn fuzz(root: &Path, args: &[String]) -> Result<(), String> {
     ])
     .env("SPEC_LLAVA_FUZZ_SECONDS", seconds.to_string())
     .current_dir(root);
-    check::run_status(&mut cmd)
+    process::run_status(&mut cmd)
 }
 
 /// The fuzz budget in seconds from `--minutes N` (default 10; fractions allowed).

@@ -11,7 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::check::run_status;
+use crate::process::run_status;
 
 /// The target the library must build for (the browser app).
 pub const WASM_TARGET: &str = "wasm32-unknown-unknown";
