@@ -36,43 +36,49 @@ pub fn linear(x: &[f32], m: usize, w: &CpuWeight, bias: Option<&[f32]>) -> Vec<f
     if m == 0 || n == 0 {
         return Vec::new();
     }
-    // Weight rows per task: a multiple of 8 (the one-row tile), about 32K multiply-adds or more.
-    let per_task = (32 * 1024 / (m * k).max(1))
+    // Weight rows per task: a multiple of 8 (the one-row tile), about 256K multiply-adds or more
+    // (a few microseconds: well above the cost of handing a task to another thread).
+    let per_task = ((256 << 10) / (m * k).max(1))
         .next_multiple_of(8)
-        .clamp(8, 512);
+        .clamp(8, 1024);
+    // Packed rows are widened this many at a time (about 64 KB: the buffer stays in cache).
+    let panel_rows = (16 << 10) / k.max(1) / 8 * 8;
+    let panel_rows = panel_rows.max(8);
     // Transposed output [n, m]: each task owns a contiguous block of it.
     let mut t = vec![0f32; n * m];
     let task = |bi: usize, out: &mut [f32]| {
-        let j0 = bi * per_task;
-        let jn = out.len() / m;
         let mut buf = Vec::new();
-        let panel: &[f32] = match &w.data {
-            CpuData::F32(v) => &v[j0 * k..(j0 + jn) * k],
-            _ => {
-                buf.resize(jn * k, 0f32);
-                w.widen_rows(j0..j0 + jn, k, &mut buf);
-                &buf
-            }
-        };
-        block(x, m, k, panel, jn, out);
-        for (j, col) in out.chunks_mut(m).enumerate() {
-            let b = bias.map_or(0.0, |b| b[j0 + j]);
-            for v in col {
-                *v += b;
+        for (pi, out) in out.chunks_mut(panel_rows * m).enumerate() {
+            let j0 = bi * per_task + pi * panel_rows;
+            let jn = out.len() / m;
+            let panel: &[f32] = match &w.data {
+                CpuData::F32(v) => &v[j0 * k..(j0 + jn) * k],
+                _ => {
+                    buf.resize(jn * k, 0f32);
+                    w.widen_rows(j0..j0 + jn, k, &mut buf);
+                    &buf
+                }
+            };
+            block(x, m, k, panel, jn, out);
+            for (j, col) in out.chunks_mut(m).enumerate() {
+                let b = bias.map_or(0.0, |b| b[j0 + j]);
+                for v in col {
+                    *v += b;
+                }
             }
         }
     };
     #[cfg(not(target_arch = "wasm32"))]
-    {
+    if n > per_task {
         use rayon::prelude::*;
         t.par_chunks_mut(per_task * m)
             .enumerate()
             .for_each(|(bi, out)| task(bi, out));
+    } else {
+        task(0, &mut t);
     }
     #[cfg(target_arch = "wasm32")]
-    t.chunks_mut(per_task * m)
-        .enumerate()
-        .for_each(|(bi, out)| task(bi, out));
+    task(0, &mut t);
     if m == 1 {
         return t;
     }

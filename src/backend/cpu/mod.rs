@@ -69,19 +69,29 @@ pub struct CpuCache {
     v: Vec<Vec<f32>>,
 }
 
-/// Run `f(row_index, row)` over the rows of `out` (each `width` long), in parallel natively.
-fn for_rows(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+/// Work (about one multiply-add per unit) below which an op stays on the calling thread: handing
+/// a job to the thread pool and waiting for it costs more than a small op itself.
+const PARALLEL_WORK: usize = 1 << 16;
+
+/// Run `f(row_index, row)` over the rows of `out` (each `width` long), in parallel natively when
+/// the op does at least [`PARALLEL_WORK`] (`row_cost` units per row).
+fn for_rows(
+    out: &mut [f32],
+    width: usize,
+    row_cost: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync + Send,
+) {
     if width == 0 {
         return;
     }
     #[cfg(not(target_arch = "wasm32"))]
-    {
+    if out.len() / width * row_cost >= PARALLEL_WORK {
         use rayon::prelude::*;
         out.par_chunks_mut(width)
             .enumerate()
             .for_each(|(i, r)| f(i, r));
+        return;
     }
-    #[cfg(target_arch = "wasm32")]
     out.chunks_mut(width).enumerate().for_each(|(i, r)| f(i, r));
 }
 
@@ -124,7 +134,7 @@ impl CpuBackend {
         let scale = 1.0 / (d as f32).sqrt();
         let mut out = vec![0f32; q.rows * heads.q_heads * d];
         // One output row per (query, head).
-        for_rows(&mut out, d, |row, o| {
+        for_rows(&mut out, d, 2 * m * d, |row, o| {
             let (i, h) = (row / heads.q_heads, row % heads.q_heads);
             let kvh = h / group;
             let qv = &q.data[i * q.cols + h * d..i * q.cols + (h + 1) * d];
@@ -240,7 +250,7 @@ impl Backend for CpuBackend {
     fn layer_norm(&self, x: &CpuTensor, w: &CpuWeight, b: &CpuWeight, eps: f32) -> CpuTensor {
         let (w, b) = (w.values(), b.values());
         let mut data = x.data.clone();
-        for_rows(&mut data, x.cols, |_, r| {
+        for_rows(&mut data, x.cols, x.cols, |_, r| {
             let n = r.len() as f32;
             let mean = r.iter().sum::<f32>() / n;
             let var = r.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
@@ -259,7 +269,7 @@ impl Backend for CpuBackend {
     fn rms_norm(&self, x: &CpuTensor, w: &CpuWeight, eps: f32) -> CpuTensor {
         let w = w.values();
         let mut data = x.data.clone();
-        for_rows(&mut data, x.cols, |_, r| {
+        for_rows(&mut data, x.cols, x.cols, |_, r| {
             let ms = r.iter().map(|v| v * v).sum::<f32>() / r.len() as f32;
             let inv = 1.0 / (ms + eps).sqrt();
             for (k, v) in r.iter_mut().enumerate() {
@@ -378,7 +388,7 @@ impl Backend for CpuBackend {
         let inv_freq = rope_inv_freq(head_dim, rope);
         let half = head_dim / 2;
         let mut data = x.data.clone();
-        for_rows(&mut data, x.cols, |i, r| {
+        for_rows(&mut data, x.cols, x.cols, |i, r| {
             let pos = positions[i] as f32;
             for f in 0..half {
                 let angle = pos * inv_freq[f];

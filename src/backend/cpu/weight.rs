@@ -108,39 +108,114 @@ fn widen_f16(src: &[u16], dst: &mut [f32]) {
 
 /// Row `r` of `q` as `d * q` per element (as [`QuantMatrix::dequantize`]), `dst.len()` = cols.
 fn dequantize_row(q: &QuantMatrix, r: usize, dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 is present.
+        return unsafe { dequantize_row_avx2(q, r, dst) };
+    }
+    dequantize_row_portable(q, r, dst)
+}
+
+/// [`dequantize_row_portable`] with the blocks decoded 8 values per instruction (AVX2): codes
+/// widened to i32, converted (exactly) to f32, multiplied by the block's scale.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn dequantize_row_avx2(q: &QuantMatrix, r: usize, dst: &mut [f32]) {
+    use std::arch::x86_64::*;
     let nb = q.blocks_per_row();
     let bytes = q.scheme.block_bytes();
-    for (b, out) in dst.chunks_mut(GROUP).enumerate() {
+    let full = dst.len() / GROUP;
+    let mut scales = [0f32; 64];
+    for b in 0..full {
         let i = r * nb + b;
-        let d = f16::from_bits(q.scales[i]).to_f32();
-        let codes = &q.qs[i * bytes..(i + 1) * bytes];
-        if out.len() == GROUP {
-            dequantize_block(q.scheme, d, codes, out);
-        } else {
-            // The last, partial group: its padding is dropped.
-            let mut tmp = [0f32; GROUP];
-            dequantize_block(q.scheme, d, codes, &mut tmp);
-            let n = out.len();
-            out.copy_from_slice(&tmp[..n]);
+        if b % 64 == 0 {
+            let end = (i + 64).min((r + 1) * nb);
+            widen_f16(&q.scales[i..end], &mut scales[..end - i]);
         }
+        let d = _mm256_set1_ps(scales[b % 64]);
+        let codes = q.qs[i * bytes..(i + 1) * bytes].as_ptr();
+        let out = dst[b * GROUP..(b + 1) * GROUP].as_mut_ptr();
+        match q.scheme {
+            Scheme::Q8 => {
+                for h in 0..4 {
+                    let c = _mm_loadl_epi64(codes.add(8 * h) as *const __m128i);
+                    let v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(c));
+                    _mm256_storeu_ps(out.add(8 * h), _mm256_mul_ps(d, v));
+                }
+            }
+            Scheme::Q4 => {
+                let c = _mm_loadu_si128(codes as *const __m128i);
+                let m = _mm_set1_epi8(15);
+                let lo = _mm_and_si128(c, m);
+                let hi = _mm_and_si128(_mm_srli_epi16(c, 4), m);
+                let eight = _mm256_set1_epi32(8);
+                for (h, half) in [lo, hi].into_iter().enumerate() {
+                    for part in 0..2 {
+                        let p = if part == 0 {
+                            half
+                        } else {
+                            _mm_srli_si128(half, 8)
+                        };
+                        let v = _mm256_sub_epi32(_mm256_cvtepu8_epi32(p), eight);
+                        let v = _mm256_mul_ps(d, _mm256_cvtepi32_ps(v));
+                        _mm256_storeu_ps(out.add(16 * h + 8 * part), v);
+                    }
+                }
+            }
+        }
+    }
+    if full * GROUP < dst.len() {
+        // The last, partial group.
+        let mut tail = vec![0f32; GROUP];
+        dequantize_row_portable_from(q, r, full, &mut tail);
+        let n = dst.len() - full * GROUP;
+        dst[full * GROUP..].copy_from_slice(&tail[..n]);
     }
 }
 
-/// One block of 32 values (GGML `Q8_0` / `Q4_0` decoding, as `BlockQ8::dequantize` and
-/// `BlockQ4::dequantize`).
-fn dequantize_block(scheme: Scheme, d: f32, codes: &[u8], out: &mut [f32]) {
-    match scheme {
-        Scheme::Q8 => {
-            for (o, &c) in out.iter_mut().zip(codes) {
-                *o = d * f32::from(c as i8);
-            }
+fn dequantize_row_portable(q: &QuantMatrix, r: usize, dst: &mut [f32]) {
+    dequantize_row_portable_from(q, r, 0, dst)
+}
+
+/// Blocks `first..` of row `r` into `dst` (from block `first`'s first value).
+fn dequantize_row_portable_from(q: &QuantMatrix, r: usize, first: usize, dst: &mut [f32]) {
+    let nb = q.blocks_per_row();
+    let bytes = q.scheme.block_bytes();
+    // The row's scales widened together (F16C where present; one at a time is a slow path).
+    let mut scales = [0f32; 64];
+    for (b, out) in dst.chunks_mut(GROUP).enumerate() {
+        let i = r * nb + first + b;
+        if b % 64 == 0 {
+            let end = (i + 64).min((r + 1) * nb);
+            widen_f16(&q.scales[i..end], &mut scales[..end - i]);
         }
-        Scheme::Q4 => {
-            let (lo, hi) = out.split_at_mut(GROUP / 2);
-            for ((l, h), &c) in lo.iter_mut().zip(hi).zip(codes) {
-                *l = d * (f32::from(c & 15) - 8.0);
-                *h = d * (f32::from(c >> 4) - 8.0);
-            }
+        let d = scales[b % 64];
+        let codes = &q.qs[i * bytes..(i + 1) * bytes];
+        let mut block = [0f32; GROUP];
+        match q.scheme {
+            Scheme::Q8 => dequantize_q8(d, codes, &mut block),
+            Scheme::Q4 => dequantize_q4(d, codes, &mut block),
         }
+        // The last group may be partial: its padding is dropped.
+        out.copy_from_slice(&block[..out.len()]);
+    }
+}
+
+/// GGML `Q8_0` decoding, as `BlockQ8::dequantize`.
+#[inline(always)]
+fn dequantize_q8(d: f32, codes: &[u8], out: &mut [f32; GROUP]) {
+    let codes: &[u8; GROUP] = codes.try_into().expect("a q8 block has 32 codes");
+    for (o, &c) in out.iter_mut().zip(codes) {
+        *o = d * f32::from(c as i8);
+    }
+}
+
+/// GGML `Q4_0` decoding, as `BlockQ4::dequantize`.
+#[inline(always)]
+fn dequantize_q4(d: f32, codes: &[u8], out: &mut [f32; GROUP]) {
+    let codes: &[u8; GROUP / 2] = codes.try_into().expect("a q4 block has 16 bytes");
+    for (i, &c) in codes.iter().enumerate() {
+        out[i] = d * (f32::from(c & 15) - 8.0);
+        out[i + GROUP / 2] = d * (f32::from(c >> 4) - 8.0);
     }
 }
