@@ -92,6 +92,8 @@ fn for_rows(
             .for_each(|(i, r)| f(i, r));
         return;
     }
+    #[cfg(target_arch = "wasm32")]
+    let _ = (row_cost, PARALLEL_WORK);
     out.chunks_mut(width).enumerate().for_each(|(i, r)| f(i, r));
 }
 
