@@ -98,10 +98,29 @@ fn quick_bench_reports_every_kernel_against_the_copy() {
 }
 
 #[test]
-fn cpu_only_bench_measures_tokens_without_kernels() {
+fn cpu_only_bench_measures_cpu_kernels_passes_and_tokens() {
     let r = bench(&["--backend", "cpu"]);
     assert!(r.get("device").is_none(), "{r}");
     assert_eq!(r["kernels"].as_array().map(Vec::len), Some(0), "{r}");
+    let rows = r["cpu_kernels"].as_array().expect("cpu_kernels: an array");
+    assert_eq!(rows[0]["kernel"], "cpu_copy", "{r}");
+    for dtype in ["f32", "f16", "q8", "q4"] {
+        assert!(
+            rows.iter()
+                .any(|row| row["kernel"] == "cpu_linear" && row["dtype"] == dtype),
+            "no cpu_linear {dtype} row in {r}"
+        );
+    }
+    for row in rows {
+        for key in ["ms", "gb_s", "copy_gb_s", "ratio"] {
+            positive(&format!("{}.{key}", row["kernel"]), &row[key]);
+        }
+    }
+    let passes = r["cpu_passes"].as_array().expect("cpu_passes: an array");
+    assert_eq!(passes[0]["rows"], 1, "{r}");
+    for p in passes {
+        positive("cpu_passes.ms", &p["ms"]);
+    }
     positive("tokens_per_s.cpu", &r["tokens_per_s"]["cpu"]);
     assert!(r["tokens_per_s"].get("gpu").is_none(), "{r}");
 }

@@ -120,8 +120,8 @@ pub trait Backend {
     /// Upload a weight given as f32 (already widened) with its logical shape.
     fn weight(&self, data: Vec<f32>, shape: &[usize]) -> Self::Weight;
     /// Upload a weight as the checkpoint stores it (f32, f16 bits, or q8/q4 blocks; see
-    /// [`crate::quant`]). Backends that compute in f32 (the CPU reference) widen it here, so every
-    /// backend sees the same weight values; the GPU keeps f16 and quantized matrices as they are.
+    /// [`crate::quant`]). The default widens it to f32; the CPU and GPU engines keep f16 and
+    /// quantized matrices as they are and compute with exactly the widened values.
     fn weight_data(&self, data: WeightData, shape: &[usize]) -> Self::Weight {
         self.weight(data.into_f32(), shape)
     }

@@ -123,11 +123,11 @@ pub fn calibrate(
     let hook = Box::new(move |w: &CpuWeight, x: &CpuTensor| {
         let mut s = hook_state.borrow_mut();
         // Weights stay put while the model lives, so the address identifies one.
-        let key = w.data.as_ptr() as usize;
+        let key = w.address();
         if !s.seen.contains_key(&key) {
             let targets = s
                 .by_print
-                .get(&fingerprint(&w.data, &w.shape))
+                .get(&fingerprint(&w.values(), &w.shape))
                 .cloned()
                 .unwrap_or_default();
             s.seen.insert(key, targets);

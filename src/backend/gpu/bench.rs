@@ -67,7 +67,7 @@ pub struct Suite {
 }
 
 impl Suite {
-    fn wants(&self, kernel: &str, shape: &str, dtype: &str) -> bool {
+    pub(crate) fn wants(&self, kernel: &str, shape: &str, dtype: &str) -> bool {
         self.filter
             .as_deref()
             .is_none_or(|f| format!("{kernel} {shape} {dtype}").contains(f))

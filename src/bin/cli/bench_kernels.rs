@@ -1,17 +1,20 @@
 //! `spec-llava bench-kernels`: GB/s and GFLOP/s of the GPU kernels next to a plain copy kernel's
-//! GB/s (src/backend/gpu/bench.rs), and plain greedy tokens/s of a model on the GPU and CPU engines.
+//! GB/s (src/backend/gpu/bench.rs), the same for the CPU engine's `linear` from packed weights next
+//! to a memory copy (src/backend/cpu/bench.rs), the CPU engine's decoder pass over 1, 8 and 32 rows
+//! of the model (a token, a speculation tree), and plain greedy tokens/s on the GPU and CPU engines.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Serialize;
-use spec_llava::backend::cpu::CpuBackend;
+use spec_llava::backend::cpu::{self, CpuBackend};
 use spec_llava::backend::gpu::bench::{self, KernelRow, Suite};
 use spec_llava::backend::gpu::GpuBackend;
-use spec_llava::backend::Backend;
+use spec_llava::backend::{AttnMask, Backend};
 use spec_llava::caption::Captioner;
 use spec_llava::checkpoint::Checkpoint;
 use spec_llava::eval::DecodeSpeed;
+use spec_llava::text::decoder::{LogitRows, Step};
 use spec_llava::Result;
 
 use super::BackendChoice;
@@ -45,7 +48,7 @@ pub struct BenchKernelsArgs {
     /// Print one JSON object on stdout.
     #[arg(long)]
     json: bool,
-    /// Only this engine (cpu: tokens/s only, no kernels); default both, the GPU when one exists.
+    /// Only this engine; default both, the GPU when one exists.
     #[arg(long, value_enum)]
     backend: Option<BackendChoice>,
 }
@@ -56,10 +59,57 @@ struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     device: Option<String>,
     kernels: Vec<KernelRow>,
+    /// The CPU engine's `linear` rows and its memory copy (the reference of these rows).
+    cpu_kernels: Vec<KernelRow>,
+    /// The CPU engine's decoder pass over the model, per row count.
+    cpu_passes: Vec<PassRow>,
     model: String,
     /// Plain greedy tokens/s of whole captions, per engine.
     tokens_per_s: BTreeMap<&'static str, f64>,
     decode: BTreeMap<&'static str, DecodeSpeed>,
+}
+
+/// One decoder pass (all layers, logits for every row) over `rows` new tokens after a 64-token
+/// prefix, on the CPU engine.
+#[derive(Serialize)]
+struct PassRow {
+    rows: usize,
+    ms: f64,
+    /// `ms` over the one-row pass's.
+    vs_one_row: f64,
+}
+
+fn cpu_passes(checkpoint: Checkpoint, rows: &[usize], target_s: f64) -> Result<Vec<PassRow>> {
+    let b = CpuBackend;
+    let captioner = Captioner::new(&b, checkpoint)?;
+    let text = &captioner.model.text;
+    let (hidden, prefix) = (text.cfg.hidden_size, 64usize);
+    let most = rows.iter().copied().max().unwrap_or(1);
+    let mut cache = text.new_cache(&b, prefix + most);
+    let ids: Vec<u32> = (0..prefix as u32).collect();
+    let x = b.tensor(vec![0.01; prefix * hidden], prefix, hidden);
+    text.forward(&b, &mut cache, x, &Step::causal(0, &ids));
+    let mut out: Vec<PassRow> = Vec::new();
+    for &n in rows {
+        let positions: Vec<u32> = (prefix as u32..(prefix + n) as u32).collect();
+        let step = Step {
+            start: prefix,
+            positions: &positions,
+            mask: &AttnMask::Causal,
+            rows: LogitRows::All,
+        };
+        let secs = cpu::bench::time(target_s, &mut || {
+            let x = b.tensor(vec![0.01; n * hidden], n, hidden);
+            std::hint::black_box(text.forward(&b, &mut cache, x, &step));
+        });
+        let one = out.first().map_or(secs, |r| r.ms / 1e3);
+        out.push(PassRow {
+            rows: n,
+            ms: secs * 1e3,
+            vs_one_row: secs / one,
+        });
+    }
+    Ok(out)
 }
 
 async fn speed<B: Backend>(
@@ -92,27 +142,47 @@ pub fn run(args: BenchKernelsArgs) -> Result<()> {
     let mut report = Report {
         device: gpu.as_ref().map(GpuBackend::adapter_info),
         kernels: Vec::new(),
+        cpu_kernels: Vec::new(),
+        cpu_passes: Vec::new(),
         model: args.model.display().to_string(),
         tokens_per_s: BTreeMap::new(),
         decode: BTreeMap::new(),
     };
+    let mut suite = if args.quick {
+        Suite::quick()
+    } else {
+        Suite::full()
+    };
+    suite.filter = args.filter.clone();
+    if !args.rows.is_empty() {
+        suite.matmul_rows = args.rows.clone();
+    }
+    if !args.weights.is_empty() {
+        suite.matmul_weights = args.weights.clone();
+    }
+    if args.backend != Some(BackendChoice::Gpu) {
+        let mut cpu_suite = suite.clone();
+        if args.rows.is_empty() {
+            // A token, a speculation tree's worth, a verification of a large tree.
+            cpu_suite.matmul_rows = vec![1, 8, 32];
+        }
+        report.cpu_kernels = cpu::bench::run_suite(&cpu_suite);
+        if args.filter.is_none() {
+            let rows = match args.quick {
+                true => vec![1, 8],
+                false => vec![1, 8, 32],
+            };
+            let t = suite.target_s * 3.0;
+            report.cpu_passes = cpu_passes(Checkpoint::open(&args.model)?, &rows, t)?;
+        }
+    }
     if let Some(g) = &gpu {
-        let mut suite = if args.quick {
-            Suite::quick()
-        } else {
-            Suite::full()
-        };
-        suite.filter = args.filter.clone();
-        if !args.rows.is_empty() {
-            suite.matmul_rows = args.rows.clone();
-        }
-        if !args.weights.is_empty() {
-            suite.matmul_weights = args.weights.clone();
-        }
         report.kernels = pollster::block_on(bench::run_suite(g, &suite))?;
-        if args.filter.is_some() {
-            return print_report(report, &args);
-        }
+    }
+    if args.filter.is_some() {
+        return print_report(report, &args);
+    }
+    if let Some(g) = &gpu {
         report.decode.insert(
             "gpu",
             pollster::block_on(speed(g, Checkpoint::open(&args.model)?, &args))?,
@@ -149,6 +219,16 @@ fn print_report(mut report: Report, args: &BenchKernelsArgs) -> Result<()> {
     if let Some(d) = &report.device {
         println!("device: {d}");
         print!("{}", bench::table(&report.kernels));
+    }
+    if !report.cpu_kernels.is_empty() {
+        println!("cpu engine:");
+        print!("{}", bench::table(&report.cpu_kernels));
+    }
+    for p in &report.cpu_passes {
+        println!(
+            "cpu decoder pass over {} rows: {:.3} ms ({:.2}x one row) with {}",
+            p.rows, p.ms, p.vs_one_row, report.model
+        );
     }
     for (name, d) in &report.decode {
         println!(

@@ -1,12 +1,25 @@
-//! The plain-Rust reference executor: f32 everywhere, written for clarity first and kept fast
-//! enough to be pleasant (rows are spread over threads natively through rayon).
+//! The plain-Rust reference executor: computes in f32, written for clarity first and kept fast
+//! (rows are spread over threads natively through rayon).
 //!
 //! Numerics follow transformers' eager PyTorch path: norms and softmax in f32, RoPE tables computed
-//! from f32 inverse frequencies, exact erf GELU.
+//! from f32 inverse frequencies, exact erf GELU. Weights stay as the checkpoint stores them
+//! ([`weight`]: f32, f16, q8/q4 blocks); `linear` ([`matmul`]) reads them packed, in register tiles,
+//! in one reduction order whatever the number of rows (verification equals plain decoding bit for
+//! bit). [`bench`] times its kernels for `spec-llava bench-kernels`.
+
+pub mod bench;
+mod matmul;
+mod weight;
+
+pub use matmul::linear as matmul;
+pub use weight::{CpuData, CpuWeight};
+
+use matmul::dot;
 
 use crate::backend::math::{rope_inv_freq, softmax_in_place};
 use crate::backend::{AttnMask, Backend, Heads, Qkv, Rope};
 use crate::config::Activation;
+use crate::quant::WeightData;
 
 #[derive(Debug, Clone, Default)]
 pub struct CpuBackend;
@@ -22,12 +35,6 @@ impl CpuTensor {
     fn row(&self, i: usize) -> &[f32] {
         &self.data[i * self.cols..(i + 1) * self.cols]
     }
-}
-
-#[derive(Debug, Clone)]
-pub struct CpuWeight {
-    pub data: Vec<f32>,
-    pub shape: Vec<usize>,
 }
 
 /// A function shown every `linear` this thread runs: the weight and the input rows.
@@ -62,36 +69,32 @@ pub struct CpuCache {
     v: Vec<Vec<f32>>,
 }
 
-/// Run `f(row_index, row)` over the rows of `out` (each `width` long), in parallel natively.
-fn for_rows(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+/// Work (about one multiply-add per unit) below which an op stays on the calling thread: handing
+/// a job to the thread pool and waiting for it costs more than a small op itself.
+const PARALLEL_WORK: usize = 1 << 16;
+
+/// Run `f(row_index, row)` over the rows of `out` (each `width` long), in parallel natively when
+/// the op does at least [`PARALLEL_WORK`] (`row_cost` units per row).
+fn for_rows(
+    out: &mut [f32],
+    width: usize,
+    row_cost: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync + Send,
+) {
     if width == 0 {
         return;
     }
     #[cfg(not(target_arch = "wasm32"))]
-    {
+    if out.len() / width * row_cost >= PARALLEL_WORK {
         use rayon::prelude::*;
         out.par_chunks_mut(width)
             .enumerate()
             .for_each(|(i, r)| f(i, r));
+        return;
     }
     #[cfg(target_arch = "wasm32")]
+    let _ = (row_cost, PARALLEL_WORK);
     out.chunks_mut(width).enumerate().for_each(|(i, r)| f(i, r));
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight independent accumulators let the compiler vectorise without reassociating freely.
-    let mut acc = [0f32; 8];
-    let chunks = a.len() / 8;
-    for c in 0..chunks {
-        for l in 0..8 {
-            acc[l] += a[c * 8 + l] * b[c * 8 + l];
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for i in chunks * 8..a.len() {
-        s += a[i] * b[i];
-    }
-    s
 }
 
 pub fn activation(x: f32, act: Activation) -> f32 {
@@ -133,7 +136,7 @@ impl CpuBackend {
         let scale = 1.0 / (d as f32).sqrt();
         let mut out = vec![0f32; q.rows * heads.q_heads * d];
         // One output row per (query, head).
-        for_rows(&mut out, d, |row, o| {
+        for_rows(&mut out, d, 2 * m * d, |row, o| {
             let (i, h) = (row / heads.q_heads, row % heads.q_heads);
             let kvh = h / group;
             let qv = &q.data[i * q.cols + h * d..i * q.cols + (h + 1) * d];
@@ -170,10 +173,12 @@ impl Backend for CpuBackend {
     type Cache = CpuCache;
 
     fn weight(&self, data: Vec<f32>, shape: &[usize]) -> CpuWeight {
-        CpuWeight {
-            data,
-            shape: shape.to_vec(),
-        }
+        CpuWeight::f32(data, shape)
+    }
+
+    /// Matrices stay packed (f16, q8, q4): `linear` reads the blocks.
+    fn weight_data(&self, data: WeightData, shape: &[usize]) -> CpuWeight {
+        CpuWeight::from_data(data, shape)
     }
 
     fn tensor(&self, data: Vec<f32>, rows: usize, cols: usize) -> CpuTensor {
@@ -229,44 +234,31 @@ impl Backend for CpuBackend {
     }
 
     fn linear(&self, x: &CpuTensor, w: &CpuWeight, b: Option<&CpuWeight>) -> CpuTensor {
-        let (out_dim, in_dim) = (w.shape[0], w.shape[1]);
-        debug_assert_eq!(x.cols, in_dim);
+        let out_dim = w.shape[0];
+        debug_assert_eq!(x.cols, w.shape[1]);
         LINEAR_HOOK.with(|h| {
             if let Some(hook) = h.borrow_mut().as_mut() {
                 hook(w, x);
             }
         });
-        // Work on the transposed output [out, n] so each thread streams one weight row once.
-        let mut t = vec![0f32; out_dim * x.rows];
-        for_rows(&mut t, x.rows, |j, col| {
-            let wr = &w.data[j * in_dim..(j + 1) * in_dim];
-            let bias = b.map(|b| b.data[j]).unwrap_or(0.0);
-            for (i, c) in col.iter_mut().enumerate() {
-                *c = dot(x.row(i), wr) + bias;
-            }
-        });
-        let mut data = vec![0f32; x.rows * out_dim];
-        for j in 0..out_dim {
-            for i in 0..x.rows {
-                data[i * out_dim + j] = t[j * x.rows + i];
-            }
-        }
+        let bias = b.map(CpuWeight::values);
         CpuTensor {
-            data,
+            data: matmul::linear(&x.data, x.rows, w, bias.as_deref()),
             rows: x.rows,
             cols: out_dim,
         }
     }
 
     fn layer_norm(&self, x: &CpuTensor, w: &CpuWeight, b: &CpuWeight, eps: f32) -> CpuTensor {
+        let (w, b) = (w.values(), b.values());
         let mut data = x.data.clone();
-        for_rows(&mut data, x.cols, |_, r| {
+        for_rows(&mut data, x.cols, x.cols, |_, r| {
             let n = r.len() as f32;
             let mean = r.iter().sum::<f32>() / n;
             let var = r.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
             let inv = 1.0 / (var + eps).sqrt();
             for (k, v) in r.iter_mut().enumerate() {
-                *v = (*v - mean) * inv * w.data[k] + b.data[k];
+                *v = (*v - mean) * inv * w[k] + b[k];
             }
         });
         CpuTensor {
@@ -277,12 +269,13 @@ impl Backend for CpuBackend {
     }
 
     fn rms_norm(&self, x: &CpuTensor, w: &CpuWeight, eps: f32) -> CpuTensor {
+        let w = w.values();
         let mut data = x.data.clone();
-        for_rows(&mut data, x.cols, |_, r| {
+        for_rows(&mut data, x.cols, x.cols, |_, r| {
             let ms = r.iter().map(|v| v * v).sum::<f32>() / r.len() as f32;
             let inv = 1.0 / (ms + eps).sqrt();
             for (k, v) in r.iter_mut().enumerate() {
-                *v = w.data[k] * (*v * inv);
+                *v = w[k] * (*v * inv);
             }
         });
         CpuTensor {
@@ -320,7 +313,12 @@ impl Backend for CpuBackend {
     }
 
     fn add_weight(&self, x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
-        let data = x.data.iter().zip(&w.data).map(|(x, y)| x + y).collect();
+        let data = x
+            .data
+            .iter()
+            .zip(&*w.values())
+            .map(|(x, y)| x + y)
+            .collect();
         CpuTensor {
             data,
             rows: x.rows,
@@ -330,10 +328,11 @@ impl Backend for CpuBackend {
 
     fn embed(&self, table: &CpuWeight, ids: &[u32]) -> CpuTensor {
         let dim = table.shape[1];
+        let table = table.values();
         let mut data = Vec::with_capacity(ids.len() * dim);
         for &id in ids {
             let id = id as usize;
-            data.extend_from_slice(&table.data[id * dim..(id + 1) * dim]);
+            data.extend_from_slice(&table[id * dim..(id + 1) * dim]);
         }
         CpuTensor {
             data,
@@ -343,7 +342,7 @@ impl Backend for CpuBackend {
     }
 
     fn prepend_row(&self, x: &CpuTensor, row: &CpuWeight) -> CpuTensor {
-        let mut data = row.data.clone();
+        let mut data = row.values().into_owned();
         data.extend_from_slice(&x.data);
         CpuTensor {
             data,
@@ -391,7 +390,7 @@ impl Backend for CpuBackend {
         let inv_freq = rope_inv_freq(head_dim, rope);
         let half = head_dim / 2;
         let mut data = x.data.clone();
-        for_rows(&mut data, x.cols, |i, r| {
+        for_rows(&mut data, x.cols, x.cols, |i, r| {
             let pos = positions[i] as f32;
             for f in 0..half {
                 let angle = pos * inv_freq[f];
