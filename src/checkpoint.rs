@@ -26,21 +26,31 @@ pub struct Checkpoint {
     pub image_token: String,
 }
 
+/// What `Checkpoint::from_parts` reads beside the main parts: the name of the file the image
+/// processor came from (for messages), and the optional `processor_config.json` and
+/// `generation_config.json` as text.
+#[derive(Debug, Clone, Copy)]
+pub struct SideFiles<'a> {
+    pub processor_file: &'a str,
+    pub processor_config_json: Option<&'a str>,
+    pub generation_config_json: Option<&'a str>,
+}
+
 impl Checkpoint {
-    /// Assemble and cross-check the parts. `processor_file` names the file `processor` was read
-    /// from (for messages); `processor_config_json` is the optional `processor_config.json`;
-    /// `generation_config_json` the optional `generation_config.json`.
-    #[allow(clippy::too_many_arguments)]
+    /// Assemble and cross-check the parts; `side` holds the optional files read beside them.
     pub fn from_parts(
         source: &str,
         config: LlavaConfig,
         weights: WeightStore,
         mut tokenizer: TextTokenizer,
         processor: ImageProcessor,
-        processor_file: &str,
-        processor_config_json: Option<&str>,
-        generation_config_json: Option<&str>,
+        side: SideFiles<'_>,
     ) -> Result<Self> {
+        let SideFiles {
+            processor_file,
+            processor_config_json,
+            generation_config_json,
+        } = side;
         crate::config::validate::checkpoint_parts(
             source,
             &config,
@@ -159,9 +169,11 @@ impl Checkpoint {
             weights,
             tokenizer,
             processor,
-            &processor_file,
-            processor_config.as_deref(),
-            optional("generation_config.json").as_deref(),
+            SideFiles {
+                processor_file: &processor_file,
+                processor_config_json: processor_config.as_deref(),
+                generation_config_json: optional("generation_config.json").as_deref(),
+            },
         )
     }
 
