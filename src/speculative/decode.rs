@@ -257,6 +257,10 @@ impl Round {
         let started = web_time::Instant::now();
         let (d, opts) = (run.d, run.inp.options);
         let remaining = run.inp.max_new_tokens - run.out.tokens.len();
+        if remaining == 1 {
+            // The target's bonus token after the root is the last one allowed: nothing to draft.
+            return Round::root_only(run, started);
+        }
         run.pending.push(run.root);
         let start = run.draft.len;
         let pos: Vec<u32> = (start as u32..(start + run.pending.len()) as u32).collect();
@@ -294,6 +298,28 @@ impl Round {
         round.order = round.tree.select(round.chosen_budget(run.inp.cost));
         round.timings.draft_ms = round.elapsed_ms();
         round
+    }
+
+    /// A round that verifies the root alone (its bonus token ends the caption).
+    fn root_only<B: Backend, D: Backend>(
+        run: &Speculation<'_, B, D>,
+        started: web_time::Instant,
+    ) -> Round {
+        let mut tree = DraftTree::new(run.root);
+        let order = tree.select(0);
+        Round {
+            tree,
+            root_slot: run.draft.len,
+            budget: 0,
+            order,
+            target_start: run.target.len,
+            emitted: Vec::new(),
+            timings: RoundTimings {
+                draft_ms: started.elapsed().as_secs_f64() * 1e3,
+                ..RoundTimings::default()
+            },
+            started,
+        }
     }
 
     fn elapsed_ms(&self) -> f64 {
