@@ -179,4 +179,3 @@ fn nested_image_processor(processor_config_json: &str) -> Option<String> {
         .filter(|p| p.is_object())
         .map(|p| p.to_string())
 }
-
