@@ -7,7 +7,8 @@
 //! Weights are written tensor by tensor, a block of rows at a time, straight into safetensors
 //! shards whose headers are computed up front (`safetensors::tensor::Metadata`): the model is never
 //! in memory as a whole. q8 / q4 use the layout `spec-llava quantize` writes (`NAME.q4` +
-//! `NAME.scales`, see [`crate::quant`]), quantized by [`QuantMatrix::quantize`].
+//! `NAME.scales`, see [`crate::quant`]): q8 by [`QuantMatrix::quantize`], q4 by GGML's plain
+//! `Q4_0` encoder ([`crate::quant::BlockQ4::quantize_max`]).
 //!
 //! Every value is a function of the seed, the tensor name and the row, so the same options give the
 //! same bytes, whatever the shard limit.
@@ -28,7 +29,7 @@ pub use self::shapes::{Dims, Like, Names, TensorKind};
 use crate::config::LlavaConfig;
 use crate::error::{Error, Result};
 use crate::quant::{
-    blocks_per_row, quantizable, QuantMatrix, Scheme, GROUP, META_GROUP, META_QUANT,
+    blocks_per_row, quantizable, BlockQ4, QuantMatrix, Scheme, GROUP, META_GROUP, META_QUANT,
 };
 
 /// Largest shard written by default (transformers' `max_shard_size` is of this order too).
@@ -331,6 +332,14 @@ pub fn synth_checkpoint(opts: &SynthOptions, out: &Path) -> Result<SynthReport> 
             .collect();
         let header = Metadata::new(Some(metadata.clone()), infos)
             .map_err(|e| Error::file(path.display(), format!("header: {e}")))?;
+        // The `__metadata__` map is a HashMap: sort it, so the same options give the same bytes.
+        let mut header =
+            serde_json::to_value(&header).map_err(|e| Error::file(path.display(), e))?;
+        if let Some(meta) = header.get_mut("__metadata__") {
+            let sorted: std::collections::BTreeMap<String, serde_json::Value> =
+                serde_json::from_value(meta.take()).map_err(|e| Error::file(path.display(), e))?;
+            *meta = serde_json::to_value(sorted).map_err(|e| Error::file(path.display(), e))?;
+        }
         let mut header = serde_json::to_vec(&header).map_err(|e| Error::file(path.display(), e))?;
         header.resize(header.len().next_multiple_of(8), b' ');
         let file = std::fs::File::create(&path).map_err(|e| Error::file(path.display(), e))?;
@@ -356,10 +365,12 @@ pub fn synth_checkpoint(opts: &SynthOptions, out: &Path) -> Result<SynthReport> 
                     let cols = m.shape[1];
                     let mut scales = Vec::with_capacity(m.shape[0] * blocks_per_row(cols));
                     for_row_blocks(opts.seed, m, |rows| {
-                        let q = QuantMatrix::quantize(scheme, rows, rows.len() / cols, cols);
-                        scales.extend_from_slice(&q.scales);
-                        written += q.qs.len() as u64;
-                        w.write_all(&q.qs).map_err(io)
+                        for q in quantize_rows(scheme, rows, cols) {
+                            scales.extend_from_slice(&q.scales);
+                            written += q.qs.len() as u64;
+                            w.write_all(&q.qs).map_err(io)?;
+                        }
+                        Ok(())
                     })?;
                     pending_scales = Some((t.source, scales));
                 }
@@ -452,6 +463,41 @@ fn for_row_blocks(
         r0 += n;
     }
     Ok(())
+}
+
+/// Quantize a block of rows, in parallel pieces of a few rows (in order). q4 codes use GGML's plain
+/// `Q4_0` encoder ([`BlockQ4::quantize_max`]): the same blocks as `QuantMatrix::quantize` writes,
+/// without its per-group search for a better scale, which costs ~40x more and buys nothing for
+/// random weights (a full 7B checkpoint would take most of an hour on two cores).
+fn quantize_rows(scheme: Scheme, rows: &[f32], cols: usize) -> Vec<QuantMatrix> {
+    const PIECE: usize = 16;
+    rows.par_chunks(PIECE * cols)
+        .map(|piece| {
+            let n = piece.len() / cols;
+            match scheme {
+                Scheme::Q8 => QuantMatrix::quantize(scheme, piece, n, cols),
+                Scheme::Q4 => {
+                    let nb = blocks_per_row(cols);
+                    let mut qs = Vec::with_capacity(n * nb * scheme.block_bytes());
+                    let mut scales = Vec::with_capacity(n * nb);
+                    for row in piece.chunks(cols) {
+                        for g in row.chunks(GROUP) {
+                            let b = BlockQ4::quantize_max(g);
+                            scales.push(b.d);
+                            qs.extend_from_slice(&b.qs);
+                        }
+                    }
+                    QuantMatrix {
+                        scheme,
+                        rows: n,
+                        cols,
+                        qs,
+                        scales,
+                    }
+                }
+            }
+        })
+        .collect()
 }
 
 fn name_hash(seed: u64, name: &str) -> u64 {
