@@ -27,6 +27,8 @@ pub mod quantize;
 pub mod sampling;
 pub mod scenes;
 pub mod speculative;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod synth;
 pub mod text;
 pub mod vision;
 pub mod weights;

@@ -5,6 +5,8 @@
 mod bench_kernels;
 #[path = "cli/quantize.rs"]
 mod quantize;
+#[path = "cli/synth.rs"]
+mod synth;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -45,6 +47,9 @@ enum Command {
     BenchKernels(bench_kernels::BenchKernelsArgs),
     /// Write a quantized (q4 / q8) or f16 copy of a checkpoint as safetensors shards.
     Quantize(quantize::QuantizeArgs),
+    /// Write a checkpoint with the files, tensor names and shapes of a real one and random
+    /// weights (to measure memory and speed at scale).
+    Synth(synth::SynthArgs),
     /// Print every WGSL kernel exactly as the engine compiles it (to check the shaders with
     /// another WebGPU implementation, e.g. the browser's: the e2e suite compiles them in Chromium).
     Kernels {
@@ -529,6 +534,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::BenchKernels(args) => bench_kernels::run(args),
         Command::Quantize(args) => quantize::run(args),
+        Command::Synth(args) => synth::run(args),
         Command::Kernels { json } => kernels(json),
         Command::Scenes { count, seed, out } => spec_llava::scenes::write_scenes(&out, count, seed),
     }
