@@ -124,7 +124,11 @@ page.on('console', (m) => consoleLines.push(`${m.type()}: ${m.text()}`));
 page.on('pageerror', (e) => consoleLines.push(`pageerror: ${e.message}`));
 
 const status = () => page.getByTestId('status').textContent();
-const errorText = async () => ((await page.getByTestId('error').textContent()) ?? '').trim();
+// The error line is only in the page while there is an error.
+const errorText = async () => {
+  const e = page.locator('[data-testid=error]');
+  return (await e.count()) ? ((await e.first().textContent()) ?? '').trim() : '';
+};
 const runId = async () => Number(await page.getByTestId('status').getAttribute('data-run'));
 async function waitFor(fn, arg, timeout = 180_000) {
   await page.waitForFunction(fn, arg, { timeout });
