@@ -51,6 +51,21 @@ impl EvalReport {
     }
 }
 
+/// Score (true caption, predicted caption) pairs exactly as [`evaluate`] scores captions of
+/// scenes: what the demo trainer calls (`spec-llava score`), so there is one scorer.
+pub fn score_pairs(pairs: &[(String, String)]) -> Result<EvalReport> {
+    let mut total = AttributeScores::default();
+    for (i, (truth, predicted)) in pairs.iter().enumerate() {
+        total += scenes::caption_scores(predicted, truth).ok_or_else(|| {
+            crate::Error::invalid(format!(
+                "pair {}: the true caption does not follow the scene grammar: {truth:?}",
+                i + 1
+            ))
+        })?;
+    }
+    Ok(EvalReport::from_scores(pairs.len(), &total))
+}
+
 /// Caption scenes `seed..seed + count` greedily and score them.
 pub async fn evaluate<B: Backend>(
     b: &B,

@@ -537,3 +537,75 @@ fn backgrounds_name_pattern_and_colour() {
         "plain background varies {lo:?}..{hi:?}"
     );
 }
+
+/// One scorer: scoring from the true caption alone (what `spec-llava score` and the demo trainer
+/// use) gives exactly `eval`'s scores from the scene, for right, near-miss, unrelated and broken
+/// predictions; and `spec-llava score` prints the pooled report `eval` would.
+#[test]
+fn caption_scoring_equals_scene_scoring_and_the_cli_agrees() {
+    use spec_llava::eval::score_pairs;
+    use spec_llava::scenes::caption_scores;
+    let mut pairs = Vec::new();
+    let mut pooled = spec_llava::scenes::AttributeScores::default();
+    for seed in 0..300u64 {
+        let scene = generate(seed);
+        let other = generate(seed + 1000);
+        let swapped = scene.caption.replacen("large", "small", 1);
+        let broken = format!("{} {}", scene.caption, "purple");
+        for predicted in [
+            scene.caption.clone(),
+            swapped,
+            other.caption.clone(),
+            broken,
+            String::new(),
+        ] {
+            let from_scene = attribute_scores(&predicted, &scene);
+            assert_eq!(
+                caption_scores(&predicted, &scene.caption),
+                Some(from_scene),
+                "seed {seed}: {predicted:?}"
+            );
+            pooled += from_scene;
+            pairs.push((scene.caption.clone(), predicted));
+        }
+    }
+    let report = score_pairs(&pairs).unwrap();
+    assert_eq!(
+        report,
+        spec_llava::eval::EvalReport::from_scores(pairs.len(), &pooled)
+    );
+    assert!(
+        report.exact_match > 0.19 && report.exact_match < 0.5,
+        "{report:?}"
+    );
+
+    let dir = std::env::temp_dir().join(format!("spec-llava-score-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("pairs.jsonl");
+    let lines: Vec<String> = pairs
+        .iter()
+        .map(|(t, p)| serde_json::json!({"truth": t, "prediction": p}).to_string())
+        .collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spec-llava"))
+        .args(["score", "--pairs"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed, serde_json::to_value(&report).unwrap());
+    std::fs::write(&file, "{\"truth\": \"not a scene\", \"prediction\": \"x\"}").unwrap();
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_spec-llava"))
+        .args(["score", "--pairs"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("pair 1"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

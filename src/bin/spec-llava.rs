@@ -41,6 +41,13 @@ enum Command {
     Caption(CaptionArgs),
     /// Caption held-out generated scenes and score them (exact match, per-attribute accuracy).
     Eval(EvalArgs),
+    /// Score predicted captions against true scene captions as `eval` does (one JSON object:
+    /// exact match, attribute accuracy, per attribute). Input: JSON lines {"truth", "prediction"}.
+    Score {
+        /// The JSON-lines file (`-` for standard input).
+        #[arg(long)]
+        pairs: PathBuf,
+    },
     /// Plain vs speculative decoding on the same generated scenes, in one run.
     Bench(BenchArgs),
     /// GB/s and GFLOP/s of the GPU kernels next to a plain copy's GB/s; tokens/s per engine.
@@ -224,6 +231,36 @@ fn run_on_gpu(gpu: &GpuBackend, job: impl Job) -> Result<()> {
         eprint!("{report}");
     }
     result
+}
+
+/// `spec-llava score`: JSON lines of {"truth", "prediction"} -> one EvalReport JSON object.
+fn score(path: &std::path::Path) -> Result<()> {
+    let name = path.display().to_string();
+    let text = if name == "-" {
+        std::io::read_to_string(std::io::stdin()).map_err(|e| Error::file("stdin", e))?
+    } else {
+        std::fs::read_to_string(path)
+            .map_err(|e| Error::file(&name, format!("cannot read: {e}")))?
+    };
+    let mut pairs = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| Error::file(&name, format!("line {}: {e}", i + 1)))?;
+        let field = |k: &str| {
+            v.get(k)
+                .and_then(|s| s.as_str())
+                .map(String::from)
+                .ok_or_else(|| {
+                    Error::file(&name, format!("line {}: no string field \"{k}\"", i + 1))
+                })
+        };
+        pairs.push((field("truth")?, field("prediction")?));
+    }
+    json_line(&spec_llava::eval::score_pairs(&pairs)?)
 }
 
 fn json_line<T: serde::Serialize>(value: &T) -> Result<()> {
@@ -532,6 +569,7 @@ fn run(cli: Cli) -> Result<()> {
             );
             on_backend(args.backend, BenchJob(args, t, d, options))
         }
+        Command::Score { pairs } => score(&pairs),
         Command::BenchKernels(args) => bench_kernels::run(args),
         Command::Quantize(args) => quantize::run(args),
         Command::Synth(args) => synth::run(args),

@@ -23,7 +23,7 @@ mod draw;
 mod score;
 
 pub use caption::{caption_tokens, parse_caption, render_caption, vocabulary};
-pub use score::{attribute_scores, score_facts, AttributeScores, Tally};
+pub use score::{attribute_scores, caption_scores, score_facts, AttributeScores, Tally};
 
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;

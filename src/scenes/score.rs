@@ -87,6 +87,16 @@ pub fn attribute_scores(predicted: &str, truth: &Scene) -> AttributeScores {
     scores
 }
 
+/// [`attribute_scores`] from the true caption alone (it must follow the grammar, as every
+/// generated caption does): what scorers outside the engine (the trainer) use, with the same
+/// numbers. `None` when `truth` does not parse.
+pub fn caption_scores(predicted: &str, truth: &str) -> Option<AttributeScores> {
+    let facts = parse_caption(truth)?;
+    let mut scores = score_facts(parse_caption(predicted).as_ref(), &facts);
+    scores.exact = Tally::of(predicted.trim() == truth.trim());
+    Some(scores)
+}
+
 /// Scores parsed facts (`None`: the caption did not parse) against the true facts; `exact` here
 /// means equal facts, which a canonical caption has exactly when its text is equal.
 pub fn score_facts(predicted: Option<&SceneFacts>, truth: &SceneFacts) -> AttributeScores {
