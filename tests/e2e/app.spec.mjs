@@ -6,58 +6,14 @@
 //   E2E_ARTIFACTS   where screenshots go
 // Each check prints one line; the first failure exits non-zero with the reason.
 
-import { chromium } from 'playwright-core';
-import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import net from 'node:net';
+import { ARTIFACTS, BIN, cliCaption, freePort, launchBrowser, reporter, startAppServer } from './harness.mjs';
 
-const BIN = process.env.SPEC_LLAVA_BIN ?? 'target/debug/spec-llava';
-const XTASK = process.env.XTASK_BIN ?? 'target/debug/xtask';
-const ARTIFACTS = process.env.E2E_ARTIFACTS ?? 'target/e2e';
-const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
-const TARGET = 'web/models/demo/target';
 const LONG_TASK_MS = 200;
-mkdirSync(ARTIFACTS, { recursive: true });
-
-const t0 = Date.now();
-function log(msg) {
-  console.log(`[e2e ${((Date.now() - t0) / 1000).toFixed(1)}s] ${msg}`);
-}
-function check(cond, msg) {
-  if (!cond) throw new Error(`FAILED: ${msg}`);
-  log(`ok: ${msg}`);
-}
-
-async function freePort() {
-  return new Promise((resolve) => {
-    const s = net.createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-async function startServer(port) {
-  const proc = spawn(XTASK, ['serve', '--no-build', '--port', String(port)], { stdio: ['ignore', 'pipe', 'inherit'] });
-  for (let i = 0; i < 100; i++) {
-    const up = await new Promise((resolve) => {
-      const c = net.connect(port, '127.0.0.1', () => { c.end(); resolve(true); });
-      c.on('error', () => resolve(false));
-    });
-    if (up) return proc;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  proc.kill();
-  throw new Error('the server did not start');
-}
-
-function cliCaption(image) {
-  const out = execFileSync(BIN, ['caption', '--model', TARGET, '--image', image, '--backend', 'cpu', '--json', '--no-spec'], { encoding: 'utf8' });
-  return JSON.parse(out).text.trim();
-}
+const { log, check } = reporter('e2e');
 
 // Generated scenes (the CLI writes PNGs) and what the native CLI says about them.
 const sceneDir = mkdtempSync(join(tmpdir(), 'spec-llava-e2e-'));
@@ -73,13 +29,8 @@ const corrupt = join(sceneDir, 'broken.png');
 writeFileSync(corrupt, Buffer.concat([readFileSync(scenes[0].path).subarray(0, 60), Buffer.from('not the rest of a png')]));
 
 const port = await freePort();
-let server = await startServer(port);
-const browser = await chromium.launch({
-  executablePath: CHROMIUM,
-  headless: true,
-  args: ['--no-sandbox', '--enable-unsafe-webgpu', '--disable-background-networking', '--disable-component-update',
-    '--disable-sync', '--no-first-run'],
-});
+let server = await startAppServer(port);
+const browser = await launchBrowser();
 // A 1280-px-wide page: the tree must fit its panel there (layout checks below).
 const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
 // Record main-thread long tasks (PerformanceObserver 'longtask') from the first script on.

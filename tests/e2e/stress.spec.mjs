@@ -8,54 +8,15 @@
 // Run by `cargo xtask test` (step "browser e2e", after tests/e2e/app.spec.mjs) with the same
 // environment (SPEC_LLAVA_BIN, XTASK_BIN, E2E_ARTIFACTS).
 
-import { chromium } from 'playwright-core';
-import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, readdirSync, mkdirSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, readdirSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import net from 'node:net';
+import { ARTIFACTS, BIN, TARGET, cliCaption, freePort, launchBrowser, reporter, startAppServer } from './harness.mjs';
 
-const BIN = process.env.SPEC_LLAVA_BIN ?? 'target/debug/spec-llava';
-const XTASK = process.env.XTASK_BIN ?? 'target/debug/xtask';
-const ARTIFACTS = process.env.E2E_ARTIFACTS ?? 'target/e2e';
-const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
-const TARGET = 'web/models/demo/target';
-mkdirSync(ARTIFACTS, { recursive: true });
-
-const t0 = Date.now();
-function log(msg) {
-  console.log(`[stress ${((Date.now() - t0) / 1000).toFixed(1)}s] ${msg}`);
-}
-function check(cond, msg) {
-  if (!cond) throw new Error(`FAILED: ${msg}`);
-  log(`ok: ${msg}`);
-}
+const { log, check } = reporter('stress');
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-async function freePort() {
-  return new Promise((resolve) => {
-    const s = net.createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-async function startAppServer(port) {
-  const proc = spawn(XTASK, ['serve', '--no-build', '--port', String(port)], { stdio: ['ignore', 'pipe', 'inherit'] });
-  for (let i = 0; i < 100; i++) {
-    const up = await new Promise((resolve) => {
-      const c = net.connect(port, '127.0.0.1', () => { c.end(); resolve(true); });
-      c.on('error', () => resolve(false));
-    });
-    if (up) return proc;
-    await sleep(100);
-  }
-  proc.kill();
-  throw new Error('the app server did not start');
-}
 
 // The model server: the demo target's files under three prefixes.
 //   /good/F     as they are;
@@ -95,10 +56,6 @@ function startModelServer(port) {
   return new Promise((resolve) => server.listen(port, '127.0.0.1', () => resolve(server)));
 }
 
-function cliCaption(image) {
-  const out = execFileSync(BIN, ['caption', '--model', TARGET, '--image', image, '--backend', 'cpu', '--json', '--no-spec'], { encoding: 'utf8' });
-  return JSON.parse(out).text.trim();
-}
 
 const sceneDir = mkdtempSync(join(tmpdir(), 'spec-llava-stress-'));
 execFileSync(BIN, ['scenes', '--count', '3', '--seed', '778000', '--out', sceneDir]);
@@ -112,12 +69,7 @@ const [appPort, modelPort] = [await freePort(), await freePort()];
 const app = await startAppServer(appPort);
 const models = await startModelServer(modelPort);
 const hub = `http://127.0.0.1:${modelPort}`;
-const browser = await chromium.launch({
-  executablePath: CHROMIUM,
-  headless: true,
-  args: ['--no-sandbox', '--enable-unsafe-webgpu', '--disable-background-networking', '--disable-component-update',
-    '--disable-sync', '--no-first-run'],
-});
+const browser = await launchBrowser();
 const page = await (await browser.newContext()).newPage();
 const consoleLines = [];
 page.on('console', (m) => consoleLines.push(`${m.type()}: ${m.text()}`));
