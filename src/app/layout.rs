@@ -283,8 +283,8 @@ pub fn token_texts(nodes: &[NodeEvent]) -> Vec<String> {
                             let last = carry.pop();
                             flush(&mut carry, &mut own_from, &mut out);
                             carry.extend(last);
-                            if std::str::from_utf8(&carry).is_ok_and(|s| !s.is_empty()) {
-                                out.push_str(std::str::from_utf8(&carry).unwrap());
+                            if let Ok(s) = std::str::from_utf8(&carry) {
+                                out.push_str(s);
                                 carry.clear();
                             }
                         }
