@@ -8,9 +8,11 @@ use serde::Serialize;
 use crate::backend::Backend;
 use crate::caption::{CaptionRequest, Captioner, DraftEngine, Drafter};
 use crate::error::Result;
+use crate::model::LlavaModel;
 use crate::scenes::{self, AttributeScores};
 use crate::speculative::adapt::CostModel;
 use crate::speculative::SpecOptions;
+use crate::text::decoder::Step;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EvalReport {
@@ -130,6 +132,25 @@ pub struct BenchReport {
     /// The same scenes with the tree sized each round from measured device costs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub adaptive: Option<AdaptiveReport>,
+    /// Kernel dispatches of one decoding pass (one token, logits' top-1 included) of each model,
+    /// on engines that dispatch kernels (null on the CPU engine).
+    pub dispatches_per_pass: DispatchCounts,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct DispatchCounts {
+    pub target: Option<u64>,
+    pub draft: Option<u64>,
+}
+
+/// Kernel dispatches of one one-token decoding pass of `model` on `b` (None: `b` dispatches none).
+async fn dispatches_per_pass<B: Backend>(b: &B, model: &LlavaModel<B>) -> Option<u64> {
+    let mut cache = model.text.new_cache(b, 1);
+    let before = b.dispatches()?;
+    let x = model.text.embed(b, &[0]);
+    let logits = model.forward(b, &mut cache, x, &Step::causal(0, &[0]));
+    b.read(&b.top_k(&logits, 1)).await;
+    Some(b.dispatches()? - before)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -274,7 +295,12 @@ pub async fn bench_with<B: Backend, D: Backend>(
     let speedup = |s: &SpecTotals| s.speed.tokens_per_s / plain.tokens_per_s.max(1e-9);
     let decode_speedup =
         |s: &SpecTotals| s.speed.decode_tokens_per_s / plain.decode_tokens_per_s.max(1e-9);
+    let dispatches_per_pass = DispatchCounts {
+        target: dispatches_per_pass(b, &target.model).await,
+        draft: dispatches_per_pass(d, &drafter.captioner.model).await,
+    };
     Ok(BenchReport {
+        dispatches_per_pass,
         speedup: speedup(&spec),
         decode_speedup: decode_speedup(&spec),
         tau: 1.0 + spec.per_round(spec.accepted),

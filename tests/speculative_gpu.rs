@@ -188,6 +188,14 @@ fn a_cpu_draft_for_a_gpu_target_is_lossless() {
     assert_eq!(a.identical, 2);
     assert!(a.cost.draft_pass_ms > 0.0);
     assert!(r.plain.decode_tokens_per_s > 0.0 && r.spec.decode_tokens_per_s > 0.0);
+    // The GPU target's decoding pass is counted in dispatches (embed, 4 layers, norm, head,
+    // top-k); the CPU draft dispatches none.
+    let target_dispatches = r.dispatches_per_pass.target.unwrap();
+    assert!(
+        (20..400).contains(&target_dispatches),
+        "{target_dispatches}"
+    );
+    assert_eq!(r.dispatches_per_pass.draft, None);
     assert!(b.take_error().is_none());
 }
 

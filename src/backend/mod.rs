@@ -131,6 +131,11 @@ pub trait Backend {
     fn dims(&self, x: &Self::Tensor) -> (usize, usize);
     /// Copy a tensor back to the host (asynchronous on the GPU; immediate on the CPU).
     async fn read(&self, x: &Self::Tensor) -> Vec<f32>;
+    /// Kernel dispatches recorded so far, on executors that dispatch kernels (the GPU); `None`
+    /// elsewhere. What a pass costs in launches, where each one has a fixed price.
+    fn dispatches(&self) -> Option<u64> {
+        None
+    }
 
     /// The `k` (1..=[`MAX_TOP_K`]) largest entries of every row of `logits` `[rows, vocab]` (ties:
     /// the lower index first) and the row's log-sum-exp, as `[rows, 2k + 1]`: values, indices (as

@@ -516,6 +516,12 @@ impl Job for BenchJob {
             "speedup {:.2}x | {:.2}x; tau {:.2} (without bonus {:.2}); identical outputs {}/{}",
             r.speedup, r.decode_speedup, r.tau, r.tau_without_bonus, r.identical, r.total
         );
+        let shown = |n: Option<u64>| n.map_or("- (CPU engine)".to_string(), |n| n.to_string());
+        println!(
+            "kernel dispatches per decoding pass: target {}, draft {}",
+            shown(r.dispatches_per_pass.target),
+            shown(r.dispatches_per_pass.draft)
+        );
         if let Some(a) = &r.adaptive {
             println!(
                 "adaptive:    {:>8.1} tokens/s | {:>8.1} tokens/s  speedup {:.2}x | {:.2}x; tau {:.2}; mean tree {:.1} nodes (fixed: {:.1}); identical {}/{}",

@@ -110,6 +110,8 @@ pub struct GpuBackend {
     mask_bits: RefCell<Option<(AttnMask, PoolBuf)>>,
     /// Bytes copied back to the host so far (decoding reads token ids and top-k, not logits).
     bytes_read: std::cell::Cell<u64>,
+    /// Kernel dispatches recorded so far (`Backend::dispatches`).
+    dispatches: std::cell::Cell<u64>,
     /// Per-kernel wall time when `SPEC_LLAVA_GPU_PROFILE` is set (native only): every dispatch is
     /// submitted and waited for on its own, so the totals show where a step's time goes.
     #[cfg(not(target_arch = "wasm32"))]
@@ -156,6 +158,7 @@ impl GpuBackend {
             rope_table: RefCell::new(None),
             mask_bits: RefCell::new(None),
             bytes_read: std::cell::Cell::new(0),
+            dispatches: std::cell::Cell::new(0),
             #[cfg(not(target_arch = "wasm32"))]
             profile: std::env::var_os("SPEC_LLAVA_GPU_PROFILE").map(|_| RefCell::default()),
         };
@@ -207,6 +210,11 @@ impl GpuBackend {
     }
 
     /// Bytes read back to the host so far.
+    /// Kernel dispatches recorded so far.
+    pub fn dispatch_count(&self) -> u64 {
+        self.dispatches.get()
+    }
+
     pub fn bytes_read(&self) -> u64 {
         self.bytes_read.get()
     }
@@ -274,6 +282,7 @@ impl GpuBackend {
         self.rec
             .borrow_mut()
             .dispatch(&pipeline, &group, params, grid);
+        self.dispatches.set(self.dispatches.get() + 1);
         #[cfg(not(target_arch = "wasm32"))]
         if let Some(profile) = &self.profile {
             self.rec.borrow_mut().flush();

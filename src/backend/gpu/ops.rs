@@ -75,6 +75,10 @@ impl Backend for GpuBackend {
         (x.rows, x.cols)
     }
 
+    fn dispatches(&self) -> Option<u64> {
+        Some(self.dispatch_count())
+    }
+
     async fn read(&self, x: &GpuTensor) -> Vec<f32> {
         let len = x.len();
         self.bytes_read.set(self.bytes_read.get() + 4 * len as u64);
