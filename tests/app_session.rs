@@ -813,3 +813,46 @@ fn phases_run_in_order_and_stay_short() {
         assert!(t.fly_at_ms <= 1600 || columns > 30, "{columns}: {t:?}");
     }
 }
+
+/// A photograph given to the demo models gets a notice that they know only generated scenes (and
+/// still a caption); a generated scene gets none.
+#[test]
+fn a_photograph_on_the_demo_models_gets_a_notice_and_a_caption() {
+    let mut s = demo_session();
+    let photo = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images/photo.jpg"),
+    )
+    .unwrap();
+    let settings = Settings::default();
+    let (out, events) = run(
+        &mut s,
+        1,
+        &photo,
+        "photo.jpg",
+        RunMode::Speculative,
+        &settings,
+        None,
+    );
+    assert!(!out.unwrap().text.is_empty());
+    let notices: Vec<&String> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::InputNotice { run: 1, message } => Some(message),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(notices.len(), 1, "{events:?}");
+    assert!(notices[0].contains("generated scenes") && notices[0].contains("Models"));
+    let (_, events) = run(
+        &mut s,
+        2,
+        &scene_png(5),
+        "scene.png",
+        RunMode::Speculative,
+        &settings,
+        None,
+    );
+    assert!(!events
+        .iter()
+        .any(|e| matches!(e, Event::InputNotice { .. })));
+}

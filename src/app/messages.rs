@@ -197,6 +197,12 @@ pub enum Event {
         run: u64,
         mode: RunMode,
     },
+    /// Something the user should know about this run's input (e.g. a photograph given to the demo
+    /// models, which know only generated scenes). The caption still runs.
+    InputNotice {
+        run: u64,
+        message: String,
+    },
     /// The caption so far (plain decoding streams token by token).
     Text {
         run: u64,

@@ -125,6 +125,9 @@ impl<B: Backend> Session<B> {
             .ok_or_else(|| Error::invalid("no model is loaded yet"))?;
         let req = request(target, settings);
         emit(Event::Started { run, mode });
+        if let Some(message) = demo_notice(&self.target, &image) {
+            emit(Event::InputNotice { run, message });
+        }
         let b = &self.backend;
         let caption = match (mode, self.draft.as_mut()) {
             (RunMode::Speculative, Some((drafter, _))) => {
@@ -183,6 +186,27 @@ impl<B: Backend> Session<B> {
         };
         Ok(result(&caption))
     }
+}
+
+/// The bundled demo target's folder (`web/models/demo/target`, served or picked).
+const DEMO_TARGET: &str = "demo/target";
+
+/// What to tell a user who gives the demo models something other than a generated scene: they
+/// were trained on 64x64 procedural scenes only, so a photograph gets a caption about shapes.
+fn demo_notice<B: Backend>(
+    target: &Option<(Captioner<B>, ModelInfo)>,
+    image: &image::RgbImage,
+) -> Option<String> {
+    let (_, info) = target.as_ref()?;
+    let side = crate::scenes::IMAGE_SIZE;
+    let source = info.source.trim_end_matches('/');
+    let demo = source == DEMO_TARGET || source.ends_with(&format!("/{DEMO_TARGET}"));
+    (demo && image.dimensions() != (side, side)).then(|| {
+        "The demo models were trained on generated scenes (coloured shapes on a grid) only, so \
+         this picture gets a caption in their words. For photographs, load a real LLaVA in \
+         Settings → Models."
+            .to_string()
+    })
 }
 
 /// The caption request a settings panel describes, with the instruction put through the

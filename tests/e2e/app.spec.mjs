@@ -278,6 +278,14 @@ try {
   check(err.includes('broken.png'), `the error names the file: ${JSON.stringify(err)}`);
   check((await caption(scenes[0])) === scenes[0].expected, 'a good image after the error still captions');
 
+  // 7b. A photograph on the demo models: a notice that they know only generated scenes, and
+  // still a caption; a generated scene after it gets no notice.
+  check((await drop('tests/fixtures/images/photo.jpg')) === 'done', 'a photograph still gets a caption');
+  const notice = await page.getByTestId('input-notice').textContent();
+  check(notice.includes('generated scenes'), `a photograph on the demo models gets a notice: ${JSON.stringify(notice)}`);
+  check((await caption(scenes[1])) === scenes[1].expected, 'a generated scene after the photograph captions');
+  check((await page.locator('[data-testid=input-notice]').count()) === 0, 'and gets no notice');
+
   // 8. Offline: stop the server, reload, caption again.
   server.kill();
   await new Promise((r) => server.on('exit', r));

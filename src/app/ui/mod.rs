@@ -60,6 +60,8 @@ pub struct AppState {
     pub status: RwSignal<Status>,
     pub progress: RwSignal<Vec<ProgressRow>>,
     pub error: RwSignal<Option<String>>,
+    /// About the current image (e.g. a photograph given to the demo models); cleared per image.
+    pub input_notice: RwSignal<Option<String>>,
     pub notice: RwSignal<Option<String>>,
     pub backend: RwSignal<Option<BackendKind>>,
     pub models: RwSignal<Vec<ModelInfo>>,
@@ -135,6 +137,7 @@ impl AppState {
             progress: RwSignal::new(Vec::new()),
             error: RwSignal::new(None),
             notice: RwSignal::new(None),
+            input_notice: RwSignal::new(None),
             backend: RwSignal::new(None),
             models: RwSignal::new(Vec::new()),
             preview: RwSignal::new(None),
@@ -190,6 +193,7 @@ impl AppState {
         self.plain.set(None);
         self.plain_text.set(String::new());
         self.error.set(None);
+        self.input_notice.set(None);
         self.status.set(Status::Generating);
         bridge::send(
             &Request::Caption {
@@ -268,6 +272,11 @@ impl AppState {
                 }
             }
             Event::Started { .. } | Event::Cancelled { .. } => {}
+            Event::InputNotice { run, message } => {
+                if run == self.run.get_untracked() {
+                    self.input_notice.set(Some(message));
+                }
+            }
             Event::Text { run, text } => {
                 if run == self.run.get_untracked() {
                     self.caption_before.set(text.clone());
@@ -345,6 +354,11 @@ fn App() -> impl IntoView {
         <ProgressBars/>
         <Show when=move || st.notice.get().is_some()>
             <p class="notice" role="status">{move || st.notice.get().unwrap_or_default()}</p>
+        </Show>
+        <Show when=move || st.input_notice.get().is_some()>
+            <p class="notice" role="status" data-testid="input-notice">
+                {move || st.input_notice.get().unwrap_or_default()}
+            </p>
         </Show>
         <Show when=move || st.error.get().is_some()>
             <p class="error" role="alert" data-testid="error">{move || st.error.get().unwrap_or_default()}</p>
