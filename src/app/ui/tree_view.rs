@@ -76,7 +76,10 @@ fn draw_round(
     let nodes = &round.nodes;
     let mut edges = Vec::new();
     for &(a, b) in &p.edges {
-        let (pa, pb) = (p.node(a).unwrap(), p.node(b).unwrap());
+        // Every edge joins placed nodes; skip rather than panic (a panic kills the page).
+        let (Some(pa), Some(pb)) = (p.node(a), p.node(b)) else {
+            continue;
+        };
         let (x1, y1, x2, y2) = (pa.x + pa.w, pa.y, pb.x, pb.y);
         let mx = (x1 + x2) / 2.0;
         let n = &nodes[b];
@@ -141,7 +144,9 @@ fn draw_round(
     let mut links = Vec::new();
     let mut ghosts = Vec::new();
     for b in &p.badges {
-        let owner = p.node(b.owner).unwrap();
+        let Some(owner) = p.node(b.owner) else {
+            continue;
+        };
         // A badge right of its node is joined like a child; one under its node by a short drop.
         let (x1, y1, x2, y2, d) = if b.beside {
             let (x1, y1, x2, y2) = (owner.x + owner.w, owner.y, b.x, b.y);
