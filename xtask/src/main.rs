@@ -3,7 +3,9 @@
 //! Follows the cargo-xtask convention: a plain binary in the workspace, std only, so it compiles in
 //! seconds and needs nothing installed beyond rustup/cargo. Commands:
 //! - `test`: install missing prerequisites, then fmt, clippy, tests, the wasm app build and the browser end-to-end suite (see `check`).
-//! - `serve [--port P]`: static file server for the web app on 127.0.0.1 (see `serve`).
+//! - `serve [--port P] [--no-build] [--hub-dir DIR [--drop-after BYTES]]`: static file server for
+//!   the web app on 127.0.0.1, optionally serving DIR in the Hugging Face Hub's URL layout under
+//!   `/hub/` with range requests (see `serve`).
 //! - `scenes --count N --seed S --out DIR`: render procedural scenes with the `spec-llava` CLI.
 //! - `bench [--json]`: release build, then `spec-llava bench-kernels` and the speculation `bench`.
 //! - `setup [--browser]`: install prerequisites only (`--browser` adds the browser-test tools).
@@ -29,7 +31,11 @@ usage: cargo xtask <command>
 
 commands:
   test                                 prerequisites, fmt, clippy, tests, app build, browser e2e
-  serve [--port P] [--no-build]        build, then serve the web app on http://127.0.0.1:P (default 8080)
+  serve [--port P] [--no-build] [--hub-dir DIR [--drop-after BYTES]]
+                                       build, then serve the web app on http://127.0.0.1:P (default 8080);
+                                       --hub-dir serves DIR as a model hub: /hub/<org>/<name>/resolve/<rev>/<file>
+                                       is DIR/<org>/<name>/<file> (any <rev>), for ?hub=http://127.0.0.1:P/hub;
+                                       --drop-after cuts each hub file's first GET after BYTES (resume tests)
   scenes --count N --seed S --out DIR  render procedural scenes (spec-llava scenes)
   bench [--json]                       kernel and speculation benchmarks (release build)
   setup [--browser]                    install missing prerequisites only
@@ -60,17 +66,22 @@ fn run(args: &[String]) -> Result<(), String> {
             check::run_all(&root)
         }
         "serve" => {
-            let opts = Flags::parse(rest, &["--port"], &["--no-build"])?;
+            let opts = Flags::parse(
+                rest,
+                &["--port", "--hub-dir", "--drop-after"],
+                &["--no-build"],
+            )?;
             let port = match opts.value("--port") {
                 Some(p) => p
                     .parse::<u16>()
                     .map_err(|_| format!("--port: not a port: {p}"))?,
                 None => 8080,
             };
+            let options = serve_options(&opts)?;
             if !opts.switch("--no-build") {
                 prepare_app(&root)?;
             }
-            serve::serve(&root, port).map_err(|e| format!("serve: {e}"))
+            serve::serve(&root, port, &options).map_err(|e| format!("serve: {e}"))
         }
         "scenes" => scenes(&root, rest),
         "bench" => bench(&root, rest),
@@ -107,6 +118,26 @@ fn repo_root() -> PathBuf {
         Some(parent) => parent.to_path_buf(),
         None => manifest,
     }
+}
+
+/// The hub options of `cargo xtask serve`, checked before the (slow) app build: `--hub-dir DIR`
+/// and `--drop-after BYTES`, which only cuts hub downloads and so needs `--hub-dir`.
+fn serve_options(opts: &Flags) -> Result<serve::ServeOptions, String> {
+    let drop_after = match opts.value("--drop-after") {
+        Some(b) => Some(
+            b.parse::<u64>()
+                .map_err(|_| format!("--drop-after: not a byte count: {b}"))?,
+        ),
+        None => None,
+    };
+    let hub_dir = opts.value("--hub-dir").map(PathBuf::from);
+    if drop_after.is_some() && hub_dir.is_none() {
+        return Err("--drop-after needs --hub-dir (it cuts hub downloads only)".to_string());
+    }
+    Ok(serve::ServeOptions {
+        hub_dir,
+        drop_after,
+    })
 }
 
 /// Builds what the page loads (the wasm app, see `app`) before serving it.
@@ -313,6 +344,23 @@ mod tests {
     fn scenes_rejects_a_non_integer_count_before_running_cargo() {
         let err = scenes(Path::new("."), &strings(&["--count", "many"])).unwrap_err();
         assert_eq!(err, "--count: not a non-negative integer: many");
+    }
+
+    #[test]
+    fn serve_options_need_a_hub_for_drop_after() {
+        let parse = |args: &[&str]| {
+            let flags = Flags::parse(&strings(args), &["--hub-dir", "--drop-after"], &[]).unwrap();
+            serve_options(&flags)
+        };
+        let options = parse(&["--hub-dir", "models", "--drop-after", "4096"]).unwrap();
+        assert_eq!(options.hub_dir, Some(PathBuf::from("models")));
+        assert_eq!(options.drop_after, Some(4096));
+        let options = parse(&[]).unwrap();
+        assert_eq!((options.hub_dir, options.drop_after), (None, None));
+        let err = parse(&["--drop-after", "10"]).unwrap_err();
+        assert!(err.starts_with("--drop-after needs --hub-dir"), "{err}");
+        let err = parse(&["--hub-dir", "m", "--drop-after", "-1"]).unwrap_err();
+        assert_eq!(err, "--drop-after: not a byte count: -1");
     }
 
     #[test]
