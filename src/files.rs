@@ -1,5 +1,6 @@
-//! Where a checkpoint's files come from: a directory on disk (weights memory-mapped), or files held
-//! in memory (the browser's downloads or a picked folder). Everything above reads a checkpoint
+//! Where a checkpoint's files come from: a directory on disk (weights memory-mapped), or files by
+//! name, each held in memory or read on demand (the browser: small files downloaded, weights read a
+//! tensor at a time from a picked file, the origin-private file system, or HTTP ranges). Everything above reads a checkpoint
 //! through [`CheckpointFiles`], so the same loading code serves the CLI and the page.
 
 use crate::error::{Error, Result};
@@ -43,10 +44,10 @@ impl CheckpointFiles for DirFiles {
     }
 }
 
-/// A checkpoint's files held in memory, by file name (the browser's downloads or a picked folder).
+/// A checkpoint's files by file name, each in memory or read on demand ([`WeightFile`]).
 pub struct MemoryFiles {
     pub source: String,
-    pub files: std::collections::BTreeMap<String, std::sync::Arc<Vec<u8>>>,
+    pub files: std::collections::BTreeMap<String, FileBytes>,
 }
 
 impl MemoryFiles {
@@ -60,9 +61,13 @@ impl MemoryFiles {
         self.files
             .insert(name.to_string(), std::sync::Arc::new(bytes));
     }
-    /// Total bytes held.
+    /// A file read on demand (a tensor at a time).
+    pub fn insert_file(&mut self, name: &str, file: FileBytes) {
+        self.files.insert(name.to_string(), file);
+    }
+    /// Total bytes of the files.
     pub fn total_bytes(&self) -> u64 {
-        self.files.values().map(|b| b.len() as u64).sum()
+        self.files.values().map(|b| b.len()).sum()
     }
 }
 
@@ -71,12 +76,19 @@ impl CheckpointFiles for MemoryFiles {
         self.source.clone()
     }
     fn read(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.files.get(name).map(|b| b.as_ref().clone()))
+        match self.files.get(name) {
+            None => Ok(None),
+            Some(f) => f
+                .read(0, f.len())
+                .map(|b| Some(b.into_owned()))
+                .map_err(|e| Error::file(self.path(name), format!("cannot read: {e}"))),
+        }
     }
     fn weights(&self) -> Result<WeightStore> {
         let names = match self.files.get(INDEX_FILE) {
-            Some(index) => {
-                let text = std::str::from_utf8(index)
+            Some(_) => {
+                let index = self.read(INDEX_FILE)?.unwrap_or_default();
+                let text = std::str::from_utf8(&index)
                     .map_err(|_| Error::file(self.path(INDEX_FILE), "not UTF-8 text"))?;
                 shard_names(text, &self.path(INDEX_FILE))?
             }
@@ -90,7 +102,7 @@ impl CheckpointFiles for MemoryFiles {
                     "cannot read: no such file (named by the shard index)",
                 )
             })?;
-            files.push((self.path(&name), bytes.clone() as FileBytes));
+            files.push((self.path(&name), bytes.clone()));
         }
         WeightStore::from_files(files)
     }

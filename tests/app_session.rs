@@ -12,7 +12,7 @@ use spec_llava::app::layout::{
     text_width, token_label, token_texts, PlanOptions, TreePlan, FONT_PX, GAP_PX, PAD_PX,
 };
 use spec_llava::app::messages::{
-    BackendKind, Event, ModelRole, Request, RunMode, RunResult, Settings,
+    BackendKind, Event, ModelRole, QuantChoice, Request, RunMode, RunResult, Settings,
 };
 use spec_llava::app::session::{CaptionJob, Session};
 use spec_llava::backend::cpu::CpuBackend;
@@ -265,7 +265,8 @@ fn bad_models_are_refused_and_the_loaded_ones_stay() {
     // Truncated weights.
     let mut truncated = memory_files(&demo("draft"), "my-draft");
     let w = truncated.files["model.safetensors"].clone();
-    truncated.insert("model.safetensors", w[..w.len() / 2].to_vec());
+    let half = w.read(0, w.len() / 2).unwrap().to_vec();
+    truncated.insert("model.safetensors", half);
     let err = s
         .load(ModelRole::Draft, &truncated, 0)
         .unwrap_err()
@@ -346,12 +347,15 @@ fn messages_round_trip_as_json() {
             backend: BackendKind::Webgpu,
             target_url: "http://x/t".into(),
             draft_url: None,
+            quantize: QuantChoice::Auto,
         },
         Request::LoadModel {
             role: ModelRole::Draft,
             url: None,
             names: vec!["config.json".into()],
+            quantize: QuantChoice::Q4,
         },
+        Request::CancelLoad,
         Request::Caption {
             run: 3,
             image_name: "a.png".into(),

@@ -73,6 +73,22 @@ pub fn send(req: &Request, buffers: Vec<Vec<u8>>) {
     });
 }
 
+/// Send a request with browser files (handles, not bytes: the worker reads them on demand).
+pub fn send_files(req: &Request, files: Vec<web_sys::File>) {
+    let msg = Object::new();
+    let _ = Reflect::set(&msg, &"json".into(), &req.to_json().into());
+    let list = Array::new();
+    for f in files {
+        list.push(&f);
+    }
+    let _ = Reflect::set(&msg, &"files".into(), &list);
+    WORKER.with(|w| {
+        if let Some(w) = w.borrow().as_ref() {
+            let _ = w.post_message(&msg);
+        }
+    });
+}
+
 /// Destroy the engine's WebGPU device, as a driver reset or a reclaimed GPU would: the running
 /// caption fails and the engine re-initialises. For the e2e suite, which calls it from the page
 /// (`(await import('./web/pkg/spec_llava.js')).lose_gpu_device()`); the UI never does.

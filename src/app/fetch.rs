@@ -1,32 +1,42 @@
-//! Download a checkpoint's files from a base URL (worker side), with byte progress, through the
-//! Cache API so that a model fetched once loads offline (and the demo models load without the
-//! server after one visit).
+//! Download a checkpoint (worker side) with byte progress, resumable and cancellable, and keep it
+//! for offline use.
 //!
 //! Which files: the ones `Checkpoint::from_files` reads — required `config.json`,
 //! `tokenizer.json` and the weights (`model.safetensors`, or the shards named by
-//! `model.safetensors.index.json`); optional tokenizer/chat-template/processor/generation configs
-//! (the image processor config is `preprocessor_config.json` or, as transformers 5.x saves it,
-//! inside `processor_config.json`: `Checkpoint::from_files` says when neither has it). An absent optional file is remembered in the cache as a 404 so offline loads see the
-//! same file set.
+//! `model.safetensors.index.json`); optional tokenizer/chat-template/processor/generation configs.
+//!
+//! Two stores, by size. The small files go through the Cache API (an absent optional file is
+//! remembered as a 404 so offline loads see the same file set). The weights never pass through
+//! the wasm heap whole: each shard is streamed chunk by chunk into the origin-private file system
+//! (`store`), resumed with an HTTP range request after a dropped connection or an earlier cancel,
+//! and then read one tensor at a time (`weights::BlobFile`). Where that storage is missing or full,
+//! the shard is read straight from the network with range requests instead (`RangeFile`): the
+//! model still loads, it is just not kept, and the caller is told so.
 
 use js_sys::{Reflect, Uint8Array};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{Cache, Response};
 
+use crate::app::store::{ModelStore, StoreError};
 use crate::error::{Error, Result};
 use crate::files::{MemoryFiles, INDEX_FILE, WEIGHTS_FILE};
-use crate::weights::shard_names;
+use crate::weights::{read_header, shard_names, BlobFile, FileBytes};
 
-/// Cache API bucket for model files (the service worker serves from it too).
+pub use crate::app::range_file::RangeFile;
+
+/// Cache API bucket for the small model files (the service worker serves from it too).
 pub const MODEL_CACHE: &str = "spec-llava-models-v1";
 
-/// The largest checkpoint (sum of files) a browser tab can hold: wasm32 addresses 4 GiB and the
-/// weights are held once as downloaded bytes and once as engine tensors.
-pub const MAX_CHECKPOINT_BYTES: u64 = 1536 << 20;
+/// The largest small file (configs, tokenizer) accepted: a bigger one is not a config.
+const MAX_SMALL_FILE: u64 = 256 << 20;
+
+/// Attempts at one shard before a dropped connection is reported (each resumes where the last
+/// one stopped).
+const MAX_ATTEMPTS: u32 = 6;
 
 const REQUIRED: &[&str] = &["config.json", "tokenizer.json"];
-const OPTIONAL: &[&str] = &[
+pub const OPTIONAL: &[&str] = &[
     "preprocessor_config.json",
     "tokenizer_config.json",
     "chat_template.jinja",
@@ -38,26 +48,37 @@ const OPTIONAL: &[&str] = &[
 /// Progress callback: (task, bytes done, bytes total or 0 when unknown).
 pub type Progress<'a> = &'a mut dyn FnMut(&str, u64, u64);
 
+/// How one download reports and stops.
+pub struct Download<'a> {
+    /// "downloading the target", for progress rows.
+    pub label: &'a str,
+    pub progress: Progress<'a>,
+    /// Checked between chunks: true stops the download (`Error::Cancelled`); what arrived is kept
+    /// and the next load resumes from there.
+    pub cancelled: &'a dyn Fn() -> bool,
+}
+
+/// A checkpoint ready to load, and a notice when its weights could not be kept offline.
+pub struct Fetched {
+    pub files: MemoryFiles,
+    pub notice: Option<String>,
+}
+
 /// Fetch every file of the checkpoint at `base`.
-pub async fn fetch_checkpoint(
-    base: &str,
-    label: &str,
-    progress: Progress<'_>,
-) -> Result<MemoryFiles> {
+pub async fn fetch_checkpoint(base: &str, dl: &mut Download<'_>) -> Result<Fetched> {
     let base = base.trim_end_matches('/');
     let cache = open_cache().await;
     let mut files = MemoryFiles::new(base);
-    let mut total = 0u64;
     for name in REQUIRED {
-        let bytes = get(&cache, base, name, false, label, progress, &mut total).await?;
+        let bytes = get_small(&cache, base, name, false, dl).await?;
         files.insert(name, bytes.unwrap_or_default());
     }
     for name in OPTIONAL {
-        if let Some(bytes) = get(&cache, base, name, true, label, progress, &mut total).await? {
+        if let Some(bytes) = get_small(&cache, base, name, true, dl).await? {
             files.insert(name, bytes);
         }
     }
-    let shards = match get(&cache, base, INDEX_FILE, true, label, progress, &mut total).await? {
+    let shards = match get_small(&cache, base, INDEX_FILE, true, dl).await? {
         Some(index) => {
             let text = String::from_utf8(index.clone())
                 .map_err(|_| Error::file(format!("{base}/{INDEX_FILE}"), "not UTF-8 text"))?;
@@ -67,11 +88,240 @@ pub async fn fetch_checkpoint(
         }
         None => vec![WEIGHTS_FILE.to_string()],
     };
+    let store = ModelStore::open(base).await;
+    let mut notice = store
+        .is_none()
+        .then(|| "this browser keeps no model files (no origin-private file system): the weights are read from the network each time".to_string());
     for name in shards {
-        let bytes = get(&cache, base, &name, false, label, progress, &mut total).await?;
-        files.insert(&name, bytes.unwrap_or_default());
+        let url = format!("{base}/{name}");
+        let (file, note) = get_weights(store.as_ref(), &url, &name, dl).await?;
+        files.insert_file(&name, file);
+        notice = notice.or(note);
     }
-    Ok(files)
+    Ok(Fetched { files, notice })
+}
+
+/// One weights file: from the store when complete there, else downloaded into it (resuming a
+/// partial copy); read from the network when the store is missing or full.
+async fn get_weights(
+    store: Option<&ModelStore>,
+    url: &str,
+    name: &str,
+    dl: &mut Download<'_>,
+) -> Result<(FileBytes, Option<String>)> {
+    let Some(store) = store else {
+        return Ok((std::sync::Arc::new(RangeFile::open(url)?), None));
+    };
+    if let Some(file) = store.complete(name).await {
+        return Ok((std::sync::Arc::new(BlobFile::new(file.into())), None));
+    }
+    match download_into(store, url, name, dl).await {
+        Ok(file) => Ok((std::sync::Arc::new(BlobFile::new(file.into())), None)),
+        Err(DownloadError::Store(StoreError(why))) => {
+            let _ = store.remove(name).await;
+            let notice = format!(
+                "{name} is not kept for offline use ({why}); it is read from the network instead"
+            );
+            Ok((std::sync::Arc::new(RangeFile::open(url)?), Some(notice)))
+        }
+        Err(DownloadError::Fail(e)) => Err(e),
+    }
+}
+
+enum DownloadError {
+    /// The store refused (quota, no permission): fall back to the network.
+    Store(StoreError),
+    Fail(Error),
+}
+
+impl From<Error> for DownloadError {
+    fn from(e: Error) -> Self {
+        DownloadError::Fail(e)
+    }
+}
+
+impl From<StoreError> for DownloadError {
+    fn from(e: StoreError) -> Self {
+        DownloadError::Store(e)
+    }
+}
+
+/// Stream `url` into the store's file `name`, resuming from what it holds; the finished file.
+async fn download_into(
+    store: &ModelStore,
+    url: &str,
+    name: &str,
+    dl: &mut Download<'_>,
+) -> std::result::Result<web_sys::File, DownloadError> {
+    let task = format!("{}: {name}", dl.label);
+    let mut writer = store.writer(name).await?;
+    let mut failures = Vec::new();
+    loop {
+        let have = writer.len()?;
+        let response = fetch_from(url, have).await;
+        let outcome = match response {
+            Ok(r) => receive(r, &mut writer, url, &task, dl).await,
+            Err(e) => Err(Received::Dropped(e)),
+        };
+        match outcome {
+            Ok(()) => break,
+            Err(Received::Dropped(why)) => {
+                failures.push(why);
+                if failures.len() as u32 >= MAX_ATTEMPTS {
+                    writer.close();
+                    return Err(Error::file(
+                        url,
+                        format!(
+                            "the download broke off {} times ({}); load again to resume from {} MiB",
+                            failures.len(),
+                            failures.last().cloned().unwrap_or_default(),
+                            writer_len_mib(store, name).await
+                        ),
+                    )
+                    .into());
+                }
+            }
+            Err(Received::Store(e)) => {
+                writer.close();
+                return Err(e.into());
+            }
+            Err(Received::Fail(e)) => {
+                writer.close();
+                return Err(e.into());
+            }
+        }
+    }
+    writer.close();
+    // A file that arrived whole but is not safetensors must not be kept as a good copy (the next
+    // load would reuse it instead of downloading a fixed one).
+    let file = store.unfinished(name).await?;
+    if let Err(e) = read_header(&BlobFile::new(file.into())) {
+        let _ = store.remove(name).await;
+        return Err(Error::file(url, format!("not a valid safetensors file: {e}")).into());
+    }
+    Ok(store.finish(name).await?)
+}
+
+async fn writer_len_mib(store: &ModelStore, name: &str) -> u64 {
+    store.partial_len(name).await >> 20
+}
+
+/// How receiving one response ended, when it did not finish the file.
+enum Received {
+    /// The connection dropped or the server sent less: try again from where it stopped.
+    Dropped(String),
+    Store(StoreError),
+    Fail(Error),
+}
+
+/// A GET of `url`, from byte `from` on when `from > 0`.
+async fn fetch_from(url: &str, from: u64) -> std::result::Result<Response, String> {
+    let init = web_sys::RequestInit::new();
+    if from > 0 {
+        let headers = web_sys::Headers::new().map_err(|e| js_text(&e))?;
+        headers
+            .set("Range", &format!("bytes={from}-"))
+            .map_err(|e| js_text(&e))?;
+        init.set_headers(&headers);
+    }
+    let request = web_sys::Request::new_with_str_and_init(url, &init).map_err(|e| js_text(&e))?;
+    let promise = fetch_promise(&request).map_err(|e| e.to_string())?;
+    let r = JsFuture::from(promise)
+        .await
+        .map_err(|e| format!("cannot download ({}); are you offline?", js_text(&e)))?;
+    r.dyn_into::<Response>()
+        .map_err(|_| "not a response".to_string())
+}
+
+/// Write one response's body into the store file; `Ok` when the file is complete.
+async fn receive(
+    response: Response,
+    writer: &mut crate::app::store::Writer,
+    url: &str,
+    task: &str,
+    dl: &mut Download<'_>,
+) -> std::result::Result<(), Received> {
+    let have = writer.len().map_err(Received::Store)?;
+    let status = response.status();
+    let header = |name: &str| response.headers().get(name).ok().flatten();
+    let total = match status {
+        206 => {
+            // `bytes A-B/TOTAL`: the part must start where the file stops.
+            let range = header("content-range").unwrap_or_default();
+            let (start, total) = parse_content_range(&range).ok_or_else(|| {
+                Received::Fail(Error::file(url, format!("bad Content-Range \"{range}\"")))
+            })?;
+            if start != have {
+                writer.truncate(0).map_err(Received::Store)?;
+                return Err(Received::Dropped(format!(
+                    "the server resumed at byte {start}, not {have}"
+                )));
+            }
+            total
+        }
+        200 => {
+            // A server (or cache) that ignores ranges sends the whole file: start over.
+            if have > 0 {
+                writer.truncate(0).map_err(Received::Store)?;
+            }
+            header("content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        }
+        // Nothing left to send: the file was complete.
+        416 if have > 0 => return Ok(()),
+        _ => {
+            return Err(Received::Fail(Error::file(
+                url,
+                format!("HTTP {status} {}", response.status_text()),
+            )))
+        }
+    };
+    let Some(body) = response.body() else {
+        return Err(Received::Dropped("an empty response".into()));
+    };
+    let reader: web_sys::ReadableStreamDefaultReader = body
+        .get_reader()
+        .dyn_into()
+        .map_err(|_| Received::Fail(Error::file(url, "cannot read the response")))?;
+    let mut done = writer.len().map_err(Received::Store)?;
+    (dl.progress)(task, done, total);
+    loop {
+        if (dl.cancelled)() {
+            let _ = JsFuture::from(reader.cancel()).await;
+            return Err(Received::Fail(Error::Cancelled));
+        }
+        let chunk = JsFuture::from(reader.read())
+            .await
+            .map_err(|e| Received::Dropped(format!("download interrupted ({})", js_text(&e))))?;
+        let finished = Reflect::get(&chunk, &"done".into())
+            .ok()
+            .and_then(|d| d.as_bool())
+            .unwrap_or(true);
+        if finished {
+            break;
+        }
+        let value: Uint8Array = Reflect::get(&chunk, &"value".into())
+            .map_err(|_| Received::Fail(Error::file(url, "bad chunk")))?
+            .unchecked_into();
+        writer.append(&value.to_vec()).map_err(Received::Store)?;
+        done += value.length() as u64;
+        (dl.progress)(task, done, total.max(done));
+    }
+    if total > 0 && done < total {
+        return Err(Received::Dropped(format!(
+            "the connection closed at byte {done} of {total}"
+        )));
+    }
+    Ok(())
+}
+
+/// `bytes A-B/TOTAL` -> (A, TOTAL).
+fn parse_content_range(v: &str) -> Option<(u64, u64)> {
+    let rest = v.trim().strip_prefix("bytes ")?;
+    let (span, total) = rest.split_once('/')?;
+    let (start, _) = span.split_once('-')?;
+    Some((start.trim().parse().ok()?, total.trim().parse().ok()?))
 }
 
 async fn open_cache() -> Option<Cache> {
@@ -84,19 +334,20 @@ async fn open_cache() -> Option<Cache> {
         .ok()
 }
 
-/// One file: from the cache when there, else from the network (then cached). `Ok(None)` for an
-/// optional file that does not exist.
-async fn get(
+/// One small file: from the cache when there, else from the network (then cached). `Ok(None)` for
+/// an optional file that does not exist.
+async fn get_small(
     cache: &Option<Cache>,
     base: &str,
     name: &str,
     optional: bool,
-    label: &str,
-    progress: Progress<'_>,
-    total: &mut u64,
+    dl: &mut Download<'_>,
 ) -> Result<Option<Vec<u8>>> {
+    if (dl.cancelled)() {
+        return Err(Error::Cancelled);
+    }
     let url = format!("{base}/{name}");
-    let task = format!("{label}: {name}");
+    let task = format!("{}: {name}", dl.label);
     let mut response = None;
     if let Some(cache) = cache {
         if let Ok(hit) = JsFuture::from(cache.match_with_str(&url)).await {
@@ -108,13 +359,16 @@ async fn get(
     let (response, cached) = match response {
         Some(r) => r,
         None => {
-            let promise = fetch_promise(&url)?;
-            let r = JsFuture::from(promise).await.map_err(|e| {
-                Error::file(
-                    &url,
-                    format!("cannot download ({}); are you offline?", js_text(&e)),
-                )
-            })?;
+            let request =
+                web_sys::Request::new_with_str(&url).map_err(|e| Error::file(&url, js_text(&e)))?;
+            let r = JsFuture::from(fetch_promise(&request)?)
+                .await
+                .map_err(|e| {
+                    Error::file(
+                        &url,
+                        format!("cannot download ({}); are you offline?", js_text(&e)),
+                    )
+                })?;
             (
                 r.dyn_into::<Response>()
                     .map_err(|_| Error::file(&url, "not a response"))?,
@@ -124,13 +378,7 @@ async fn get(
     };
     if response.status() == 404 && optional {
         if let (Some(cache), false) = (cache, cached) {
-            if let Ok(missing) = Response::new_with_opt_str_and_init(None, &{
-                let init = web_sys::ResponseInit::new();
-                init.set_status(404);
-                init
-            }) {
-                let _ = JsFuture::from(cache.put_with_str(&url, &missing)).await;
-            }
+            put_missing(cache, &url).await;
         }
         return Ok(None);
     }
@@ -147,23 +395,13 @@ async fn get(
         .flatten()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    if *total + length > MAX_CHECKPOINT_BYTES {
+    if length > MAX_SMALL_FILE {
         return Err(Error::file(
             &url,
-            format!(
-                "the checkpoint is larger than this browser can hold ({} MiB at most); quantize it first (spec-llava quantize --format q4)",
-                MAX_CHECKPOINT_BYTES >> 20
-            ),
+            format!("{} MiB: too large for this kind of file", length >> 20),
         ));
     }
-    let bytes = read_body(&response, &url, &task, length, progress).await?;
-    *total += bytes.len() as u64;
-    if *total > MAX_CHECKPOINT_BYTES {
-        return Err(Error::file(
-            &url,
-            format!("the checkpoint exceeds {} MiB", MAX_CHECKPOINT_BYTES >> 20),
-        ));
-    }
+    let bytes = read_body(&response, &url, &task, length, dl.progress).await?;
     if let (Some(cache), false) = (cache, cached) {
         let copy = Uint8Array::from(bytes.as_slice());
         if let Ok(stored) = Response::new_with_opt_buffer_source(Some(&copy)) {
@@ -173,18 +411,26 @@ async fn get(
     Ok(Some(bytes))
 }
 
-fn fetch_promise(url: &str) -> Result<js_sys::Promise> {
-    let global = js_sys::global();
-    if let Some(w) = global.dyn_ref::<web_sys::WorkerGlobalScope>() {
-        return Ok(w.fetch_with_str(url));
+async fn put_missing(cache: &Cache, url: &str) {
+    let init = web_sys::ResponseInit::new();
+    init.set_status(404);
+    if let Ok(missing) = Response::new_with_opt_str_and_init(None, &init) {
+        let _ = JsFuture::from(cache.put_with_str(url, &missing)).await;
     }
-    if let Some(w) = global.dyn_ref::<web_sys::Window>() {
-        return Ok(w.fetch_with_str(url));
-    }
-    Err(Error::file(url, "this context cannot fetch"))
 }
 
-/// Read a body chunk by chunk, reporting bytes as they arrive.
+fn fetch_promise(request: &web_sys::Request) -> Result<js_sys::Promise> {
+    let global = js_sys::global();
+    if let Some(w) = global.dyn_ref::<web_sys::WorkerGlobalScope>() {
+        return Ok(w.fetch_with_request(request));
+    }
+    if let Some(w) = global.dyn_ref::<web_sys::Window>() {
+        return Ok(w.fetch_with_request(request));
+    }
+    Err(Error::file(request.url(), "this context cannot fetch"))
+}
+
+/// Read a small body chunk by chunk, reporting bytes as they arrive.
 async fn read_body(
     response: &Response,
     url: &str,
@@ -218,11 +464,8 @@ async fn read_body(
         let start = out.len();
         out.resize(start + value.length() as usize, 0);
         value.copy_to(&mut out[start..]);
-        if out.len() as u64 > MAX_CHECKPOINT_BYTES {
-            return Err(Error::file(
-                url,
-                format!("the file exceeds {} MiB", MAX_CHECKPOINT_BYTES >> 20),
-            ));
+        if out.len() as u64 > MAX_SMALL_FILE {
+            return Err(Error::file(url, "too large for this kind of file"));
         }
         progress(task, out.len() as u64, length.max(out.len() as u64));
     }
@@ -237,14 +480,19 @@ pub fn js_text(e: &JsValue) -> String {
     e.as_string().unwrap_or_else(|| format!("{e:?}"))
 }
 
-/// Store a checkpoint picked from a local folder in the model cache under `base` (a same-origin
-/// URL), absent optional files as 404s, so it loads again offline and on the next visit.
-pub async fn cache_checkpoint(base: &str, files: &MemoryFiles) -> Result<()> {
+/// Keep the small files of a checkpoint picked from a local folder in the model cache under
+/// `base` (a same-origin URL), absent optional files as 404s, so it loads again offline and on the
+/// next visit (its weights go to the store: `store::keep_picked`).
+pub async fn cache_small_files(base: &str, files: &MemoryFiles) -> Result<()> {
     let cache = open_cache().await.ok_or_else(|| {
         Error::invalid("this browser has no Cache API: the model is not kept for offline use")
     })?;
-    for (name, bytes) in &files.files {
-        let copy = Uint8Array::from(bytes.as_slice());
+    for (name, file) in &files.files {
+        if name.ends_with(".safetensors") {
+            continue;
+        }
+        let bytes = file.read(0, file.len()).map_err(|e| Error::file(name, e))?;
+        let copy = Uint8Array::from(bytes.as_ref());
         let stored = Response::new_with_opt_buffer_source(Some(&copy))
             .map_err(|e| Error::invalid(js_text(&e)))?;
         JsFuture::from(cache.put_with_str(&format!("{base}/{name}"), &stored))
@@ -258,12 +506,7 @@ pub async fn cache_checkpoint(base: &str, files: &MemoryFiles) -> Result<()> {
     }
     for name in OPTIONAL.iter().chain([&INDEX_FILE]) {
         if !files.files.contains_key(*name) {
-            let init = web_sys::ResponseInit::new();
-            init.set_status(404);
-            if let Ok(missing) = Response::new_with_opt_str_and_init(None, &init) {
-                let _ =
-                    JsFuture::from(cache.put_with_str(&format!("{base}/{name}"), &missing)).await;
-            }
+            put_missing(&cache, &format!("{base}/{name}")).await;
         }
     }
     Ok(())

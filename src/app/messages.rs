@@ -61,6 +61,9 @@ pub struct Settings {
     pub max_new_tokens: usize,
     /// The user's instruction, put through the checkpoint's chat template.
     pub instruction: String,
+    /// How plain checkpoints are stored on the device when they load.
+    #[serde(default)]
+    pub quantize: QuantChoice,
 }
 
 impl Default for Settings {
@@ -78,6 +81,7 @@ impl Default for Settings {
             seed: sampling.seed,
             max_new_tokens: CaptionRequest::default().max_new_tokens,
             instruction: crate::caption::DEFAULT_INSTRUCTION.to_string(),
+            quantize: QuantChoice::Auto,
         }
     }
 }
@@ -117,6 +121,35 @@ impl Settings {
     }
 }
 
+/// How a plain (f32/f16/bf16) checkpoint's big matrices are stored on the device while loading.
+/// Quantized checkpoints load as they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuantChoice {
+    /// q4 for checkpoints over 1 GiB (a 7B model fits a browser's GPU only so), else as stored.
+    #[default]
+    Auto,
+    AsStored,
+    Q8,
+    Q4,
+}
+
+impl QuantChoice {
+    /// The checkpoints `Auto` quantizes: more than this many bytes of files.
+    pub const AUTO_Q4_ABOVE: u64 = 1 << 30;
+
+    /// What to quantize to for a plain checkpoint of `bytes` bytes (`None`: as stored).
+    pub fn format(self, bytes: u64) -> Option<crate::quant::Format> {
+        use crate::quant::Format;
+        match self {
+            QuantChoice::Auto if bytes > Self::AUTO_Q4_ABOVE => Some(Format::Q4),
+            QuantChoice::Auto | QuantChoice::AsStored => None,
+            QuantChoice::Q8 => Some(Format::Q8),
+            QuantChoice::Q4 => Some(Format::Q4),
+        }
+    }
+}
+
 /// Page -> worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -127,15 +160,23 @@ pub enum Request {
         backend: BackendKind,
         target_url: String,
         draft_url: Option<String>,
+        #[serde(default)]
+        quantize: QuantChoice,
     },
-    /// Load a checkpoint for a role from a base URL (files cached for offline use) or from the
-    /// files transferred with the message (`names[i]` is the i-th buffer's file name). The models
-    /// already loaded stay in place until the new one has loaded and checked out.
+    /// Load a checkpoint for a role from a base URL (files kept for offline use) or from the
+    /// files sent with the message (`names[i]` is the i-th file's name; browser `File`s, read a
+    /// tensor at a time). The models already loaded stay in place until the new one has loaded
+    /// and checked out.
     LoadModel {
         role: ModelRole,
         url: Option<String>,
         names: Vec<String>,
+        #[serde(default)]
+        quantize: QuantChoice,
     },
+    /// Stop the download or load in progress; the models already loaded stay, and the partial
+    /// download resumes on the next load of the same model.
+    CancelLoad,
     /// Caption the image transferred with the message. A new caption cancels a running one.
     Caption {
         run: u64,
@@ -188,6 +229,10 @@ pub enum Event {
         /// Why the engine is not on the backend asked for, if it is not.
         notice: Option<String>,
         models: Vec<ModelInfo>,
+    },
+    /// The engine worker's wasm memory now (it only grows: this is its peak).
+    EngineMemory {
+        wasm_bytes: u64,
     },
     /// A model finished loading (it replaced the previous one of its role).
     ModelLoaded {

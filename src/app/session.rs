@@ -5,7 +5,9 @@
 //! [`Event`]s, cancel. Loading never disturbs what is already loaded: a new model replaces the
 //! old one only after it has loaded and passed every check.
 
-use crate::app::messages::{Event, ModelInfo, ModelRole, RunMode, RunResult, Settings};
+use crate::app::messages::{
+    Event, ModelInfo, ModelRole, QuantChoice, RunMode, RunResult, Settings,
+};
 use crate::backend::Backend;
 use crate::caption::{Caption, CaptionRequest, Captioner, Drafter};
 use crate::checkpoint::Checkpoint;
@@ -23,6 +25,12 @@ pub struct CaptionJob<'a> {
     pub image_name: &'a str,
     pub mode: RunMode,
     pub settings: &'a Settings,
+}
+
+/// A checkpoint read and uploaded, not yet in its role ([`Session::prepare`]).
+pub struct PendingLoad<B: Backend> {
+    info: ModelInfo,
+    captioner: Captioner<B>,
 }
 
 pub struct Session<B: Backend> {
@@ -57,24 +65,64 @@ impl<B: Backend> Session<B> {
         self.draft.is_some()
     }
 
-    /// Load a checkpoint into a role. On any error nothing changes. Loading a target re-pairs
-    /// the current draft with it; a draft that cannot serve the new target is unloaded, and the
-    /// returned notice says why.
+    /// Load a checkpoint into a role, weights as stored. On any error nothing changes. Loading a
+    /// target re-pairs the current draft with it; a draft that cannot serve the new target is
+    /// unloaded, and the returned notice says why.
     pub fn load(
         &mut self,
         role: ModelRole,
         files: &dyn CheckpointFiles,
         bytes: u64,
     ) -> Result<(ModelInfo, Option<String>)> {
-        let checkpoint = Checkpoint::from_files(files)?;
+        self.load_as(role, files, bytes, QuantChoice::AsStored)
+    }
+
+    /// [`Self::load`], quantizing a plain checkpoint's big matrices while loading as `quantize`
+    /// says.
+    pub fn load_as(
+        &mut self,
+        role: ModelRole,
+        files: &dyn CheckpointFiles,
+        bytes: u64,
+        quantize: QuantChoice,
+    ) -> Result<(ModelInfo, Option<String>)> {
+        let pending = self.prepare(role, files, bytes, quantize)?;
+        self.commit(pending)
+    }
+
+    /// Read, check and upload a checkpoint without touching the loaded models: the caller may
+    /// still refuse it (e.g. when the device reports it ran out of memory) by dropping it.
+    pub fn prepare(
+        &self,
+        role: ModelRole,
+        files: &dyn CheckpointFiles,
+        bytes: u64,
+        quantize: QuantChoice,
+    ) -> Result<PendingLoad<B>> {
+        let mut checkpoint = Checkpoint::from_files(files)?;
+        if checkpoint.weights.format().is_none() {
+            checkpoint
+                .weights
+                .set_quantize_on_load(quantize.format(bytes));
+        }
+        let mut summary = summary(&checkpoint);
+        if let (None, Some(f)) = (checkpoint.weights.format(), quantize.format(bytes)) {
+            summary.push_str(&format!(", {} on load", f.name()));
+        }
         let info = ModelInfo {
             role,
             source: files.source(),
             bytes,
-            summary: summary(&checkpoint),
+            summary,
         };
         let captioner = Captioner::new(&self.backend, checkpoint)?;
-        match role {
+        Ok(PendingLoad { info, captioner })
+    }
+
+    /// Put a prepared model in its role (see [`Self::load`]).
+    pub fn commit(&mut self, pending: PendingLoad<B>) -> Result<(ModelInfo, Option<String>)> {
+        let PendingLoad { info, captioner } = pending;
+        match info.role {
             ModelRole::Draft => {
                 let (target, _) = self.target.as_ref().ok_or_else(|| {
                     Error::invalid("load a target model before its draft".to_string())

@@ -14,13 +14,15 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
 
-use crate::app::fetch::{cache_checkpoint, fetch_checkpoint, MAX_CHECKPOINT_BYTES};
-use crate::app::messages::{BackendKind, Event, ModelRole, Request};
+use crate::app::fetch::{cache_small_files, fetch_checkpoint, Download};
+use crate::app::messages::{BackendKind, Event, ModelRole, QuantChoice, Request};
 use crate::app::session::{CaptionJob, Session};
+use crate::app::store::ModelStore;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::gpu::{DeviceLossHandle, GpuBackend};
 use crate::error::{Error, Result};
 use crate::files::MemoryFiles;
+use crate::weights::BlobFile;
 
 enum Engine {
     Gpu(Session<GpuBackend>),
@@ -39,10 +41,14 @@ impl Engine {
 #[derive(Default)]
 struct State {
     engine: RefCell<Option<Engine>>,
-    queue: RefCell<VecDeque<(Request, Vec<Vec<u8>>)>>,
+    queue: RefCell<VecDeque<(Request, Payload)>>,
     busy: Cell<bool>,
     /// Runs with an id up to this one are cancelled.
     cancelled_up_to: Cell<u64>,
+    /// Set by `CancelLoad`: the download or load in progress stops; cleared when the next starts.
+    load_cancelled: Cell<bool>,
+    /// How plain checkpoints are quantized while loading (the page's setting).
+    quantize: Cell<QuantChoice>,
     /// The checkpoint files behind the loaded models, to rebuild the engine (backend switch,
     /// device loss) without downloading again.
     files: RefCell<Vec<(ModelRole, Rc<MemoryFiles>)>>,
@@ -85,8 +91,15 @@ pub fn start_worker() {
     on_message.forget();
 }
 
-/// A message is `{json, buffers}`: the request and the bytes transferred with it.
-fn decode_request(data: &JsValue) -> Result<(Request, Vec<Vec<u8>>)> {
+/// What comes with a request: byte buffers (an image) and browser files (a picked checkpoint).
+#[derive(Default)]
+struct Payload {
+    buffers: Vec<Vec<u8>>,
+    files: Vec<web_sys::File>,
+}
+
+/// A message is `{json, buffers, files}`: the request and what was sent with it.
+fn decode_request(data: &JsValue) -> Result<(Request, Payload)> {
     let json = Reflect::get(data, &"json".into())
         .ok()
         .and_then(|j| j.as_string())
@@ -102,14 +115,27 @@ fn decode_request(data: &JsValue) -> Result<(Request, Vec<Vec<u8>>)> {
             }
         }
     }
-    Ok((req, buffers))
+    let mut files = Vec::new();
+    if let Ok(list) = Reflect::get(data, &"files".into()) {
+        if let Some(list) = list.dyn_ref::<Array>() {
+            files.extend(
+                list.iter()
+                    .filter_map(|f| f.dyn_into::<web_sys::File>().ok()),
+            );
+        }
+    }
+    Ok((req, Payload { buffers, files }))
 }
 
-fn enqueue(req: Request, buffers: Vec<Vec<u8>>) {
+fn enqueue(req: Request, payload: Payload) {
     STATE.with(|s| {
         match &req {
             Request::Cancel { run } => {
                 s.cancelled_up_to.set(s.cancelled_up_to.get().max(*run));
+                return;
+            }
+            Request::CancelLoad => {
+                s.load_cancelled.set(true);
                 return;
             }
             Request::LoseDevice => {
@@ -128,15 +154,19 @@ fn enqueue(req: Request, buffers: Vec<Vec<u8>>) {
             }
             _ => {}
         }
-        s.queue.borrow_mut().push_back((req, buffers));
+        if matches!(req, Request::Init { .. } | Request::LoadModel { .. }) {
+            s.load_cancelled.set(false);
+        }
+        s.queue.borrow_mut().push_back((req, payload));
         if !s.busy.get() {
             s.busy.set(true);
             let s = s.clone();
             wasm_bindgen_futures::spawn_local(async move {
                 loop {
                     let job = s.queue.borrow_mut().pop_front();
-                    let Some((req, buffers)) = job else { break };
-                    handle(&s, req, buffers).await;
+                    let Some((req, payload)) = job else { break };
+                    handle(&s, req, payload).await;
+                    post_memory();
                 }
                 s.busy.set(false);
             });
@@ -144,26 +174,54 @@ fn enqueue(req: Request, buffers: Vec<Vec<u8>>) {
     });
 }
 
-async fn handle(s: &Rc<State>, req: Request, buffers: Vec<Vec<u8>>) {
+/// The worker's wasm memory in bytes (it only grows, so this is the peak so far).
+fn wasm_memory_bytes() -> u64 {
+    let memory: js_sys::WebAssembly::Memory = wasm_bindgen::memory().unchecked_into();
+    memory
+        .buffer()
+        .dyn_into::<ArrayBuffer>()
+        .map(|b| b.byte_length() as u64)
+        .unwrap_or(0)
+}
+
+fn post_memory() {
+    post(&Event::EngineMemory {
+        wasm_bytes: wasm_memory_bytes(),
+    });
+}
+
+/// A failed load: "cancelled" reads as a notice-like error, everything else as it is.
+fn load_failed(e: Error) {
+    let message = match e {
+        Error::Cancelled => "loading cancelled: the models already loaded stay; loading the same model again resumes the download".to_string(),
+        e => e.to_string(),
+    };
+    post(&Event::Error { run: None, message });
+}
+
+async fn handle(s: &Rc<State>, req: Request, payload: Payload) {
+    let buffers = payload.buffers;
     match req {
         Request::Init {
             backend,
             target_url,
             draft_url,
+            quantize,
         } => {
+            s.quantize.set(quantize);
             if let Err(e) = init(s, backend, &target_url, draft_url.as_deref()).await {
-                post(&Event::Error {
-                    run: None,
-                    message: e.to_string(),
-                });
+                load_failed(e);
             }
         }
-        Request::LoadModel { role, url, names } => {
-            if let Err(e) = load_model(s, role, url.as_deref(), names, buffers).await {
-                post(&Event::Error {
-                    run: None,
-                    message: e.to_string(),
-                });
+        Request::LoadModel {
+            role,
+            url,
+            names,
+            quantize,
+        } => {
+            s.quantize.set(quantize);
+            if let Err(e) = load_model(s, role, url.as_deref(), names, payload.files).await {
+                load_failed(e);
             }
         }
         Request::Caption {
@@ -228,7 +286,7 @@ async fn handle(s: &Rc<State>, req: Request, buffers: Vec<Vec<u8>>) {
             }
         }
         // Handled as they arrive (`enqueue`), never queued.
-        Request::Cancel { .. } | Request::LoseDevice => {}
+        Request::Cancel { .. } | Request::CancelLoad | Request::LoseDevice => {}
     }
 }
 
@@ -274,6 +332,7 @@ async fn open_backend(kind: BackendKind) -> (Result<GpuBackend>, Option<String>)
 async fn build_engine(
     kind: BackendKind,
     files: &[(ModelRole, Rc<MemoryFiles>)],
+    quantize: QuantChoice,
 ) -> Result<(Engine, Option<String>)> {
     let (gpu, mut notice) = open_backend(kind).await;
     let mut engine = match gpu {
@@ -284,8 +343,8 @@ async fn build_engine(
         let label = format!("uploading the {} model", role_name(*role));
         progress(&label, 0, 1);
         let loaded = match &mut engine {
-            Engine::Gpu(x) => x.load(*role, f.as_ref(), f.total_bytes()),
-            Engine::Cpu(x) => x.load(*role, f.as_ref(), f.total_bytes()),
+            Engine::Gpu(x) => x.load_as(*role, f.as_ref(), f.total_bytes(), quantize),
+            Engine::Cpu(x) => x.load_as(*role, f.as_ref(), f.total_bytes(), quantize),
         };
         let (_, n) = loaded?;
         if let Engine::Gpu(x) = &engine {
@@ -330,27 +389,48 @@ fn ready(s: &State, notice: Option<String>) {
     }
 }
 
+/// Download (or reopen from the store) the checkpoint at `url` for `role`.
+async fn download(
+    s: &Rc<State>,
+    role: ModelRole,
+    url: &str,
+) -> Result<(MemoryFiles, Option<String>)> {
+    let mut report = |task: &str, done: u64, total: u64| progress(task, done, total);
+    let state = s.clone();
+    let cancelled = move || state.load_cancelled.get();
+    let label = format!("downloading the {}", role_name(role));
+    let mut dl = Download {
+        label: &label,
+        progress: &mut report,
+        cancelled: &cancelled,
+    };
+    let fetched = fetch_checkpoint(url, &mut dl).await?;
+    Ok((fetched.files, fetched.notice))
+}
+
 async fn init(s: &Rc<State>, kind: BackendKind, target: &str, draft: Option<&str>) -> Result<()> {
     let mut files = s.files.borrow().clone();
+    let mut store_notice = None;
     if files.is_empty() {
-        let mut report = |task: &str, done: u64, total: u64| progress(task, done, total);
-        let t = fetch_checkpoint(target, "downloading the target", &mut report).await?;
+        let (t, n) = download(s, ModelRole::Target, target).await?;
         files.push((ModelRole::Target, Rc::new(t)));
+        store_notice = n;
         if let Some(d) = draft {
-            let d = fetch_checkpoint(d, "downloading the draft", &mut report).await?;
+            let (d, n) = download(s, ModelRole::Draft, d).await?;
             files.push((ModelRole::Draft, Rc::new(d)));
+            store_notice = store_notice.or(n);
         }
     }
-    let (engine, notice) = build_engine(kind, &files).await?;
+    let (engine, notice) = build_engine(kind, &files, s.quantize.get()).await?;
     install(s, engine);
     *s.files.borrow_mut() = files;
-    ready(s, notice);
+    ready(s, notice.or(store_notice));
     Ok(())
 }
 
 async fn rebuild(s: &Rc<State>, kind: BackendKind) -> Result<()> {
     let files = s.files.borrow().clone();
-    let (engine, notice) = build_engine(kind, &files).await?;
+    let (engine, notice) = build_engine(kind, &files, s.quantize.get()).await?;
     install(s, engine);
     ready(s, notice);
     Ok(())
@@ -361,48 +441,25 @@ async fn load_model(
     role: ModelRole,
     url: Option<&str>,
     names: Vec<String>,
-    buffers: Vec<Vec<u8>>,
+    picked: Vec<web_sys::File>,
 ) -> Result<()> {
-    let mut cache_note = None;
-    let files = match url {
-        Some(url) => {
-            let mut report = |task: &str, done: u64, total: u64| progress(task, done, total);
-            let label = format!("downloading the {}", role_name(role));
-            fetch_checkpoint(url, &label, &mut report).await?
-        }
-        None => {
-            // Kept in the model cache under a same-origin URL, so the page can reopen it offline.
-            let base = local_model_url(role);
-            let mut f = MemoryFiles::new(&base);
-            for (name, bytes) in names.iter().zip(buffers) {
-                f.insert(name, bytes);
-            }
-            if f.total_bytes() > MAX_CHECKPOINT_BYTES {
-                return Err(Error::invalid(format!(
-                    "the {} checkpoint is {} MiB, more than this browser can hold ({} MiB); quantize it first (spec-llava quantize --format q4)",
-                    role_name(role),
-                    f.total_bytes() >> 20,
-                    MAX_CHECKPOINT_BYTES >> 20
-                )));
-            }
-            if let Err(e) = cache_checkpoint(&base, &f).await {
-                cache_note = Some(e.to_string());
-            }
-            f
-        }
+    let (files, store_notice) = match url {
+        Some(url) => download(s, role, url).await?,
+        None => keep_picked(role, &names, picked).await?,
     };
+    if s.load_cancelled.get() {
+        return Err(Error::Cancelled);
+    }
     let files = Rc::new(files);
     let label = format!("uploading the {} model", role_name(role));
     progress(&label, 0, 1);
-    let mut guard = s.engine.borrow_mut();
-    let engine = guard
-        .as_mut()
-        .ok_or_else(|| Error::invalid("the engine is still starting"))?;
-    let (info, notice) = match engine {
-        Engine::Gpu(x) => x.load(role, files.as_ref(), files.total_bytes())?,
-        Engine::Cpu(x) => x.load(role, files.as_ref(), files.total_bytes())?,
+    let quantize = s.quantize.get();
+    let Some(mut engine) = s.engine.borrow_mut().take() else {
+        return Err(Error::invalid("the engine is still starting"));
     };
-    drop(guard);
+    let loaded = load_into(&mut engine, role, files.as_ref(), quantize).await;
+    *s.engine.borrow_mut() = Some(engine);
+    let (info, notice) = loaded?;
     progress(&label, 1, 1);
     {
         let mut held = s.files.borrow_mut();
@@ -414,8 +471,86 @@ async fn load_model(
         held.sort_by_key(|(r, _)| *r == ModelRole::Draft);
     }
     post(&Event::ModelLoaded { model: info });
-    ready(s, notice.or(cache_note));
+    ready(s, notice.or(store_notice));
     Ok(())
+}
+
+/// Load `files` into `engine`'s role; nothing changes on any error.
+async fn load_into(
+    engine: &mut Engine,
+    role: ModelRole,
+    files: &MemoryFiles,
+    quantize: QuantChoice,
+) -> Result<(crate::app::messages::ModelInfo, Option<String>)> {
+    match engine {
+        Engine::Gpu(x) => {
+            // An allocation the device refused is reported asynchronously: catch it in an error
+            // scope and drop the half-made model, so the loaded ones stay.
+            let scope = x.backend.watch_memory();
+            let pending = x.prepare(role, files, files.total_bytes(), quantize);
+            let refused = scope
+                .pop()
+                .await
+                .map(|e| e.to_string())
+                .or_else(|| x.backend.take_error().map(|e| e.to_string()));
+            if let Some(e) = refused {
+                drop(pending);
+                return Err(Error::invalid(format!(
+                    "the {} model does not fit this GPU ({e}); the models already loaded stay. Try q4 (Settings: quantize while loading) or a smaller model",
+                    role_name(role)
+                )));
+            }
+            x.commit(pending?)
+        }
+        Engine::Cpu(x) => x.load_as(role, files, files.total_bytes(), quantize),
+    }
+}
+
+/// A checkpoint picked from a local folder: small files read into memory, weights kept in the
+/// store under a same-origin URL (so the page reopens it offline) and read a tensor at a time;
+/// read from the picked files themselves when the store refuses.
+async fn keep_picked(
+    role: ModelRole,
+    names: &[String],
+    picked: Vec<web_sys::File>,
+) -> Result<(MemoryFiles, Option<String>)> {
+    let base = local_model_url(role);
+    let mut files = MemoryFiles::new(&base);
+    let store = ModelStore::open(&base).await;
+    let mut notice = None;
+    let label = format!("keeping your {} model", role_name(role));
+    for (name, file) in names.iter().zip(picked) {
+        if !name.ends_with(".safetensors") {
+            let bytes = BlobFile::new(file.clone().into());
+            let bytes = crate::weights::WeightFile::read(&bytes, 0, file.size() as u64)
+                .map_err(|e| Error::file(name, format!("cannot read: {e}")))?;
+            files.insert(name, bytes.into_owned());
+            continue;
+        }
+        let task = format!("{label}: {name}");
+        let kept = match &store {
+            Some(store) => store
+                .keep(name, &file, &mut |done, total| progress(&task, done, total))
+                .await
+                .map_err(|e| e.0),
+            None => Err("this browser has no origin-private file system".to_string()),
+        };
+        let blob: web_sys::Blob = match kept {
+            Ok(copy) => copy.into(),
+            Err(why) => {
+                notice = Some(format!(
+                    "your {} model is not kept for offline use ({why})",
+                    role_name(role)
+                ));
+                file.into()
+            }
+        };
+        files.insert_file(name, std::sync::Arc::new(BlobFile::new(blob)));
+    }
+    if let Err(e) = cache_small_files(&base, &files).await {
+        notice = notice.or(Some(e.to_string()));
+    }
+    Ok((files, notice))
 }
 
 /// Where a checkpoint picked from a folder is kept: `<app>/web/local-models/<role>` (never on the

@@ -268,7 +268,7 @@ fn write_checkpoint(
             }
             let bytes = match p.part {
                 Part::Copy => raw.bytes.to_vec(),
-                Part::Half => widen(raw.dtype, raw.bytes)
+                Part::Half => widen(raw.dtype, &raw.bytes)
                     .into_iter()
                     .flat_map(|v| f16::from_f32(v).to_le_bytes())
                     .collect(),
@@ -276,7 +276,7 @@ fn write_checkpoint(
                     if cache.as_ref().map(|(n, _)| n.as_str()) != Some(p.source.as_str()) {
                         let (rows, cols) = (raw.shape[0], raw.shape[1]);
                         let scheme = format.scheme().expect("a quant scheme");
-                        let data = widen(raw.dtype, raw.bytes);
+                        let data = widen(raw.dtype, &raw.bytes);
                         let hessian = calibration
                             .and_then(|c| c.hessians.get(&p.source).filter(|h| h.dim == cols));
                         let q = match (scheme, hessian) {

@@ -43,7 +43,7 @@ impl Step {
             Action::Layers => "src/ imports against the layers of ARCHITECTURE.md".to_string(),
             Action::App => "build the wasm app into web/pkg".to_string(),
             Action::E2e => {
-                format!("node {E2E_SCRIPT} and {STRESS_SCRIPT} (headless Chromium, WebGPU)")
+                format!("node {E2E_SCRIPT}, {STRESS_SCRIPT} and {HUB_SCRIPT} (headless Chromium, WebGPU)")
             }
         }
     }
@@ -131,6 +131,8 @@ fn steps(nextest: bool, plain: bool) -> Vec<Step> {
 pub const E2E_SCRIPT: &str = "tests/e2e/app.spec.mjs";
 /// The page under stress (many drops, bad model files, a cut download, a lost GPU device).
 pub const STRESS_SCRIPT: &str = "tests/e2e/stress.spec.mjs";
+/// Models by id from a local hub, over the old 1.5 GiB cap (also `cargo xtask scale-check`).
+pub const HUB_SCRIPT: &str = "tests/e2e/hub.spec.mjs";
 
 /// Run the browser suite against this xtask's own server (`serve --no-build`), comparing the
 /// page's captions with the native CLI's.
@@ -145,7 +147,7 @@ fn run_e2e(root: &Path) -> Result<(), String> {
     let xtask = std::env::current_exe().map_err(|e| format!("xtask path: {e}"))?;
     let artifacts = root.join("target/e2e");
     std::fs::create_dir_all(&artifacts).map_err(|e| format!("{}: {e}", artifacts.display()))?;
-    for script in [E2E_SCRIPT, STRESS_SCRIPT] {
+    for script in [E2E_SCRIPT, STRESS_SCRIPT, HUB_SCRIPT] {
         run_status(
             Command::new("node")
                 .current_dir(root)
@@ -156,6 +158,31 @@ fn run_e2e(root: &Path) -> Result<(), String> {
         )?;
     }
     Ok(())
+}
+
+/// `cargo xtask scale-check`: the hub script at scale (a 13B-shaped q4 checkpoint over 4 GiB by
+/// default), after building the app; `env` sets HUB_LIKE, HUB_TEXT_LAYERS, HUB_TOKENS, ...
+pub fn scale_check(root: &Path, env: &[(String, String)]) -> Result<(), String> {
+    run_status(cargo().current_dir(root).args([
+        "build",
+        "--package",
+        "spec-llava",
+        "--bin",
+        "spec-llava",
+    ]))?;
+    let xtask = std::env::current_exe().map_err(|e| format!("xtask path: {e}"))?;
+    let artifacts = root.join("target/scale-check");
+    std::fs::create_dir_all(&artifacts).map_err(|e| format!("{}: {e}", artifacts.display()))?;
+    let mut cmd = Command::new("node");
+    cmd.current_dir(root)
+        .arg(HUB_SCRIPT)
+        .env("SPEC_LLAVA_BIN", root.join("target/debug/spec-llava"))
+        .env("XTASK_BIN", &xtask)
+        .env("E2E_ARTIFACTS", &artifacts);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    run_status(&mut cmd)
 }
 
 /// Runs every step in order; returns an error naming the first step that failed.

@@ -41,6 +41,9 @@ commands:
   setup [--browser]                    install missing prerequisites only
   compare [--scenes N] [--seed S] [--max-new-tokens M] [--json]
                                        transformers vs our engines, plain and speculative, one table
+  scale-check [--like NAME] [--text-layers N] [--vision-layers N] [--tokens T] [--no-build]
+                                       a synthetic checkpoint (default 13B-shaped q4, 22 text layers: over
+                                       4 GiB) loaded by id in headless Chromium; one JSON line of figures
   layers                               check src/ imports against the layers of ARCHITECTURE.md
   fuzz [--minutes N]                   fuzz checkpoints and images for N minutes (default 10), release build";
 
@@ -95,6 +98,30 @@ fn run(args: &[String]) -> Result<(), String> {
             Ok(())
         }
         "compare" => compare::compare(&root, rest),
+        "scale-check" => {
+            let opts = Flags::parse(
+                rest,
+                &["--like", "--text-layers", "--vision-layers", "--tokens"],
+                &["--no-build"],
+            )?;
+            if !opts.switch("--no-build") {
+                prereq::ensure_browser_prereqs(&root)?;
+                prepare_app(&root)?;
+            }
+            let value = |flag: &str, default: &str| {
+                opts.value(flag)
+                    .map(String::from)
+                    .unwrap_or_else(|| default.to_string())
+            };
+            let env = [
+                ("HUB_LIKE", value("--like", "llava-1.5-13b")),
+                ("HUB_TEXT_LAYERS", value("--text-layers", "22")),
+                ("HUB_VISION_LAYERS", value("--vision-layers", "1")),
+                ("HUB_TOKENS", value("--tokens", "2")),
+            ]
+            .map(|(k, v)| (k.to_string(), v));
+            check::scale_check(&root, &env)
+        }
         "layers" => {
             no_more_args(rest)?;
             layers::check(&root)

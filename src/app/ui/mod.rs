@@ -84,6 +84,8 @@ pub struct AppState {
     pub run: RwSignal<u64>,
     pub compare_run: RwSignal<u64>,
     pub has_image: RwSignal<bool>,
+    /// The engine worker's wasm memory (bytes), as it last reported.
+    pub engine_memory: RwSignal<Option<u64>>,
 }
 
 thread_local! {
@@ -108,6 +110,27 @@ fn absolute(url: &str) -> String {
     web_sys::Url::new_with_base(url, &base)
         .map(|u| u.href())
         .unwrap_or_else(|_| url.to_string())
+}
+
+/// The hub model ids resolve on: the page's `?hub=URL`, else huggingface.co.
+pub fn hub() -> String {
+    window()
+        .location()
+        .search()
+        .ok()
+        .and_then(|q| web_sys::UrlSearchParams::new_with_str(&q).ok())
+        .and_then(|p| p.get("hub"))
+        .filter(|h| !h.trim().is_empty())
+        .unwrap_or_else(|| crate::app::hub::DEFAULT_HUB.to_string())
+}
+
+/// A model field's text as a base URL: a hub id resolved on [`hub`], a URL or path made absolute.
+pub fn model_url(input: &str) -> Option<String> {
+    use crate::app::hub::ModelRef;
+    match ModelRef::parse(input)? {
+        r @ ModelRef::Hub { .. } => Some(r.base_url(&hub())),
+        ModelRef::Url(u) => Some(absolute(&u)),
+    }
 }
 
 fn storage() -> Option<web_sys::Storage> {
@@ -155,6 +178,7 @@ impl AppState {
             run: RwSignal::new(0),
             compare_run: RwSignal::new(0),
             has_image: RwSignal::new(false),
+            engine_memory: RwSignal::new(None),
         }
     }
 
@@ -167,6 +191,7 @@ impl AppState {
                 backend: self.backend_choice.get_untracked(),
                 target_url,
                 draft_url,
+                quantize: self.settings.with_untracked(|s| s.quantize),
             },
             Vec::new(),
         );
@@ -271,6 +296,7 @@ impl AppState {
                     }
                 }
             }
+            Event::EngineMemory { wasm_bytes } => self.engine_memory.set(Some(wasm_bytes)),
             Event::Started { .. } | Event::Cancelled { .. } => {}
             Event::InputNotice { run, message } => {
                 if run == self.run.get_untracked() {

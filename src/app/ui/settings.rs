@@ -3,19 +3,18 @@
 
 use leptos::ev;
 use leptos::prelude::*;
-use leptos::task::spawn_local;
 use wasm_bindgen::JsCast;
-use wasm_bindgen_futures::JsFuture;
 
-use super::{AppState, ProgressRow};
+use super::AppState;
 use crate::app::bridge;
-use crate::app::fetch::{js_text, MAX_CHECKPOINT_BYTES};
-use crate::app::messages::{BackendKind, ModelRole, Request, Settings};
+use crate::app::hub::SUGGESTED_PAIRS;
+use crate::app::messages::{BackendKind, ModelRole, QuantChoice, Request, Settings};
 
 /// A numeric field bound to one settings value.
 fn number_field<T>(
     st: AppState,
     label: &'static str,
+    testid: &'static str,
     step: &'static str,
     get: fn(&Settings) -> T,
     set: fn(&mut Settings, T),
@@ -28,6 +27,7 @@ where
             <span>{label}</span>
             <input
                 type="number"
+                data-testid=testid
                 step=step
                 prop:value=move || st.settings.with(|s| get(s).to_string())
                 on:change=move |e: ev::Event| {
@@ -40,52 +40,36 @@ where
     }
 }
 
-/// Read every file of a picked folder and send it to the worker as a checkpoint.
+/// Send a picked folder's files to the worker as a checkpoint: the `File` handles, not their
+/// bytes (the worker reads the weights a tensor at a time).
 fn load_folder(st: AppState, role: ModelRole, files: web_sys::FileList) {
-    let total: f64 = (0..files.length())
-        .filter_map(|i| files.get(i))
-        .map(|f| f.size())
-        .sum();
-    if total > MAX_CHECKPOINT_BYTES as f64 {
-        st.fail(format!(
-            "the folder holds {:.0} MiB, more than this browser can hold ({} MiB); quantize the checkpoint first (spec-llava quantize --format q4)",
-            total / 1048576.0,
-            MAX_CHECKPOINT_BYTES >> 20
-        ));
-        return;
-    }
     let list: Vec<web_sys::File> = (0..files.length()).filter_map(|i| files.get(i)).collect();
-    spawn_local(async move {
-        let mut names = Vec::new();
-        let mut buffers = Vec::new();
-        let mut done = 0.0;
-        for f in list {
-            match JsFuture::from(f.array_buffer()).await {
-                Ok(buf) => {
-                    done += f.size();
-                    names.push(f.name());
-                    buffers.push(js_sys::Uint8Array::new(&buf).to_vec());
-                    st.progress.set(vec![ProgressRow {
-                        task: "reading your folder".into(),
-                        done: done as u64,
-                        total: total as u64,
-                    }]);
-                }
-                Err(e) => {
-                    st.fail(format!("{}: cannot read ({})", f.name(), js_text(&e)));
-                    return;
-                }
-            }
-        }
-        bridge::send(
-            &Request::LoadModel {
-                role,
-                url: None,
-                names,
-            },
-            buffers,
-        );
-    });
+    let names = list.iter().map(|f| f.name()).collect();
+    bridge::send_files(
+        &Request::LoadModel {
+            role,
+            url: None,
+            names,
+            quantize: st.settings.with_untracked(|s| s.quantize),
+        },
+        list,
+    );
+}
+
+/// Load a model by id or URL into a role.
+fn load_url(st: AppState, role: ModelRole, input: &str) {
+    let Some(url) = super::model_url(input) else {
+        return;
+    };
+    bridge::send(
+        &Request::LoadModel {
+            role,
+            url: Some(url),
+            names: Vec::new(),
+            quantize: st.settings.with_untracked(|s| s.quantize),
+        },
+        Vec::new(),
+    );
 }
 
 #[component]
@@ -118,11 +102,11 @@ fn ModelLoader(role: ModelRole) -> impl IntoView {
                 />
             </label>
             <label class="field">
-                <span>"or base URL"</span>
+                <span>"or model id (org/name[@revision]) or base URL"</span>
                 <input
-                    type="url"
+                    type="text"
                     data-testid=format!("{name}-url")
-                    placeholder="https://…/llava-checkpoint"
+                    placeholder="llava-hf/llava-1.5-7b-hf or https://…/checkpoint"
                     prop:value=move || url.get()
                     on:input=move |e: ev::Event| url.set(event_target_value(&e))
                 />
@@ -130,19 +114,7 @@ fn ModelLoader(role: ModelRole) -> impl IntoView {
             <button
                 type="button"
                 data-testid=format!("{name}-load")
-                on:click=move |_| {
-                    let u = url.get_untracked();
-                    if !u.trim().is_empty() {
-                        bridge::send(
-                            &Request::LoadModel {
-                                role,
-                                url: Some(super::absolute(u.trim())),
-                                names: Vec::new(),
-                            },
-                            Vec::new(),
-                        );
-                    }
-                }
+                on:click=move |_| load_url(st, role, &url.get_untracked())
             >
                 "load"
             </button>
@@ -172,10 +144,10 @@ pub fn SettingsPanel() -> impl IntoView {
         <details class="settings" open=true>
             <summary>"Settings"</summary>
             <div class="grid">
-                {number_field(st, "tree budget (nodes)", "1", |s| s.budget, |s, v| s.budget = v)}
-                {number_field(st, "max depth", "1", |s| s.depth, |s, v| s.depth = v)}
-                {number_field(st, "top-k", "1", |s| s.top_k, |s, v| s.top_k = v)}
-                {number_field(st, "threshold", "0.01", |s| s.threshold, |s, v| s.threshold = v)}
+                {number_field(st, "tree budget (nodes)", "budget", "1", |s| s.budget, |s, v| s.budget = v)}
+                {number_field(st, "max depth", "depth", "1", |s| s.depth, |s, v| s.depth = v)}
+                {number_field(st, "top-k", "top-k", "1", |s| s.top_k, |s, v| s.top_k = v)}
+                {number_field(st, "threshold", "threshold", "0.01", |s| s.threshold, |s, v| s.threshold = v)}
                 <label class="field check">
                     <input
                         type="checkbox"
@@ -188,14 +160,15 @@ pub fn SettingsPanel() -> impl IntoView {
                     />
                     <span>"adaptive tree size (measured on this device)"</span>
                 </label>
-                {number_field(st, "temperature (0 = greedy)", "0.1", |s| s.temperature, |s, v| s.temperature = v)}
-                {number_field(st, "top-p", "0.05", |s| s.top_p, |s, v| s.top_p = v)}
-                {number_field(st, "seed", "1", |s| s.seed, |s, v| s.seed = v)}
-                {number_field(st, "max tokens", "1", |s| s.max_new_tokens, |s, v| s.max_new_tokens = v)}
+                {number_field(st, "temperature (0 = greedy)", "temperature", "0.1", |s| s.temperature, |s, v| s.temperature = v)}
+                {number_field(st, "top-p", "top-p", "0.05", |s| s.top_p, |s, v| s.top_p = v)}
+                {number_field(st, "seed", "seed", "1", |s| s.seed, |s, v| s.seed = v)}
+                {number_field(st, "max tokens", "max-tokens", "1", |s| s.max_new_tokens, |s, v| s.max_new_tokens = v)}
                 <label class="field wide">
                     <span>"prompt"</span>
                     <input
                         type="text"
+                        data-testid="prompt"
                         prop:value=move || st.settings.with(|s| s.instruction.clone())
                         on:change=move |e: ev::Event| {
                             let v = event_target_value(&e);
@@ -219,7 +192,59 @@ pub fn SettingsPanel() -> impl IntoView {
                 </label>
             </div>
             <h3>"Models"</h3>
-            <ul class="models">{models}</ul>
+            <ul class="models" data-testid="models">{models}</ul>
+            <p class="memory" data-testid="engine-memory">
+                {move || st.engine_memory.get().map(|b| format!("wasm memory {} MiB", b >> 20)).unwrap_or_default()}
+            </p>
+            <label class="field">
+                <span>"quantize while loading (plain checkpoints)"</span>
+                <select
+                    data-testid="quantize"
+                    on:change=move |e: ev::Event| {
+                        let q = match event_target_value(&e).as_str() {
+                            "q4" => QuantChoice::Q4,
+                            "q8" => QuantChoice::Q8,
+                            "none" => QuantChoice::AsStored,
+                            _ => QuantChoice::Auto,
+                        };
+                        st.settings.update(|s| s.quantize = q);
+                    }
+                >
+                    <option value="auto" selected=true>"auto (q4 over 1 GiB)"</option>
+                    <option value="q4">"q4"</option>
+                    <option value="q8">"q8"</option>
+                    <option value="none">"as stored"</option>
+                </select>
+            </label>
+            <div class="suggested">
+                <span>"suggested pairs: "</span>
+                {SUGGESTED_PAIRS
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| {
+                        view! {
+                            <button
+                                type="button"
+                                data-testid=format!("suggest-{i}")
+                                title=format!("{} + {}: download {}, {} on the GPU", p.target, p.draft, p.download, p.device)
+                                on:click=move |_| {
+                                    load_url(st, ModelRole::Target, p.target);
+                                    load_url(st, ModelRole::Draft, p.draft);
+                                }
+                            >
+                                {format!("{} ({})", p.label, p.download)}
+                            </button>
+                        }
+                    })
+                    .collect::<Vec<_>>()}
+            </div>
+            <button
+                type="button"
+                data-testid="load-cancel"
+                on:click=move |_| bridge::send(&Request::CancelLoad, Vec::new())
+            >
+                "cancel loading"
+            </button>
             <ModelLoader role=ModelRole::Target/>
             <ModelLoader role=ModelRole::Draft/>
             <button
@@ -230,9 +255,9 @@ pub fn SettingsPanel() -> impl IntoView {
                         let _ = s.remove_item(super::STORED_DRAFT);
                     }
                     let (t, d) = super::demo_urls();
-                    bridge::send(&Request::LoadModel { role: ModelRole::Target, url: Some(t), names: Vec::new() }, Vec::new());
+                    load_url(st, ModelRole::Target, &t);
                     if let Some(d) = d {
-                        bridge::send(&Request::LoadModel { role: ModelRole::Draft, url: Some(d), names: Vec::new() }, Vec::new());
+                        load_url(st, ModelRole::Draft, &d);
                     }
                 }
             >

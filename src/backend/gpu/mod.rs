@@ -183,6 +183,14 @@ impl GpuBackend {
         self.dev.loss_handle()
     }
 
+    /// Catch the device's out-of-memory errors from now until the guard is popped (loading a
+    /// model: a refused allocation is reported asynchronously, after the upload).
+    pub fn watch_memory(&self) -> wgpu::ErrorScopeGuard {
+        self.dev
+            .device
+            .push_error_scope(wgpu::ErrorFilter::OutOfMemory)
+    }
+
     pub fn take_error(&self) -> Option<Error> {
         self.dev
             .errors

@@ -78,9 +78,11 @@ impl GpuBackend {
         });
         if let Ok(mut view) = buffer.get_mapped_range_mut(..) {
             if stride == cols {
-                let mut padded = data.to_vec();
-                padded.resize(bytes / 4, 0.0);
-                view.copy_from_slice(bytemuck::cast_slice(&padded));
+                // Straight into the mapping: no second host copy of a table that may be
+                // hundreds of MiB (a 7B model's embeddings), which a browser tab cannot spare.
+                let src: &[u8] = bytemuck::cast_slice(data);
+                view.slice(..src.len()).copy_from_slice(src);
+                view.slice(src.len()..).fill(0);
             } else {
                 let mut padded = vec![0f32; bytes / 4];
                 for (dst, src) in padded.chunks_mut(stride).zip(data.chunks(cols)) {

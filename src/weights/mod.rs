@@ -8,17 +8,23 @@
 //! with the vision tower under `vision_tower.vision_model.*` (4.x) or `vision_tower.*` (5.x, no
 //! `vision_model.` level), each with or without a leading `model.`.
 
+mod file;
+mod header;
+
+use std::borrow::Cow;
 use std::collections::HashMap;
+#[cfg(not(target_arch = "wasm32"))]
 use std::sync::Arc;
 
 use half::{bf16, f16};
-use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
 use crate::quant::{self, Format, QuantMatrix, Scheme, WeightData};
 
-/// Bytes of one safetensors file, owned (wasm: downloaded) or memory-mapped (native).
-pub type FileBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
+#[cfg(target_arch = "wasm32")]
+pub use file::BlobFile;
+pub use file::{FileBytes, WeightFile};
+pub use header::{read_header, Header, TensorPlace};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DType {
@@ -47,15 +53,15 @@ struct Entry {
     file: usize,
     dtype: DType,
     shape: Vec<usize>,
-    start: usize,
-    end: usize,
+    start: u64,
+    end: u64,
 }
 
-/// A borrowed, typed view of one tensor's raw bytes.
+/// A typed view of one tensor's raw bytes (borrowed from a mapped file, or read on demand).
 pub struct RawTensor<'a> {
     pub dtype: DType,
     pub shape: &'a [usize],
-    pub bytes: &'a [u8],
+    pub bytes: Cow<'a, [u8]>,
 }
 
 /// All tensors of a checkpoint, indexed by name, without copying their data.
@@ -76,14 +82,12 @@ impl WeightStore {
         let mut entries = HashMap::new();
         let mut metadata = HashMap::new();
         let mut format = None;
-        for (index, (name, bytes)) in files.iter().enumerate() {
-            let data: &[u8] = (**bytes).as_ref();
-            let (_, meta) = SafeTensors::read_metadata(data)
+        for (index, (name, file)) in files.iter().enumerate() {
+            let header = read_header(file.as_ref())
                 .map_err(|e| Error::file(name, format!("not a valid safetensors file: {e}")))?;
-            let file_meta = meta.metadata().clone().unwrap_or_default();
-            let file_format = quant::format_from_metadata(&file_meta, name)?;
+            let file_format = quant::format_from_metadata(&header.metadata, name)?;
             if index == 0 {
-                metadata = file_meta;
+                metadata = header.metadata.clone();
                 format = file_format;
             } else if file_format != format {
                 return Err(Error::file(
@@ -95,36 +99,32 @@ impl WeightStore {
                     ),
                 ));
             }
-            let st = SafeTensors::deserialize(data)
-                .map_err(|e| Error::file(name, format!("not a valid safetensors file: {e}")))?;
-            for (tensor_name, view) in st.tensors() {
-                let dtype = match view.dtype() {
-                    Dtype::F32 => DType::F32,
-                    Dtype::F16 => DType::F16,
-                    Dtype::BF16 => DType::BF16,
-                    Dtype::U8 if format.is_some() => DType::U8,
-                    Dtype::I8 if format.is_some() => DType::I8,
-                    other => {
-                        return Err(Error::file(
-                            name,
-                            format!("tensor {tensor_name} has unsupported dtype {other:?} (expected F32, F16 or BF16)"),
-                        ))
-                    }
+            for t in header.tensors {
+                let dtype = match t.dtype.as_str() {
+                    "F32" => DType::F32,
+                    "F16" => DType::F16,
+                    "BF16" => DType::BF16,
+                    "U8" if format.is_some() => DType::U8,
+                    "I8" if format.is_some() => DType::I8,
+                    other => return Err(Error::file(
+                        name,
+                        format!(
+                            "tensor {} has unsupported dtype {other} (expected F32, F16 or BF16)",
+                            t.name
+                        ),
+                    )),
                 };
-                // The view borrows `data`; its offset inside the file is pointer arithmetic.
-                let start = view.data().as_ptr() as usize - data.as_ptr() as usize;
-                let end = start + view.data().len();
                 let entry = Entry {
                     file: index,
                     dtype,
-                    shape: view.shape().to_vec(),
-                    start,
-                    end,
+                    shape: t.shape,
+                    start: t.start,
+                    end: t.end,
                 };
-                if entries.insert(tensor_name.clone(), entry).is_some() {
+                if entries.insert(t.name.clone(), entry).is_some() {
                     return Err(Error::file(
                         name,
-                        format!("tensor {tensor_name} appears in more than one shard"),
+                        format!("tensor {} appears in more than one shard", t.name),
                     ));
                 }
             }
@@ -179,8 +179,11 @@ impl WeightStore {
             let e = &self.entries[name];
             name[prefix.len()..].hash(&mut h);
             (e.dtype, &e.shape).hash(&mut h);
-            let data: &[u8] = (*self.files[e.file].1).as_ref();
-            data[e.start..e.end].hash(&mut h);
+            match self.files[e.file].1.read(e.start, e.end) {
+                Ok(bytes) => bytes.hash(&mut h),
+                // Unreadable now: never equal to a readable tower.
+                Err(err) => err.hash(&mut h),
+            }
         }
         h.finish()
     }
@@ -304,7 +307,7 @@ impl WeightStore {
             scheme,
             rows,
             cols,
-            qs: codes.bytes.to_vec(),
+            qs: codes.bytes.into_owned(),
             scales: scales
                 .bytes
                 .chunks_exact(2)
@@ -333,11 +336,14 @@ impl WeightStore {
             .entries
             .get(name)
             .ok_or_else(|| Error::file(self.file_of(name), format!("missing tensor {name}")))?;
-        let data: &[u8] = (*self.files[e.file].1).as_ref();
+        let (file, bytes) = &self.files[e.file];
+        let bytes = bytes
+            .read(e.start, e.end)
+            .map_err(|err| Error::file(file, format!("tensor {name}: {err}")))?;
         Ok(RawTensor {
             dtype: e.dtype,
             shape: &e.shape,
-            bytes: &data[e.start..e.end],
+            bytes,
         })
     }
 
@@ -349,17 +355,35 @@ impl WeightStore {
                 .quantized(name, &codes_name, scheme, shape)?
                 .dequantize());
         }
-        let raw = self.raw(name)?;
-        if raw.shape != shape {
+        let e = self
+            .entries
+            .get(name)
+            .ok_or_else(|| Error::file(self.file_of(name), format!("missing tensor {name}")))?;
+        if e.shape != shape {
             return Err(Error::file(
                 self.file_of(name),
                 format!(
                     "tensor {name} has shape {:?}, but config.json implies {shape:?}",
-                    raw.shape
+                    e.shape
                 ),
             ));
         }
-        Ok(widen(raw.dtype, raw.bytes))
+        // Widened a piece at a time: the raw bytes of a big tensor (read on demand in the browser)
+        // are never held whole beside their f32 copy.
+        const PIECE: u64 = 16 << 20;
+        let (file, bytes) = &self.files[e.file];
+        let element = e.dtype.size() as u64;
+        let mut out = Vec::with_capacity(((e.end - e.start) / element) as usize);
+        let mut at = e.start;
+        while at < e.end {
+            let end = (at + PIECE - PIECE % element).min(e.end);
+            let piece = bytes
+                .read(at, end)
+                .map_err(|err| Error::file(file, format!("tensor {name}: {err}")))?;
+            out.extend(widen(e.dtype, &piece));
+            at = end;
+        }
+        Ok(out)
     }
 }
 

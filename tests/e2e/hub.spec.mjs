@@ -1,0 +1,152 @@
+// Models by id from a hub, at scale, in headless Chromium (WebGPU on SwiftShader), against
+// `cargo xtask serve --no-build --hub-dir DIR --drop-after BYTES` (DIR in the Hugging Face Hub's URL
+// layout; the first GET of each file is cut after BYTES, as a dropped connection would):
+//   1. a corrupt shard, by model id: an error naming the file; the demo models stay;
+//   2. a synthetic LLaVA-shaped q4 checkpoint (`spec-llava synth`, random weights, real tensor
+//      names and shapes) larger than the old 1.5 GiB cap loads by model id through `?hub=`: the cut
+//      download resumes with a range request, the weights stream to the GPU a tensor at a time
+//      (the engine worker's wasm memory stays under 1 GiB), and a caption equals the native CLI's
+//      on the same checkpoint and engine kind (GPU);
+//   3. cancel: loading stops, the loaded model stays.
+// Prints one JSON line {"bytes", "load_s", "wasm_memory_mib", "tokens", "tokens_per_s",
+// "same_as_cli"}. Run by `cargo xtask test` (CI size) and `cargo xtask scale-check` (bigger:
+// HUB_LIKE, HUB_TEXT_LAYERS, HUB_VISION_LAYERS, HUB_TOKENS set the checkpoint and the caption).
+
+import { execFileSync, spawn } from 'node:child_process';
+import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import { join } from 'node:path';
+import { ARTIFACTS, BIN, TARGET, XTASK, freePort, launchBrowser, reporter } from './harness.mjs';
+
+const { log, check } = reporter('hub');
+const LIKE = process.env.HUB_LIKE ?? 'llava-1.5-7b';
+const TEXT_LAYERS = process.env.HUB_TEXT_LAYERS ?? '12';
+const VISION_LAYERS = process.env.HUB_VISION_LAYERS ?? '1';
+const TOKENS = Number(process.env.HUB_TOKENS ?? '2');
+const IMAGE_SIZE = process.env.HUB_IMAGE_SIZE ?? '28';
+const CUT = 100_000_000;
+const IMAGE = 'tests/fixtures/images/at24.png';
+
+// The hub folder: org `test-org`, models `big` (synthetic) and `corrupt` (the demo target with a
+// damaged safetensors header). The synthetic checkpoint is kept between runs with the same shape.
+const hubDir = join(ARTIFACTS, 'hub');
+const big = join(hubDir, 'test-org', 'big');
+const stamp = `${LIKE} q4 text ${TEXT_LAYERS} vision ${VISION_LAYERS} image ${IMAGE_SIZE}`;
+const stampFile = join(hubDir, 'big.stamp');
+if (!existsSync(stampFile) || readFileSync(stampFile, 'utf8') !== stamp) {
+  rmSync(big, { recursive: true, force: true });
+  mkdirSync(join(hubDir, 'test-org'), { recursive: true });
+  log(`writing ${stamp} to ${big}`);
+  execFileSync(BIN, ['synth', '--like', LIKE, '--out', big, '--dtype', 'q4', '--text-layers', TEXT_LAYERS,
+    '--vision-layers', VISION_LAYERS, '--image-size', IMAGE_SIZE, '--seed', '7'], { stdio: 'inherit' });
+  writeFileSync(stampFile, stamp);
+}
+const corrupt = join(hubDir, 'test-org', 'corrupt');
+rmSync(corrupt, { recursive: true, force: true });
+cpSync(TARGET, corrupt, { recursive: true });
+const weights = readFileSync(join(corrupt, 'model.safetensors'));
+weights.fill(0x7b, 8, 64); // '{{{{...': the header is no longer JSON
+writeFileSync(join(corrupt, 'model.safetensors'), weights);
+const bytes = readdirSync(big).reduce((n, f) => n + statSync(join(big, f)).size, 0);
+log(`synthetic checkpoint: ${(bytes / 2 ** 30).toFixed(2)} GiB`);
+
+// What the native CLI says about the image on the same checkpoint, GPU engine, plain decoding.
+const cli = JSON.parse(execFileSync(BIN, ['caption', '--model', big, '--image', IMAGE, '--backend', 'gpu', '--json',
+  '--no-spec', '--max-new-tokens', String(TOKENS)], { encoding: 'utf8' }));
+log(`CLI: ${JSON.stringify(cli.text)} (${cli.tokens.length} tokens)`);
+
+const port = await freePort();
+const server = spawn(XTASK, ['serve', '--no-build', '--port', String(port), '--hub-dir', hubDir, '--drop-after', String(CUT)],
+  { stdio: ['ignore', 'pipe', 'inherit'] });
+const served = [];
+server.stdout.on('data', (d) => served.push(...d.toString().split('\n').filter(Boolean)));
+for (let i = 0; i < 100; i++) {
+  const up = await new Promise((resolve) => {
+    const c = net.connect(port, '127.0.0.1', () => { c.end(); resolve(true); });
+    c.on('error', () => resolve(false));
+  });
+  if (up) break;
+  await new Promise((r) => setTimeout(r, 100));
+}
+
+const browser = await launchBrowser();
+const page = await (await browser.newContext()).newPage();
+const consoleLines = [];
+page.on('console', (m) => consoleLines.push(`${m.type()}: ${m.text()}`));
+page.on('pageerror', (e) => consoleLines.push(`pageerror: ${e.message}`));
+const status = () => page.getByTestId('status').textContent();
+const errorText = async () => {
+  const e = page.locator('[data-testid=error]');
+  return (await e.count()) ? ((await e.first().textContent()) ?? '').trim() : '';
+};
+const models = async () => (await page.getByTestId('models').textContent()) ?? '';
+const waitFor = (fn, arg, timeout = 1_800_000) => page.waitForFunction(fn, arg, { timeout, polling: 500 });
+
+try {
+  await page.goto(`http://127.0.0.1:${port}/?hub=http://127.0.0.1:${port}/hub`);
+  await waitFor(() => ['ready', 'error'].includes(document.querySelector('[data-testid=status]')?.textContent));
+  check((await status()) === 'ready', 'the page loads with the demo models');
+  const demoModels = await models();
+
+  // 1. A corrupt shard by model id.
+  await page.getByTestId('target-url').fill('test-org/corrupt');
+  await page.getByTestId('target-load').click();
+  await waitFor(() => document.querySelector('[data-testid=error]')?.textContent.includes('safetensors'));
+  const err = await errorText();
+  check(err.includes('/hub/test-org/corrupt/resolve/main/model.safetensors'), `a corrupt shard by id gives an error naming it: ${JSON.stringify(err)}`);
+  check((await models()) === demoModels, 'and the demo models stay loaded');
+
+  // 2. The synthetic checkpoint by model id; its first GET is cut at 100 MB.
+  await page.getByTestId('max-tokens').fill(String(TOKENS));
+  await page.getByTestId('max-tokens').dispatchEvent('change');
+  const t0 = Date.now();
+  await page.getByTestId('target-url').fill('test-org/big');
+  await page.getByTestId('target-load').click();
+  await waitFor(() => document.querySelector('[data-testid=models]')?.textContent.includes('test-org/big')
+    || (document.querySelector('[data-testid=error]')?.textContent ?? '').includes('test-org/big'));
+  const loadS = (Date.now() - t0) / 1000;
+  check((await models()).includes('/hub/test-org/big/resolve/main'), `the ${(bytes / 2 ** 30).toFixed(2)} GiB checkpoint loads by id in ${loadS.toFixed(1)} s (${JSON.stringify(await errorText())})`);
+  const resumed = served.filter((l) => l.includes('/test-org/big/') && l.includes('-> 206'));
+  check(resumed.length > 0, `the cut download resumed with a range request (${resumed[0] ?? served.filter((l) => l.includes('big')).join('; ')})`);
+  const memText = await page.getByTestId('engine-memory').textContent();
+  const memMib = Number(/wasm memory (\d+) MiB/.exec(memText)?.[1] ?? NaN);
+  check(memMib < 1024, `the engine worker's wasm memory stays under 1 GiB: ${memText}`);
+
+  const run = Number(await page.getByTestId('status').getAttribute('data-run'));
+  const c0 = Date.now();
+  await page.getByTestId('drop-input').setInputFiles(IMAGE);
+  await waitFor((r) => {
+    const s = document.querySelector('[data-testid=status]');
+    return Number(s.getAttribute('data-run')) === r && ['done', 'error'].includes(s.textContent);
+  }, run + 1);
+  const captionS = (Date.now() - c0) / 1000;
+  check((await status()) === 'done', `the caption finishes in ${captionS.toFixed(1)} s (${JSON.stringify(await errorText())})`);
+  const text = (await page.getByTestId('caption').textContent()).trim();
+  const same = text === cli.text.trim();
+  check(same, `the page's caption equals the CLI's: ${JSON.stringify(text)} vs ${JSON.stringify(cli.text)}`);
+  const speed = await page.getByTestId('speed').textContent();
+  const tokensPerS = Number(/([\d.]+)\s*tok(?:ens)?\/s/.exec(speed)?.[1] ?? NaN);
+
+  // 3. Cancel: a fresh load of the corrupt model id under another revision is stopped at once.
+  await page.getByTestId('target-url').fill('test-org/big@other');
+  await page.getByTestId('target-load').click();
+  await page.getByTestId('load-cancel').click();
+  await waitFor(() => /cancelled|safetensors/.test(document.querySelector('[data-testid=error]')?.textContent ?? '')
+    || document.querySelector('[data-testid=models]')?.textContent.includes('big/resolve/other'));
+  const cancelled = await errorText();
+  check(/cancelled/.test(cancelled), `cancel stops the load: ${JSON.stringify(cancelled)}`);
+  check((await models()).includes('/hub/test-org/big/resolve/main'), 'and the loaded model stays');
+
+  console.log(JSON.stringify({ bytes, load_s: loadS, wasm_memory_mib: memMib, tokens: cli.tokens.length,
+    tokens_per_s: tokensPerS, same_as_cli: same }));
+} catch (e) {
+  console.error(e.message);
+  console.error('--- browser console ---\n' + consoleLines.slice(-40).join('\n'));
+  console.error('--- served ---\n' + served.slice(-20).join('\n'));
+  try { await page.screenshot({ path: join(ARTIFACTS, 'hub-failure.png'), fullPage: true }); } catch { /* ignore */ }
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+  server.kill();
+}
+log(process.exitCode ? 'hub FAILED' : 'hub passed');
