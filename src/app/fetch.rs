@@ -313,6 +313,14 @@ async fn receive(
             "the connection closed at byte {done} of {total}"
         )));
     }
+    // A store that took writes it did not keep (seen in private windows near their quota) must not
+    // pass for a complete copy.
+    let kept = writer.len().map_err(Received::Store)?;
+    if kept != done {
+        return Err(Received::Store(StoreError(format!(
+            "the browser kept {kept} of {done} bytes written"
+        ))));
+    }
     Ok(())
 }
 

@@ -94,6 +94,10 @@ struct CaptionArgs {
     /// Literal prompt containing <image>; default: the checkpoint's chat template.
     #[arg(long)]
     prompt: Option<String>,
+    /// User text put through the checkpoint's chat template, as the page's prompt field does
+    /// (default "Describe the image."); ignored with --prompt.
+    #[arg(long)]
+    instruction: Option<String>,
     #[arg(long, default_value_t = 64)]
     max_new_tokens: usize,
     /// 0 = greedy.
@@ -413,8 +417,13 @@ fn caption(args: CaptionArgs) -> Result<()> {
     if let Some(d) = draft.as_mut() {
         d.weights.set_quantize_on_load(quant);
     }
+    let prompt = match (&args.prompt, &args.instruction) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(i)) => Some(target.default_prompt(i)?),
+        (None, None) => None,
+    };
     let req = CaptionRequest {
-        prompt: args.prompt.clone(),
+        prompt,
         max_new_tokens: args.max_new_tokens,
         sampling,
     };

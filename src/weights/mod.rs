@@ -106,13 +106,15 @@ impl WeightStore {
                     "BF16" => DType::BF16,
                     "U8" if format.is_some() => DType::U8,
                     "I8" if format.is_some() => DType::I8,
-                    other => return Err(Error::file(
-                        name,
-                        format!(
+                    other => {
+                        return Err(Error::file(
+                            name,
+                            format!(
                             "tensor {} has unsupported dtype {other} (expected F32, F16 or BF16)",
                             t.name
                         ),
-                    )),
+                        ))
+                    }
                 };
                 let entry = Entry {
                     file: index,

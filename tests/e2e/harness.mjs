@@ -58,11 +58,14 @@ export function cliCaption(image) {
 
 // Headless Chromium with WebGPU (SwiftShader here), without the background traffic a closed
 // network refuses.
+const BROWSER_ARGS = ['--no-sandbox', '--enable-unsafe-webgpu', '--disable-background-networking',
+  '--disable-component-update', '--disable-sync', '--no-first-run'];
 export function launchBrowser() {
-  return chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--no-sandbox', '--enable-unsafe-webgpu', '--disable-background-networking', '--disable-component-update',
-      '--disable-sync', '--no-first-run'],
-  });
+  return chromium.launch({ executablePath: CHROMIUM, headless: true, args: BROWSER_ARGS });
+}
+
+// The same with a profile on disk (a user's browser, not an incognito one: storage is on disk with
+// a disk-sized quota, as for big models).
+export function launchProfile(dir) {
+  return chromium.launchPersistentContext(dir, { executablePath: CHROMIUM, headless: true, args: BROWSER_ARGS });
 }

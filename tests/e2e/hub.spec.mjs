@@ -4,19 +4,23 @@
 //   1. a corrupt shard, by model id: an error naming the file; the demo models stay;
 //   2. a synthetic LLaVA-shaped q4 checkpoint (`spec-llava synth`, random weights, real tensor
 //      names and shapes) larger than the old 1.5 GiB cap loads by model id through `?hub=`: the cut
-//      download resumes with a range request, the weights stream to the GPU a tensor at a time
-//      (the engine worker's wasm memory stays under 1 GiB), and a caption equals the native CLI's
-//      on the same checkpoint and engine kind (GPU);
-//   3. cancel: loading stops, the loaded model stays.
+//      download resumes with a range request and the weights stream to the GPU a tensor at a time
+//      (the engine worker's wasm memory stays under 1 GiB);
+//   3. a caption equals the native CLI's on the same checkpoint and engine kind (GPU): by default
+//      on `test-org/small`, an f16 LLaVA-1.5 draft shape quantized to q4 while loading (the CLI's
+//      `--quant q4`), because a prefill over the big model takes many minutes on SwiftShader;
+//      with HUB_CAPTION=big on the big one;
+//   4. cancel: loading stops, the loaded model stays.
 // Prints one JSON line {"bytes", "load_s", "wasm_memory_mib", "tokens", "tokens_per_s",
-// "same_as_cli"}. Run by `cargo xtask test` (CI size) and `cargo xtask scale-check` (bigger:
-// HUB_LIKE, HUB_TEXT_LAYERS, HUB_VISION_LAYERS, HUB_TOKENS set the checkpoint and the caption).
+// "same_as_cli", "captioned"}. Run by `cargo xtask test` (CI size) and `cargo xtask scale-check`
+// (bigger: HUB_LIKE, HUB_TEXT_LAYERS, HUB_VISION_LAYERS, HUB_TOKENS, HUB_CAPTION).
 
 import { execFileSync, spawn } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
-import { ARTIFACTS, BIN, TARGET, XTASK, freePort, launchBrowser, reporter } from './harness.mjs';
+import { tmpdir } from 'node:os';
+import { ARTIFACTS, BIN, TARGET, XTASK, freePort, launchProfile, reporter } from './harness.mjs';
 
 const { log, check } = reporter('hub');
 const LIKE = process.env.HUB_LIKE ?? 'llava-1.5-7b';
@@ -26,6 +30,9 @@ const TOKENS = Number(process.env.HUB_TOKENS ?? '2');
 const IMAGE_SIZE = process.env.HUB_IMAGE_SIZE ?? '28';
 const CUT = 100_000_000;
 const IMAGE = 'tests/fixtures/images/at24.png';
+const CAPTION = process.env.HUB_CAPTION ?? 'small';
+// A short instruction keeps the prefill (the slow part on a CPU-emulated GPU) short.
+const INSTRUCTION = 'Describe.';
 
 // The hub folder: org `test-org`, models `big` (synthetic) and `corrupt` (the demo target with a
 // damaged safetensors header). The synthetic checkpoint is kept between runs with the same shape.
@@ -41,6 +48,11 @@ if (!existsSync(stampFile) || readFileSync(stampFile, 'utf8') !== stamp) {
     '--vision-layers', VISION_LAYERS, '--image-size', IMAGE_SIZE, '--seed', '7'], { stdio: 'inherit' });
   writeFileSync(stampFile, stamp);
 }
+const small = join(hubDir, 'test-org', 'small');
+if (!existsSync(join(small, 'config.json'))) {
+  execFileSync(BIN, ['synth', '--like', 'llava-1.5-68m', '--out', small, '--dtype', 'f16', '--vision-layers', '1',
+    '--image-size', IMAGE_SIZE, '--seed', '8'], { stdio: 'inherit' });
+}
 const corrupt = join(hubDir, 'test-org', 'corrupt');
 rmSync(corrupt, { recursive: true, force: true });
 cpSync(TARGET, corrupt, { recursive: true });
@@ -50,9 +62,12 @@ writeFileSync(join(corrupt, 'model.safetensors'), weights);
 const bytes = readdirSync(big).reduce((n, f) => n + statSync(join(big, f)).size, 0);
 log(`synthetic checkpoint: ${(bytes / 2 ** 30).toFixed(2)} GiB`);
 
-// What the native CLI says about the image on the same checkpoint, GPU engine, plain decoding.
-const cli = JSON.parse(execFileSync(BIN, ['caption', '--model', big, '--image', IMAGE, '--backend', 'gpu', '--json',
-  '--no-spec', '--max-new-tokens', String(TOKENS)], { encoding: 'utf8' }));
+// What the native CLI says about the image on the captioned checkpoint, GPU engine, plain
+// decoding (the small one quantized to q4 while loading, as the page will).
+const captioned = CAPTION === 'big' ? big : small;
+const quant = CAPTION === 'big' ? [] : ['--quant', 'q4'];
+const cli = JSON.parse(execFileSync(BIN, ['caption', '--model', captioned, '--image', IMAGE, '--backend', 'gpu', '--json',
+  '--no-spec', '--max-new-tokens', String(TOKENS), '--instruction', INSTRUCTION, ...quant], { encoding: 'utf8' }));
 log(`CLI: ${JSON.stringify(cli.text)} (${cli.tokens.length} tokens)`);
 
 const port = await freePort();
@@ -69,8 +84,9 @@ for (let i = 0; i < 100; i++) {
   await new Promise((r) => setTimeout(r, 100));
 }
 
-const browser = await launchBrowser();
-const page = await (await browser.newContext()).newPage();
+const profile = mkdtempSync(join(tmpdir(), 'spec-llava-hub-'));
+const browser = await launchProfile(profile);
+const page = await browser.newPage();
 const consoleLines = [];
 page.on('console', (m) => consoleLines.push(`${m.type()}: ${m.text()}`));
 page.on('pageerror', (e) => consoleLines.push(`pageerror: ${e.message}`));
@@ -99,11 +115,17 @@ try {
   // 2. The synthetic checkpoint by model id; its first GET is cut at 100 MB.
   await page.getByTestId('max-tokens').fill(String(TOKENS));
   await page.getByTestId('max-tokens').dispatchEvent('change');
+  await page.getByTestId('prompt').fill(INSTRUCTION);
+  await page.getByTestId('prompt').dispatchEvent('change');
   const t0 = Date.now();
   await page.getByTestId('target-url').fill('test-org/big');
   await page.getByTestId('target-load').click();
+  const ticker = setInterval(async () => {
+    try { log(`  ${(await page.locator('.progress').first().textContent().catch(() => '')) ?? ''}`.slice(0, 160)); } catch { /* page busy */ }
+  }, 15_000);
   await waitFor(() => document.querySelector('[data-testid=models]')?.textContent.includes('test-org/big')
     || (document.querySelector('[data-testid=error]')?.textContent ?? '').includes('test-org/big'));
+  clearInterval(ticker);
   const loadS = (Date.now() - t0) / 1000;
   check((await models()).includes('/hub/test-org/big/resolve/main'), `the ${(bytes / 2 ** 30).toFixed(2)} GiB checkpoint loads by id in ${loadS.toFixed(1)} s (${JSON.stringify(await errorText())})`);
   const resumed = served.filter((l) => l.includes('/test-org/big/') && l.includes('-> 206'));
@@ -112,6 +134,16 @@ try {
   const memMib = Number(/wasm memory (\d+) MiB/.exec(memText)?.[1] ?? NaN);
   check(memMib < 1024, `the engine worker's wasm memory stays under 1 GiB: ${memText}`);
 
+  if (CAPTION !== 'big') {
+    // 3. The small f16 checkpoint, quantized to q4 while loading.
+    await page.getByTestId('quantize').selectOption('q4');
+    await page.getByTestId('target-url').fill('test-org/small');
+    await page.getByTestId('target-load').click();
+    await waitFor(() => document.querySelector('[data-testid=models]')?.textContent.includes('test-org/small')
+      || (document.querySelector('[data-testid=error]')?.textContent ?? '').includes('test-org/small'));
+    const m = await models();
+    check(m.includes('/hub/test-org/small/resolve/main') && m.includes('q4 on load'), `the f16 checkpoint loads by id as q4: ${JSON.stringify(m)}`);
+  }
   const run = Number(await page.getByTestId('status').getAttribute('data-run'));
   const c0 = Date.now();
   await page.getByTestId('drop-input').setInputFiles(IMAGE);
@@ -127,7 +159,7 @@ try {
   const speed = await page.getByTestId('speed').textContent();
   const tokensPerS = Number(/([\d.]+)\s*tok(?:ens)?\/s/.exec(speed)?.[1] ?? NaN);
 
-  // 3. Cancel: a fresh load of the corrupt model id under another revision is stopped at once.
+  // 4. Cancel: a fresh load of the big model under another revision is stopped at once.
   await page.getByTestId('target-url').fill('test-org/big@other');
   await page.getByTestId('target-load').click();
   await page.getByTestId('load-cancel').click();
@@ -135,10 +167,10 @@ try {
     || document.querySelector('[data-testid=models]')?.textContent.includes('big/resolve/other'));
   const cancelled = await errorText();
   check(/cancelled/.test(cancelled), `cancel stops the load: ${JSON.stringify(cancelled)}`);
-  check((await models()).includes('/hub/test-org/big/resolve/main'), 'and the loaded model stays');
+  check((await models()).includes(`/hub/test-org/${CAPTION}/resolve/main`), 'and the loaded model stays');
 
   console.log(JSON.stringify({ bytes, load_s: loadS, wasm_memory_mib: memMib, tokens: cli.tokens.length,
-    tokens_per_s: tokensPerS, same_as_cli: same }));
+    tokens_per_s: tokensPerS, same_as_cli: same, captioned: `test-org/${CAPTION}` }));
 } catch (e) {
   console.error(e.message);
   console.error('--- browser console ---\n' + consoleLines.slice(-40).join('\n'));
@@ -148,5 +180,6 @@ try {
 } finally {
   await browser.close();
   server.kill();
+  rmSync(profile, { recursive: true, force: true });
 }
 log(process.exitCode ? 'hub FAILED' : 'hub passed');

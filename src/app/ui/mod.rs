@@ -286,6 +286,11 @@ impl AppState {
                 }
             }
             Event::ModelLoaded { model } => {
+                // An earlier failed load's error no longer describes the page.
+                if matches!(self.status.get_untracked(), Status::Error) {
+                    self.error.set(None);
+                    self.status.set(Status::Ready);
+                }
                 if let Some(s) = storage() {
                     let key = match model.role {
                         crate::app::messages::ModelRole::Target => STORED_TARGET,

@@ -70,46 +70,67 @@ impl GpuWeight {
 impl GpuBackend {
     fn create_weight_chunk(&self, data: &[f32], rows: usize, cols: usize, stride: usize) -> GpuBuf {
         let bytes = (rows * stride * 4).max(16);
-        let buffer = self.dev.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("weight"),
-            size: bytes as u64,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: true,
-        });
-        if let Ok(mut view) = buffer.get_mapped_range_mut(..) {
-            if stride == cols {
-                // Straight into the mapping: no second host copy of a table that may be
-                // hundreds of MiB (a 7B model's embeddings), which a browser tab cannot spare.
-                let src: &[u8] = bytemuck::cast_slice(data);
-                view.slice(..src.len()).copy_from_slice(src);
-                view.slice(src.len()..).fill(0);
-            } else {
-                let mut padded = vec![0f32; bytes / 4];
-                for (dst, src) in padded.chunks_mut(stride).zip(data.chunks(cols)) {
-                    dst[..cols].copy_from_slice(src);
-                }
-                view.copy_from_slice(bytemuck::cast_slice(&padded));
-            }
+        if stride == cols {
+            return self.upload_bytes(bytemuck::cast_slice(data), bytes);
         }
-        buffer.unmap();
-        GpuBuf::new(buffer, &self.graveyard)
+        let mut padded = vec![0f32; bytes / 4];
+        for (dst, src) in padded.chunks_mut(stride).zip(data.chunks(cols)) {
+            dst[..cols].copy_from_slice(src);
+        }
+        self.upload_bytes(bytemuck::cast_slice(&padded), bytes)
     }
 
     /// A weight buffer holding `bytes` (zero-padded to a whole number of 16-byte vec4s).
     fn create_weight_bytes(&self, bytes: &[u8]) -> GpuBuf {
-        let size = bytes.len().next_multiple_of(16).max(16);
-        let buffer = self.dev.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("weight"),
-            size: size as u64,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: true,
-        });
-        if let Ok(mut view) = buffer.get_mapped_range_mut(..) {
-            let mut padded = bytes.to_vec();
-            padded.resize(size, 0);
-            view.copy_from_slice(&padded);
-        }
-        buffer.unmap();
+        self.upload_bytes(bytes, bytes.len().next_multiple_of(16).max(16))
+    }
+
+    /// A storage buffer of `size` bytes starting with `data`, the rest zero.
+    ///
+    /// Natively the buffer is mapped at creation and filled in place. In the browser a mapped
+    /// range is a copy in the wasm heap (wgpu's web backend), which for a 7B model's embeddings
+    /// would double hundreds of MiB the tab cannot spare: there the bytes go through
+    /// `queue.write_buffer` straight from `data` (WebGPU buffers start zeroed), and the queue is
+    /// flushed so the browser's staging does not pile up over a whole model.
+    fn upload_bytes(&self, data: &[u8], size: usize) -> GpuBuf {
+        #[cfg(not(target_arch = "wasm32"))]
+        let buffer = {
+            let buffer = self.dev.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("weight"),
+                size: size as u64,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: true,
+            });
+            if let Ok(mut view) = buffer.get_mapped_range_mut(..) {
+                view.slice(..data.len()).copy_from_slice(data);
+                view.slice(data.len()..).fill(0);
+            }
+            buffer.unmap();
+            buffer
+        };
+        #[cfg(target_arch = "wasm32")]
+        let buffer = {
+            let buffer = self.dev.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("weight"),
+                size: size as u64,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            // write_buffer wants a multiple of 4 bytes; the last few go padded.
+            let whole = data.len() / 4 * 4;
+            if whole > 0 {
+                self.dev.queue.write_buffer(&buffer, 0, &data[..whole]);
+            }
+            if whole < data.len() {
+                let mut tail = [0u8; 4];
+                tail[..data.len() - whole].copy_from_slice(&data[whole..]);
+                self.dev.queue.write_buffer(&buffer, whole as u64, &tail);
+            }
+            self.dev.queue.submit([]);
+            buffer
+        };
         GpuBuf::new(buffer, &self.graveyard)
     }
 
