@@ -91,7 +91,7 @@ pub async fn fetch_checkpoint(base: &str, dl: &mut Download<'_>) -> Result<Fetch
     let store = ModelStore::open(base).await;
     let mut notice = store
         .is_none()
-        .then(|| "this browser keeps no model files (no origin-private file system): the weights are read from the network each time".to_string());
+        .then(|| "the weights are not kept for offline use (this browser's origin-private file system is unavailable or full): they are read from the network each time".to_string());
     for name in shards {
         let url = format!("{base}/{name}");
         let (file, note) = get_weights(store.as_ref(), &url, &name, dl).await?;

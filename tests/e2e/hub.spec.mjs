@@ -10,7 +10,9 @@
 //      on `test-org/small`, an f16 LLaVA-1.5 draft shape quantized to q4 while loading (the CLI's
 //      `--quant q4`), because a prefill over the big model takes many minutes on SwiftShader;
 //      with HUB_CAPTION=big on the big one;
-//   4. cancel: loading stops, the loaded model stays.
+//   4. cancel: loading stops, the loaded model stays;
+//   5. a full storage quota (set through the DevTools protocol): the model still loads, read from
+//      the network with range requests, and a notice says it is not kept.
 // Prints one JSON line {"bytes", "load_s", "wasm_memory_mib", "tokens", "tokens_per_s",
 // "same_as_cli", "captioned"}. Run by `cargo xtask test` (CI size) and `cargo xtask scale-check`
 // (bigger: HUB_LIKE, HUB_TEXT_LAYERS, HUB_VISION_LAYERS, HUB_TOKENS, HUB_CAPTION).
@@ -168,6 +170,18 @@ try {
   const cancelled = await errorText();
   check(/cancelled/.test(cancelled), `cancel stops the load: ${JSON.stringify(cancelled)}`);
   check((await models()).includes(`/hub/test-org/${CAPTION}/resolve/main`), 'and the loaded model stays');
+
+  // 5. A full quota: the small model under a new revision does not fit the 20 MB left.
+  const cdp = await page.context().newCDPSession(page);
+  await cdp.send('Storage.overrideQuotaForOrigin', { origin: `http://127.0.0.1:${port}`, quotaSize: 20_000_000 });
+  await page.getByTestId('target-url').fill('test-org/small@quota');
+  await page.getByTestId('target-load').click();
+  await waitFor(() => document.querySelector('[data-testid=models]')?.textContent.includes('small/resolve/quota')
+    || (document.querySelector('[data-testid=error]')?.textContent ?? '').includes('quota'));
+  const notice = (await page.locator('[data-testid=notice]').textContent().catch(() => '')) ?? '';
+  check((await models()).includes('/hub/test-org/small/resolve/quota') && /not kept/.test(notice),
+    `with the quota full the model still loads, not kept: ${JSON.stringify(notice)} ${JSON.stringify(await errorText())}`);
+  await cdp.send('Storage.overrideQuotaForOrigin', { origin: `http://127.0.0.1:${port}` });
 
   console.log(JSON.stringify({ bytes, load_s: loadS, wasm_memory_mib: memMib, tokens: cli.tokens.length,
     tokens_per_s: tokensPerS, same_as_cli: same, captioned: `test-org/${CAPTION}` }));

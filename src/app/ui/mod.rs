@@ -384,7 +384,7 @@ fn App() -> impl IntoView {
         </header>
         <ProgressBars/>
         <Show when=move || st.notice.get().is_some()>
-            <p class="notice" role="status">{move || st.notice.get().unwrap_or_default()}</p>
+            <p class="notice" role="status" data-testid="notice">{move || st.notice.get().unwrap_or_default()}</p>
         </Show>
         <Show when=move || st.input_notice.get().is_some()>
             <p class="notice" role="status" data-testid="input-notice">
