@@ -17,7 +17,9 @@ struct Params {
     out_stride: u32,
     // first output column written by this dispatch (the chunk's first weight row)
     col_offset: u32,
-    _pad0: u32,
+    // the row of x (and of out) this dispatch computes: 0, or one row of a batch that a CPU
+    // driver runs as mat-vecs (x rows then hold a multiple of 4 floats)
+    x_row: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -72,14 +74,14 @@ fn main(
     // data; the zero-padded weights there would give 0 * NaN = NaN).
     let full = p.k / 4u;
     for (var q = t; q < full; q += TPR) {
-        let xv = x[q];
+        let xv = x[p.x_row * (p.k / 4u) + q];
         for (var r = 0u; r < RPT; r++) {
             acc[r] = fma(xv, halves(w[rows[r] + q]), acc[r]);
         }
     }
     if t == full % TPR && full < p.k4 {
         let rem = p.k - full * 4u;
-        let xv = select(vec4<f32>(0.0), x[full], vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(rem));
+        let xv = select(vec4<f32>(0.0), x[p.x_row * (p.k / 4u) + full], vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(rem));
         for (var r = 0u; r < RPT; r++) {
             acc[r] = fma(xv, halves(w[rows[r] + full]), acc[r]);
         }
@@ -100,7 +102,7 @@ fn main(
             if HAS_BIAS {
                 y += bias[p.col_offset + j];
             }
-            out[p.col_offset + j] = y;
+            out[p.x_row * p.out_stride + p.col_offset + j] = y;
         }
     }
 }

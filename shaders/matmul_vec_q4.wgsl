@@ -22,7 +22,9 @@ struct Params {
     col_offset: u32,
     // blocks (scales) per weight row: ceil(k / 32)
     nb: u32,
-    _pad0: u32,
+    // the row of x (and of out) this dispatch computes: 0, or one row of a batch that a CPU
+    // driver runs as mat-vecs (x rows then hold a multiple of 4 floats)
+    x_row: u32,
     _pad1: u32,
 }
 
@@ -69,9 +71,9 @@ fn hi(wd: u32) -> vec4<f32> {
 fn xq(q: u32) -> vec4<f32> {
     let e = q * 4u;
     if e + 4u <= p.k {
-        return x[q];
+        return x[p.x_row * (p.k / 4u) + q];
     }
-    return select(vec4<f32>(0.0), x[q], vec4<u32>(e, e + 1u, e + 2u, e + 3u) < vec4<u32>(p.k));
+    return select(vec4<f32>(0.0), x[p.x_row * (p.k / 4u) + q], vec4<u32>(e, e + 1u, e + 2u, e + 3u) < vec4<u32>(p.k));
 }
 
 @compute @workgroup_size(WG)
@@ -121,7 +123,7 @@ fn main(
             if HAS_BIAS {
                 y += bias[p.col_offset + j];
             }
-            out[p.col_offset + j] = y;
+            out[p.x_row * p.out_stride + p.col_offset + j] = y;
         }
     }
 }

@@ -166,3 +166,41 @@ fn packed_weights_stay_packed_and_vectors_are_widened() {
     assert!(g.take_error().is_none());
     check("rms_norm with an f16 weight", &got, &want.data, 1e-5);
 }
+
+/// On a CPU driver (lavapipe here) a batch of rows against a packed weight runs as one mat-vec
+/// per row (`GpuBackend::rows_as_vec`): each row then equals that row alone, bit for bit, so a
+/// verified tree node's logits are exactly a one-token pass's. The CPU-driver kernel choice is
+/// forced (`cpu_kernels`), so this runs on any adapter.
+#[test]
+fn packed_batches_on_cpu_drivers_equal_their_rows_bit_for_bit() {
+    let Some(g) = gpu_with(GpuOptions {
+        cpu_kernels: Some(true),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let mut rng = StdRng::seed_from_u64(11);
+    let (m, k, n) = (12, 256, 96);
+    for (format, dtype) in FORMATS {
+        assert!(g.rows_as_vec(m, k, dtype), "{dtype:?}");
+        let data = WeightData::convert(random(&mut rng, n * k), n, k, format);
+        let w = g.weight_data(data, &[n, k]);
+        let x = random(&mut rng, m * k);
+        let batch = read(&g, &g.linear(&g.tensor(x.clone(), m, k), &w, None));
+        for row in 0..m {
+            let one = read(
+                &g,
+                &g.linear(
+                    &g.tensor(x[row * k..(row + 1) * k].to_vec(), 1, k),
+                    &w,
+                    None,
+                ),
+            );
+            assert_eq!(
+                &batch[row * n..(row + 1) * n],
+                &one[..],
+                "{format:?} row {row}"
+            );
+        }
+    }
+}
