@@ -58,7 +58,7 @@ impl GpuBackend {
     /// and each row's logits then come from exactly the one-row kernel (batch-invariant).
     /// Needs x rows of whole vec4s (`k % 4 == 0`, true of every LLaVA width).
     pub fn rows_as_vec(&self, m: usize, k: usize, dtype: WeightDType) -> bool {
-        self.dev.cpu && m > 1 && m <= SMALL_ROWS && dtype != WeightDType::F32 && k % 4 == 0
+        self.dev.cpu && m > 1 && m <= SMALL_ROWS && dtype != WeightDType::F32 && k.is_multiple_of(4)
     }
 }
 
