@@ -18,12 +18,11 @@ use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{Cache, Response};
 
+use crate::app::range_file::RangeFile;
 use crate::app::store::{ModelStore, StoreError};
 use crate::error::{Error, Result};
 use crate::files::{MemoryFiles, INDEX_FILE, WEIGHTS_FILE};
 use crate::weights::{read_header, shard_names, BlobFile, FileBytes};
-
-pub use crate::app::range_file::RangeFile;
 
 /// Cache API bucket for the small model files (the service worker serves from it too).
 pub const MODEL_CACHE: &str = "spec-llava-models-v1";
@@ -175,7 +174,7 @@ async fn download_into(
                             "the download broke off {} times ({}); load again to resume from {} MiB",
                             failures.len(),
                             failures.last().cloned().unwrap_or_default(),
-                            writer_len_mib(store, name).await
+                            store.partial_len(name).await >> 20
                         ),
                     )
                     .into());
@@ -200,10 +199,6 @@ async fn download_into(
         return Err(Error::file(url, format!("not a valid safetensors file: {e}")).into());
     }
     Ok(store.finish(name).await?)
-}
-
-async fn writer_len_mib(store: &ModelStore, name: &str) -> u64 {
-    store.partial_len(name).await >> 20
 }
 
 /// How receiving one response ended, when it did not finish the file.
@@ -291,19 +286,9 @@ async fn receive(
             let _ = JsFuture::from(reader.cancel()).await;
             return Err(Received::Fail(Error::Cancelled));
         }
-        let chunk = JsFuture::from(reader.read())
-            .await
-            .map_err(|e| Received::Dropped(format!("download interrupted ({})", js_text(&e))))?;
-        let finished = Reflect::get(&chunk, &"done".into())
-            .ok()
-            .and_then(|d| d.as_bool())
-            .unwrap_or(true);
-        if finished {
+        let Some(value) = next_chunk(&reader).await.map_err(Received::Dropped)? else {
             break;
-        }
-        let value: Uint8Array = Reflect::get(&chunk, &"value".into())
-            .map_err(|_| Received::Fail(Error::file(url, "bad chunk")))?
-            .unchecked_into();
+        };
         writer.append(&value.to_vec()).map_err(Received::Store)?;
         done += value.length() as u64;
         (dl.progress)(task, done, total.max(done));
@@ -322,6 +307,24 @@ async fn receive(
         ))));
     }
     Ok(())
+}
+
+/// The next chunk of a response body (`None` at its end), or why the stream broke.
+async fn next_chunk(
+    reader: &web_sys::ReadableStreamDefaultReader,
+) -> std::result::Result<Option<Uint8Array>, String> {
+    let chunk = JsFuture::from(reader.read())
+        .await
+        .map_err(|e| format!("download interrupted ({})", js_text(&e)))?;
+    let finished = Reflect::get(&chunk, &"done".into())
+        .ok()
+        .and_then(|d| d.as_bool())
+        .unwrap_or(true);
+    if finished {
+        return Ok(None);
+    }
+    let value = Reflect::get(&chunk, &"value".into()).map_err(|_| "bad chunk".to_string())?;
+    Ok(Some(value.unchecked_into()))
 }
 
 /// `bytes A-B/TOTAL` -> (A, TOTAL).
@@ -456,19 +459,9 @@ async fn read_body(
     let mut out = Vec::with_capacity(length as usize);
     progress(task, 0, length);
     loop {
-        let chunk = JsFuture::from(reader.read())
-            .await
-            .map_err(|e| Error::file(url, format!("download interrupted ({})", js_text(&e))))?;
-        let done = Reflect::get(&chunk, &"done".into())
-            .ok()
-            .and_then(|d| d.as_bool())
-            .unwrap_or(true);
-        if done {
+        let Some(value) = next_chunk(&reader).await.map_err(|e| Error::file(url, e))? else {
             break;
-        }
-        let value: Uint8Array = Reflect::get(&chunk, &"value".into())
-            .map_err(|_| Error::file(url, "bad chunk"))?
-            .unchecked_into();
+        };
         let start = out.len();
         out.resize(start + value.length() as usize, 0);
         value.copy_to(&mut out[start..]);

@@ -100,14 +100,14 @@ impl<B: Backend> Session<B> {
         quantize: QuantChoice,
     ) -> Result<PendingLoad<B>> {
         let mut checkpoint = Checkpoint::from_files(files)?;
-        if checkpoint.weights.format().is_none() {
-            checkpoint
-                .weights
-                .set_quantize_on_load(quantize.format(bytes));
-        }
         let mut summary = summary(&checkpoint);
-        if let (None, Some(f)) = (checkpoint.weights.format(), quantize.format(bytes)) {
-            summary.push_str(&format!(", {} on load", f.name()));
+        // Only plain checkpoints are quantized while loading; quantized ones load as stored.
+        if checkpoint.weights.format().is_none() {
+            let on_load = quantize.format(bytes);
+            checkpoint.weights.set_quantize_on_load(on_load);
+            if let Some(f) = on_load {
+                summary.push_str(&format!(", {} on load", f.name()));
+            }
         }
         let info = ModelInfo {
             role,

@@ -35,9 +35,9 @@ export async function freePort() {
   });
 }
 
-// `cargo xtask serve --no-build` on `port`, once it accepts connections.
-export async function startAppServer(port) {
-  const proc = spawn(XTASK, ['serve', '--no-build', '--port', String(port)], { stdio: ['ignore', 'pipe', 'inherit'] });
+// `cargo xtask serve --no-build` on `port` (plus `extra` flags), once it accepts connections.
+export async function startAppServer(port, extra = []) {
+  const proc = spawn(XTASK, ['serve', '--no-build', '--port', String(port), ...extra], { stdio: ['ignore', 'pipe', 'inherit'] });
   for (let i = 0; i < 100; i++) {
     const up = await new Promise((resolve) => {
       const c = net.connect(port, '127.0.0.1', () => { c.end(); resolve(true); });
@@ -48,6 +48,12 @@ export async function startAppServer(port) {
   }
   proc.kill();
   throw new Error('the server did not start');
+}
+
+// The page's error line, '' while there is none (the element is only there with an error).
+export async function errorText(page) {
+  const e = page.locator('[data-testid=error]');
+  return (await e.count()) ? ((await e.first().textContent()) ?? '').trim() : '';
 }
 
 // What the native CLI says about an image (CPU engine, plain decoding): the page must say the same.

@@ -17,12 +17,11 @@
 // "same_as_cli", "captioned"}. Run by `cargo xtask test` (CI size) and `cargo xtask scale-check`
 // (bigger: HUB_LIKE, HUB_TEXT_LAYERS, HUB_VISION_LAYERS, HUB_TOKENS, HUB_CAPTION).
 
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
-import { ARTIFACTS, BIN, TARGET, XTASK, freePort, launchProfile, reporter } from './harness.mjs';
+import { ARTIFACTS, BIN, TARGET, errorText as harnessErrorText, freePort, launchProfile, reporter, startAppServer } from './harness.mjs';
 
 const { log, check } = reporter('hub');
 const LIKE = process.env.HUB_LIKE ?? 'llava-1.5-7b';
@@ -73,18 +72,9 @@ const cli = JSON.parse(execFileSync(BIN, ['caption', '--model', captioned, '--im
 log(`CLI: ${JSON.stringify(cli.text)} (${cli.tokens.length} tokens)`);
 
 const port = await freePort();
-const server = spawn(XTASK, ['serve', '--no-build', '--port', String(port), '--hub-dir', hubDir, '--drop-after', String(CUT)],
-  { stdio: ['ignore', 'pipe', 'inherit'] });
+const server = await startAppServer(port, ['--hub-dir', hubDir, '--drop-after', String(CUT)]);
 const served = [];
 server.stdout.on('data', (d) => served.push(...d.toString().split('\n').filter(Boolean)));
-for (let i = 0; i < 100; i++) {
-  const up = await new Promise((resolve) => {
-    const c = net.connect(port, '127.0.0.1', () => { c.end(); resolve(true); });
-    c.on('error', () => resolve(false));
-  });
-  if (up) break;
-  await new Promise((r) => setTimeout(r, 100));
-}
 
 const profile = mkdtempSync(join(tmpdir(), 'spec-llava-hub-'));
 const browser = await launchProfile(profile);
@@ -93,10 +83,7 @@ const consoleLines = [];
 page.on('console', (m) => consoleLines.push(`${m.type()}: ${m.text()}`));
 page.on('pageerror', (e) => consoleLines.push(`pageerror: ${e.message}`));
 const status = () => page.getByTestId('status').textContent();
-const errorText = async () => {
-  const e = page.locator('[data-testid=error]');
-  return (await e.count()) ? ((await e.first().textContent()) ?? '').trim() : '';
-};
+const errorText = () => harnessErrorText(page);
 const models = async () => (await page.getByTestId('models').textContent()) ?? '';
 const waitFor = (fn, arg, timeout = 1_800_000) => page.waitForFunction(fn, arg, { timeout, polling: 500 });
 

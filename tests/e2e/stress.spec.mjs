@@ -13,7 +13,7 @@ import { mkdtempSync, readFileSync, readdirSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ARTIFACTS, BIN, TARGET, cliCaption, freePort, launchBrowser, reporter, startAppServer } from './harness.mjs';
+import { ARTIFACTS, BIN, TARGET, cliCaption, errorText as harnessErrorText, freePort, launchBrowser, reporter, startAppServer } from './harness.mjs';
 
 const { log, check } = reporter('stress');
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -76,11 +76,7 @@ page.on('console', (m) => consoleLines.push(`${m.type()}: ${m.text()}`));
 page.on('pageerror', (e) => consoleLines.push(`pageerror: ${e.message}`));
 
 const status = () => page.getByTestId('status').textContent();
-// The error line is only in the page while there is an error.
-const errorText = async () => {
-  const e = page.locator('[data-testid=error]');
-  return (await e.count()) ? ((await e.first().textContent()) ?? '').trim() : '';
-};
+const errorText = () => harnessErrorText(page);
 const runId = async () => Number(await page.getByTestId('status').getAttribute('data-run'));
 async function waitFor(fn, arg, timeout = 180_000) {
   await page.waitForFunction(fn, arg, { timeout });

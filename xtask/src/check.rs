@@ -137,32 +137,28 @@ pub const HUB_SCRIPT: &str = "tests/e2e/hub.spec.mjs";
 /// Run the browser suite against this xtask's own server (`serve --no-build`), comparing the
 /// page's captions with the native CLI's.
 fn run_e2e(root: &Path) -> Result<(), String> {
-    run_status(cargo().current_dir(root).args([
-        "build",
-        "--package",
-        "spec-llava",
-        "--bin",
-        "spec-llava",
-    ]))?;
-    let xtask = std::env::current_exe().map_err(|e| format!("xtask path: {e}"))?;
-    let artifacts = root.join("target/e2e");
-    std::fs::create_dir_all(&artifacts).map_err(|e| format!("{}: {e}", artifacts.display()))?;
-    for script in [E2E_SCRIPT, STRESS_SCRIPT, HUB_SCRIPT] {
-        run_status(
-            Command::new("node")
-                .current_dir(root)
-                .arg(script)
-                .env("SPEC_LLAVA_BIN", root.join("target/debug/spec-llava"))
-                .env("XTASK_BIN", &xtask)
-                .env("E2E_ARTIFACTS", &artifacts),
-        )?;
-    }
-    Ok(())
+    run_node_scripts(
+        root,
+        "target/e2e",
+        &[E2E_SCRIPT, STRESS_SCRIPT, HUB_SCRIPT],
+        &[],
+    )
 }
 
 /// `cargo xtask scale-check`: the hub script at scale (a 13B-shaped q4 checkpoint over 4 GiB by
 /// default), after building the app; `env` sets HUB_LIKE, HUB_TEXT_LAYERS, HUB_TOKENS, ...
 pub fn scale_check(root: &Path, env: &[(String, String)]) -> Result<(), String> {
+    run_node_scripts(root, "target/scale-check", &[HUB_SCRIPT], env)
+}
+
+/// Build the CLI, then run each browser script with the environment the harness reads
+/// (SPEC_LLAVA_BIN, XTASK_BIN, E2E_ARTIFACTS = `artifacts` under `root`) plus `env`.
+fn run_node_scripts(
+    root: &Path,
+    artifacts: &str,
+    scripts: &[&str],
+    env: &[(String, String)],
+) -> Result<(), String> {
     run_status(cargo().current_dir(root).args([
         "build",
         "--package",
@@ -171,18 +167,19 @@ pub fn scale_check(root: &Path, env: &[(String, String)]) -> Result<(), String> 
         "spec-llava",
     ]))?;
     let xtask = std::env::current_exe().map_err(|e| format!("xtask path: {e}"))?;
-    let artifacts = root.join("target/scale-check");
+    let artifacts = root.join(artifacts);
     std::fs::create_dir_all(&artifacts).map_err(|e| format!("{}: {e}", artifacts.display()))?;
-    let mut cmd = Command::new("node");
-    cmd.current_dir(root)
-        .arg(HUB_SCRIPT)
-        .env("SPEC_LLAVA_BIN", root.join("target/debug/spec-llava"))
-        .env("XTASK_BIN", &xtask)
-        .env("E2E_ARTIFACTS", &artifacts);
-    for (k, v) in env {
-        cmd.env(k, v);
+    for script in scripts {
+        let mut cmd = Command::new("node");
+        cmd.current_dir(root)
+            .arg(script)
+            .env("SPEC_LLAVA_BIN", root.join("target/debug/spec-llava"))
+            .env("XTASK_BIN", &xtask)
+            .env("E2E_ARTIFACTS", &artifacts)
+            .envs(env.iter().map(|(k, v)| (k, v)));
+        run_status(&mut cmd)?;
     }
-    run_status(&mut cmd)
+    Ok(())
 }
 
 /// Runs every step in order; returns an error naming the first step that failed.

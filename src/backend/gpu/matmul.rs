@@ -125,9 +125,10 @@ impl GpuBackend {
                 params.push(nb);
             }
             // `x_row`: which row of x (and out) the dispatch computes.
+            let x_row = params.len();
             params.push(0);
             for row in 0..m {
-                *params.last_mut().expect("x_row") = row as u32;
+                params[x_row] = row as u32;
                 self.run(
                     vec,
                     &consts,
