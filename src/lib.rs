@@ -22,7 +22,6 @@ pub mod model;
 pub mod nn;
 pub mod projector;
 pub mod quant;
-#[cfg(not(target_arch = "wasm32"))]
 pub mod quantize;
 pub mod sampling;
 pub mod scenes;

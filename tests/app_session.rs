@@ -5,7 +5,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use common::{demo, memory_files};
+
+use std::path::Path;
 
 use spec_llava::app::layout::{
     acceptance_by_depth, layout, node_description, phase_times, plan, pruned_groups, shorten,
@@ -17,30 +19,11 @@ use spec_llava::app::messages::{
 use spec_llava::app::session::{CaptionJob, Session};
 use spec_llava::backend::cpu::CpuBackend;
 use spec_llava::checkpoint::Checkpoint;
-use spec_llava::files::{DirFiles, MemoryFiles};
+use spec_llava::files::DirFiles;
 use spec_llava::scenes;
 use spec_llava::speculative::events::{NodeEvent, RoundEvent, RoundTimings};
 use spec_llava::speculative::tree::{log_softmax, DraftTree, NodeStatus};
 use spec_llava::Error;
-
-fn demo(which: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("web/models/demo")
-        .join(which)
-}
-
-/// Every file of a directory, in memory (what the page sends for a picked folder).
-fn memory_files(dir: &Path, source: &str) -> MemoryFiles {
-    let mut m = MemoryFiles::new(source);
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_file() {
-            let name = path.file_name().unwrap().to_str().unwrap().to_string();
-            m.insert(&name, std::fs::read(&path).unwrap());
-        }
-    }
-    m
-}
 
 fn demo_session() -> Session<CpuBackend> {
     let mut s = Session::new(CpuBackend);
@@ -348,6 +331,7 @@ fn messages_round_trip_as_json() {
             target_url: "http://x/t".into(),
             draft_url: None,
             quantize: QuantChoice::Auto,
+            memory_budget_mib: Some(1024),
         },
         Request::LoadModel {
             role: ModelRole::Draft,

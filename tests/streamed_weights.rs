@@ -5,8 +5,10 @@
 
 mod common;
 
+use common::demo;
+
 use std::borrow::Cow;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -39,12 +41,6 @@ impl WeightFile for RangeOnly {
             self.bytes[start as usize..end as usize].to_vec(),
         ))
     }
-}
-
-fn demo(which: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("web/models/demo")
-        .join(which)
 }
 
 /// The demo checkpoint with its weights behind a [`RangeOnly`] file.

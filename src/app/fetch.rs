@@ -18,6 +18,8 @@ use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{Cache, Response};
 
+use crate::app::messages::QuantChoice;
+use crate::app::packed::{self, PackError};
 use crate::app::range_file::RangeFile;
 use crate::app::store::{ModelStore, StoreError};
 use crate::error::{Error, Result};
@@ -63,8 +65,26 @@ pub struct Fetched {
     pub notice: Option<String>,
 }
 
+/// A check of a checkpoint before its weights are downloaded ([`Plan::check`]).
+pub type Check<'a> = &'a dyn Fn(&MemoryFiles) -> Result<()>;
+
+/// What a fetch does besides downloading.
+pub struct Plan<'a> {
+    /// How a plain checkpoint is quantized while loading: a kept copy in that format is used
+    /// instead of the originals, and one is made when missing (`packed`).
+    pub quantize: QuantChoice,
+    /// Run on the checkpoint with its configs read and its weights' safetensors headers read
+    /// (from the network with range requests), before any weight is downloaded: an error stops
+    /// the fetch (e.g. a model that does not fit the device). `None`: no check.
+    pub check: Option<Check<'a>>,
+}
+
 /// Fetch every file of the checkpoint at `base`.
-pub async fn fetch_checkpoint(base: &str, dl: &mut Download<'_>) -> Result<Fetched> {
+pub async fn fetch_checkpoint(
+    base: &str,
+    dl: &mut Download<'_>,
+    plan: &Plan<'_>,
+) -> Result<Fetched> {
     let base = base.trim_end_matches('/');
     let cache = open_cache().await;
     let mut files = MemoryFiles::new(base);
@@ -77,6 +97,18 @@ pub async fn fetch_checkpoint(base: &str, dl: &mut Download<'_>) -> Result<Fetch
             files.insert(name, bytes);
         }
     }
+    let store = ModelStore::open(base).await;
+    if let Some(store) = &store {
+        if let Some(kept) = packed::reopen(store, &files, plan.quantize).await {
+            if let Some(check) = plan.check {
+                check(&kept)?;
+            }
+            return Ok(Fetched {
+                files: kept,
+                notice: None,
+            });
+        }
+    }
     let shards = match get_small(&cache, base, INDEX_FILE, true, dl).await? {
         Some(index) => {
             let text = String::from_utf8(index.clone())
@@ -87,17 +119,67 @@ pub async fn fetch_checkpoint(base: &str, dl: &mut Download<'_>) -> Result<Fetch
         }
         None => vec![WEIGHTS_FILE.to_string()],
     };
-    let store = ModelStore::open(base).await;
+    if let Some(check) = plan.check {
+        check_headers(&files, store.as_ref(), base, &shards, check).await?;
+    }
     let mut notice = store
         .is_none()
         .then(|| "the weights are not kept for offline use (this browser's origin-private file system is unavailable or full): they are read from the network each time".to_string());
-    for name in shards {
+    for name in &shards {
         let url = format!("{base}/{name}");
-        let (file, note) = get_weights(store.as_ref(), &url, &name, dl).await?;
-        files.insert_file(&name, file);
+        let (file, note) = get_weights(store.as_ref(), &url, name, dl).await?;
+        files.insert_file(name, file);
         notice = notice.or(note);
     }
+    // Keep what quantizing while loading makes, when the originals were kept.
+    if let (Some(store), None, Some(format)) =
+        (&store, &notice, plan.quantize.format(files.total_bytes()))
+    {
+        match packed::keep(store, &files, &shards, format, dl).await {
+            Ok(Some(kept)) => {
+                return Ok(Fetched {
+                    files: kept,
+                    notice: None,
+                })
+            }
+            Ok(None) => {}
+            Err(PackError::Store(StoreError(why))) => {
+                notice = Some(format!(
+                    "the {} weights are not kept for offline use ({why}); the originals are, and are quantized again at each load",
+                    format.name()
+                ));
+            }
+            Err(PackError::Fail(e)) => return Err(e),
+        }
+    }
     Ok(Fetched { files, notice })
+}
+
+/// Run `check` on the checkpoint with its weights' headers: kept shards from the store, the
+/// others read from the network with range requests (a few requests per shard).
+async fn check_headers(
+    small: &MemoryFiles,
+    store: Option<&ModelStore>,
+    base: &str,
+    shards: &[String],
+    check: Check<'_>,
+) -> Result<()> {
+    let mut preview = MemoryFiles::new(base);
+    for (name, file) in &small.files {
+        preview.insert_file(name, file.clone());
+    }
+    for name in shards {
+        let kept = match store {
+            Some(store) => store.complete(name).await,
+            None => None,
+        };
+        let file: FileBytes = match kept {
+            Some(file) => std::sync::Arc::new(BlobFile::new(file.into())),
+            None => std::sync::Arc::new(RangeFile::open(&format!("{base}/{name}"))?),
+        };
+        preview.insert_file(name, file);
+    }
+    check(&preview)
 }
 
 /// One weights file: from the store when complete there, else downloaded into it (resuming a

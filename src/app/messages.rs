@@ -162,6 +162,11 @@ pub enum Request {
         draft_url: Option<String>,
         #[serde(default)]
         quantize: QuantChoice,
+        /// How much GPU memory the weights may take, in MiB (the page's `?gpu_memory_mib=`):
+        /// WebGPU does not say how much a device has. A model that would not fit is refused
+        /// before its weights are downloaded. `None`: no limit but the device's own.
+        #[serde(default)]
+        memory_budget_mib: Option<u64>,
     },
     /// Load a checkpoint for a role from a base URL (files kept for offline use) or from the
     /// files sent with the message (`names[i]` is the i-th file's name; browser `File`s, read a
@@ -210,6 +215,9 @@ pub struct ModelInfo {
     pub role: ModelRole,
     pub source: String,
     pub bytes: u64,
+    /// What its weights take once loaded (device or wasm memory; see `WeightStore::loaded_bytes`).
+    #[serde(default)]
+    pub loaded_bytes: u64,
     pub summary: String,
 }
 

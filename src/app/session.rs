@@ -14,6 +14,7 @@ use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::files::CheckpointFiles;
 use crate::image_io;
+use crate::quant::Format;
 use crate::speculative::events::RoundEvent;
 
 /// One caption to run: which run it is (events carry it), the image file, the mode and settings.
@@ -37,6 +38,16 @@ pub struct Session<B: Backend> {
     pub backend: B,
     target: Option<(Captioner<B>, ModelInfo)>,
     draft: Option<(Drafter<B>, ModelInfo)>,
+    /// How much memory the loaded weights may take, and what that memory is called in messages.
+    budget: Option<MemoryBudget>,
+}
+
+/// A limit on the bytes of loaded weights (see [`Session::set_memory_budget`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryBudget {
+    pub bytes: u64,
+    /// "GPU memory", "wasm memory": what runs out.
+    pub what: &'static str,
 }
 
 /// The lowest score the page is sent: JSON has no infinities.
@@ -48,7 +59,89 @@ impl<B: Backend> Session<B> {
             backend,
             target: None,
             draft: None,
+            budget: None,
         }
+    }
+
+    /// Refuse, before reading any weight, a model whose weights would not fit beside the loaded
+    /// ones (WebGPU does not tell how much memory a device has: the page takes it from the user,
+    /// the CPU engine in the browser from the wasm32 address space). `None`: no limit.
+    pub fn set_memory_budget(&mut self, budget: Option<MemoryBudget>) {
+        self.budget = budget;
+    }
+
+    /// Check that a checkpoint would fit the memory budget: the checkpoint opened and checked, as
+    /// [`Self::prepare`] would load it. Reads only configs and safetensors headers, so the page
+    /// runs it before downloading the weights.
+    pub fn check_fits(
+        &self,
+        role: ModelRole,
+        files: &dyn CheckpointFiles,
+        bytes: u64,
+        quantize: QuantChoice,
+    ) -> Result<()> {
+        self.open_checked(role, files, bytes, quantize).map(|_| ())
+    }
+
+    /// Open a checkpoint, set how it is quantized while loading, and check it fits the budget.
+    fn open_checked(
+        &self,
+        role: ModelRole,
+        files: &dyn CheckpointFiles,
+        bytes: u64,
+        quantize: QuantChoice,
+    ) -> Result<(Checkpoint, ModelInfo)> {
+        let mut checkpoint = Checkpoint::from_files(files)?;
+        let mut summary = summary(&checkpoint);
+        // Only plain checkpoints are quantized while loading; quantized ones load as stored.
+        let stored = checkpoint.weights.format();
+        let plain = stored.is_none();
+        if let Some(f) = stored {
+            summary.push_str(&format!(", {} weights", f.name()));
+        }
+        if plain {
+            let on_load = quantize.format(bytes);
+            checkpoint.weights.set_quantize_on_load(on_load);
+            if let Some(f) = on_load {
+                summary.push_str(&format!(", {} on load", f.name()));
+            }
+        }
+        let need = checkpoint.weights.loaded_bytes();
+        if let Some(budget) = self.budget {
+            // Every loaded model counts, the one being replaced too: it stays until the new one
+            // has loaded.
+            let held: u64 = self.models().iter().map(|m| m.loaded_bytes).sum();
+            if need + held > budget.bytes {
+                let q4 = checkpoint.weights.loaded_bytes_as(Some(Format::Q4));
+                let hint = if plain && q4 < need && q4 + held <= budget.bytes {
+                    format!(
+                        "as q4 it would need {}: choose q4 under Settings, quantize while loading",
+                        gib(q4)
+                    )
+                } else {
+                    "try a smaller model".to_string()
+                };
+                return Err(Error::file(
+                    files.source(),
+                    format!(
+                        "the {} model does not fit: its weights need {} of {} and the models loaded now hold {}, but this device allows {}; {hint}. The loaded models stay",
+                        role_label(role),
+                        gib(need),
+                        budget.what,
+                        gib(held),
+                        gib(budget.bytes),
+                    ),
+                ));
+            }
+        }
+        let info = ModelInfo {
+            role,
+            source: files.source(),
+            bytes,
+            loaded_bytes: need,
+            summary,
+        };
+        Ok((checkpoint, info))
     }
 
     pub fn models(&self) -> Vec<ModelInfo> {
@@ -99,22 +192,7 @@ impl<B: Backend> Session<B> {
         bytes: u64,
         quantize: QuantChoice,
     ) -> Result<PendingLoad<B>> {
-        let mut checkpoint = Checkpoint::from_files(files)?;
-        let mut summary = summary(&checkpoint);
-        // Only plain checkpoints are quantized while loading; quantized ones load as stored.
-        if checkpoint.weights.format().is_none() {
-            let on_load = quantize.format(bytes);
-            checkpoint.weights.set_quantize_on_load(on_load);
-            if let Some(f) = on_load {
-                summary.push_str(&format!(", {} on load", f.name()));
-            }
-        }
-        let info = ModelInfo {
-            role,
-            source: files.source(),
-            bytes,
-            summary,
-        };
+        let (checkpoint, info) = self.open_checked(role, files, bytes, quantize)?;
         let captioner = Captioner::new(&self.backend, checkpoint)?;
         Ok(PendingLoad { info, captioner })
     }
@@ -295,6 +373,18 @@ fn sanitize(round: &RoundEvent) -> RoundEvent {
         }
     }
     r
+}
+
+fn role_label(role: ModelRole) -> &'static str {
+    match role {
+        ModelRole::Target => "target",
+        ModelRole::Draft => "draft",
+    }
+}
+
+/// Bytes as "1.61 GiB".
+fn gib(bytes: u64) -> String {
+    format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
 }
 
 /// One line describing a checkpoint.

@@ -143,6 +143,28 @@ impl ModelStore {
         Ok(())
     }
 
+    /// Write `bytes` as the whole of `name` and mark it complete.
+    pub async fn put(&self, name: &str, bytes: &[u8]) -> Result<web_sys::File, StoreError> {
+        let _ = self.remove(name).await;
+        let mut writer = self.writer(name).await?;
+        let written = writer.truncate(0).and_then(|()| writer.append(bytes));
+        writer.close();
+        match written {
+            Ok(()) => self.finish(name).await,
+            Err(e) => {
+                let _ = self.remove(name).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The bytes of the complete (small) file `name`.
+    pub async fn read_complete(&self, name: &str) -> Option<Vec<u8>> {
+        let file = self.complete(name).await?;
+        let buffer = JsFuture::from(file.array_buffer()).await.ok()?;
+        Some(js_sys::Uint8Array::new(&buffer).to_vec())
+    }
+
     /// Copy a picked file into the store as `name`, a slice at a time, reporting bytes; the
     /// kept copy.
     pub async fn keep(

@@ -14,9 +14,10 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
 
-use crate::app::fetch::{cache_small_files, fetch_checkpoint, Download};
+use crate::app::fetch::{cache_small_files, fetch_checkpoint, Check, Download, Plan};
 use crate::app::messages::{BackendKind, Event, ModelRole, QuantChoice, Request};
-use crate::app::session::{CaptionJob, Session};
+use crate::app::packed::{self, PackError};
+use crate::app::session::{CaptionJob, MemoryBudget, Session};
 use crate::app::store::ModelStore;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::gpu::{DeviceLossHandle, GpuBackend};
@@ -25,8 +26,9 @@ use crate::files::MemoryFiles;
 use crate::weights::BlobFile;
 
 enum Engine {
-    Gpu(Session<GpuBackend>),
-    Cpu(Session<CpuBackend>),
+    // Boxed: a session is a few KiB, and the engine moves in and out of the worker's state.
+    Gpu(Box<Session<GpuBackend>>),
+    Cpu(Box<Session<CpuBackend>>),
 }
 
 impl Engine {
@@ -49,12 +51,18 @@ struct State {
     load_cancelled: Cell<bool>,
     /// How plain checkpoints are quantized while loading (the page's setting).
     quantize: Cell<QuantChoice>,
+    /// The GPU memory the page may fill with weights (`?gpu_memory_mib=`; `None`: no limit).
+    memory_budget_mib: Cell<Option<u64>>,
     /// The checkpoint files behind the loaded models, to rebuild the engine (backend switch,
     /// device loss) without downloading again.
     files: RefCell<Vec<(ModelRole, Rc<MemoryFiles>)>>,
     /// The GPU engine's device, reachable while a run holds the engine (`Request::LoseDevice`).
     gpu_loss: RefCell<Option<DeviceLossHandle>>,
 }
+
+/// What the CPU engine's weights may take in the browser: wasm32 memory ends at 4 GiB, and the
+/// activations, files and the app need some of it.
+const CPU_ENGINE_BYTES: u64 = 3 << 30;
 
 thread_local! {
     static STATE: Rc<State> = Rc::default();
@@ -207,8 +215,10 @@ async fn handle(s: &Rc<State>, req: Request, payload: Payload) {
             target_url,
             draft_url,
             quantize,
+            memory_budget_mib,
         } => {
             s.quantize.set(quantize);
+            s.memory_budget_mib.set(memory_budget_mib);
             if let Err(e) = init(s, backend, &target_url, draft_url.as_deref()).await {
                 load_failed(e);
             }
@@ -333,11 +343,27 @@ async fn build_engine(
     kind: BackendKind,
     files: &[(ModelRole, Rc<MemoryFiles>)],
     quantize: QuantChoice,
+    budget_mib: Option<u64>,
 ) -> Result<(Engine, Option<String>)> {
     let (gpu, mut notice) = open_backend(kind).await;
     let mut engine = match gpu {
-        Ok(b) => Engine::Gpu(Session::new(b)),
-        Err(_) => Engine::Cpu(Session::new(CpuBackend)),
+        Ok(b) => {
+            let mut x = Session::new(b);
+            x.set_memory_budget(budget_mib.map(|mib| MemoryBudget {
+                bytes: mib << 20,
+                what: "GPU memory",
+            }));
+            Engine::Gpu(Box::new(x))
+        }
+        Err(_) => {
+            let mut x = Session::new(CpuBackend);
+            let cap = budget_mib.map_or(CPU_ENGINE_BYTES, |mib| (mib << 20).min(CPU_ENGINE_BYTES));
+            x.set_memory_budget(Some(MemoryBudget {
+                bytes: cap,
+                what: "memory on the CPU engine (a page's wasm memory stops at 4 GiB)",
+            }));
+            Engine::Cpu(Box::new(x))
+        }
     };
     for (role, f) in files {
         let label = format!("uploading the {} model", role_name(*role));
@@ -404,7 +430,22 @@ async fn download(
         progress: &mut report,
         cancelled: &cancelled,
     };
-    let fetched = fetch_checkpoint(url, &mut dl).await?;
+    let quantize = s.quantize.get();
+    // Before any weight is downloaded: does the model fit beside the loaded ones?
+    let check = |files: &MemoryFiles| -> Result<()> {
+        match s.engine.borrow().as_ref() {
+            Some(Engine::Gpu(x)) => x.check_fits(role, files, files.total_bytes(), quantize),
+            Some(Engine::Cpu(x)) => x.check_fits(role, files, files.total_bytes(), quantize),
+            None => Ok(()),
+        }
+    };
+    // The first load (the engine starts after it) is checked when it loads.
+    let has_engine = s.engine.borrow().is_some();
+    let plan = Plan {
+        quantize,
+        check: has_engine.then_some(&check as Check<'_>),
+    };
+    let fetched = fetch_checkpoint(url, &mut dl, &plan).await?;
     Ok((fetched.files, fetched.notice))
 }
 
@@ -421,7 +462,8 @@ async fn init(s: &Rc<State>, kind: BackendKind, target: &str, draft: Option<&str
             store_notice = store_notice.or(n);
         }
     }
-    let (engine, notice) = build_engine(kind, &files, s.quantize.get()).await?;
+    let (engine, notice) =
+        build_engine(kind, &files, s.quantize.get(), s.memory_budget_mib.get()).await?;
     install(s, engine);
     *s.files.borrow_mut() = files;
     ready(s, notice.or(store_notice));
@@ -430,7 +472,8 @@ async fn init(s: &Rc<State>, kind: BackendKind, target: &str, draft: Option<&str
 
 async fn rebuild(s: &Rc<State>, kind: BackendKind) -> Result<()> {
     let files = s.files.borrow().clone();
-    let (engine, notice) = build_engine(kind, &files, s.quantize.get()).await?;
+    let (engine, notice) =
+        build_engine(kind, &files, s.quantize.get(), s.memory_budget_mib.get()).await?;
     install(s, engine);
     ready(s, notice);
     Ok(())
@@ -445,7 +488,7 @@ async fn load_model(
 ) -> Result<()> {
     let (files, store_notice) = match url {
         Some(url) => download(s, role, url).await?,
-        None => keep_picked(role, &names, picked).await?,
+        None => keep_picked(s, role, &names, picked).await?,
     };
     if s.load_cancelled.get() {
         return Err(Error::Cancelled);
@@ -510,6 +553,7 @@ async fn load_into(
 /// store under a same-origin URL (so the page reopens it offline) and read a tensor at a time;
 /// read from the picked files themselves when the store refuses.
 async fn keep_picked(
+    s: &Rc<State>,
     role: ModelRole,
     names: &[String],
     picked: Vec<web_sys::File>,
@@ -549,6 +593,35 @@ async fn keep_picked(
     }
     if let Err(e) = cache_small_files(&base, &files).await {
         notice = notice.or(Some(e.to_string()));
+    }
+    // Keep what quantizing while loading makes, as for a download (see `packed`).
+    let format = s.quantize.get().format(files.total_bytes());
+    if let (Some(store), None, Some(format)) = (&store, &notice, format) {
+        let shards: Vec<String> = names
+            .iter()
+            .filter(|n| n.ends_with(".safetensors"))
+            .cloned()
+            .collect();
+        let mut report = |task: &str, done: u64, total: u64| progress(task, done, total);
+        let state = s.clone();
+        let cancelled = move || state.load_cancelled.get();
+        let mut dl = Download {
+            label: &label,
+            progress: &mut report,
+            cancelled: &cancelled,
+        };
+        match packed::keep(store, &files, &shards, format, &mut dl).await {
+            Ok(Some(kept)) => return Ok((kept, None)),
+            Ok(None) => {}
+            Err(PackError::Store(why)) => {
+                notice = Some(format!(
+                    "the {} weights are not kept for offline use ({}); your original files are",
+                    format.name(),
+                    why.0
+                ))
+            }
+            Err(PackError::Fail(e)) => return Err(e),
+        }
     }
     Ok((files, notice))
 }

@@ -267,6 +267,14 @@ fn score(path: &std::path::Path) -> Result<()> {
     json_line(&spec_llava::eval::score_pairs(&pairs)?)
 }
 
+/// The process's peak resident memory (Linux `VmHWM`), where the system says it.
+fn peak_rss_mib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib >> 10)
+}
+
 fn json_line<T: serde::Serialize>(value: &T) -> Result<()> {
     println!(
         "{}",
@@ -373,7 +381,17 @@ impl Job for CaptionJob {
             w.flush().map_err(|e| Error::file(path, e))?;
         }
         if args.json {
-            return json_line(&result);
+            /// The caption and the process's peak memory (for `cargo xtask scale-check`).
+            #[derive(serde::Serialize)]
+            struct WithMemory<'a, T: serde::Serialize> {
+                #[serde(flatten)]
+                caption: &'a T,
+                peak_rss_mib: Option<u64>,
+            }
+            return json_line(&WithMemory {
+                caption: &result,
+                peak_rss_mib: peak_rss_mib(),
+            });
         }
         eprintln!();
         println!("{}", result.text);

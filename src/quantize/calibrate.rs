@@ -19,6 +19,7 @@ use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::rc::Rc;
 
+pub use super::gptq::Calibration;
 use super::gptq::Hessian;
 use crate::backend::cpu::{with_linear_hook, CpuBackend, CpuTensor, CpuWeight};
 use crate::caption::{CaptionRequest, Captioner};
@@ -33,20 +34,6 @@ pub const DEFAULT_SCENES: usize = 64;
 
 /// Largest checkpoint (as f32) that calibration will load into the CPU reference engine.
 pub const MAX_F32_BYTES: u64 = 8 << 30;
-
-/// The Hessians of one checkpoint's quantizable weights, by tensor name.
-#[derive(Debug, Clone)]
-pub struct Calibration {
-    pub hessians: HashMap<String, Hessian>,
-    pub scenes: usize,
-}
-
-impl Calibration {
-    /// What the safetensors metadata records (`spec_llava.calibration`).
-    pub fn describe(&self) -> String {
-        format!("gptq, {} scenes", self.scenes)
-    }
-}
 
 fn fingerprint(data: &[f32], shape: &[usize]) -> u64 {
     let mut h = DefaultHasher::new();

@@ -429,3 +429,17 @@ pub fn quantize_q4_with(
         scales,
     }
 }
+
+/// The Hessians of one checkpoint's quantizable weights, by tensor name.
+#[derive(Debug, Clone)]
+pub struct Calibration {
+    pub hessians: std::collections::HashMap<String, Hessian>,
+    pub scenes: usize,
+}
+
+impl Calibration {
+    /// What the safetensors metadata records (`spec_llava.calibration`).
+    pub fn describe(&self) -> String {
+        format!("gptq, {} scenes", self.scenes)
+    }
+}

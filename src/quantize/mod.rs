@@ -6,17 +6,21 @@
 //! This sits above the pipeline (calibration runs the captioner); the formats it writes stay down
 //! with the other file formats, so loading a quantized checkpoint never pulls this in.
 
+#[cfg(not(target_arch = "wasm32"))]
 pub mod calibrate;
 pub mod gptq;
 
 use std::collections::HashMap;
+#[cfg(not(target_arch = "wasm32"))]
 use std::path::Path;
 
 use half::f16;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
-use self::calibrate::{calibrate, Calibration};
+#[cfg(not(target_arch = "wasm32"))]
+use self::calibrate::calibrate;
+use self::gptq::Calibration;
 use crate::error::{Error, Result};
 use crate::quant::{
     blocks_per_row, quantizable, Format, QuantMatrix, Scheme, GROUP, META_CALIBRATION, META_GROUP,
@@ -144,6 +148,7 @@ const HEADER_BASE: u64 = 512;
 /// For q4, `calibration_scenes > 0` chooses the codes with GPTQ calibrated on that many
 /// generated scenes (see [`super::calibrate`]; this loads the model into the f32 CPU engine
 /// first); 0 rounds to nearest. q8 and f16 ignore it.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn quantize_checkpoint(
     model: &Path,
     out: &Path,
@@ -171,7 +176,7 @@ pub fn quantize_checkpoint(
     let store = &checkpoint.weights;
     let planned = plan(store, format)?;
     if format != Format::Q4 || calibration_scenes == 0 {
-        return write_checkpoint(model, out, store, &planned, format, max_shard_bytes, None);
+        return write_checkpoint(model, out, store, format, max_shard_bytes, None);
     }
     // GPTQ on the inputs of the f32 model. (Re-recording them from the quantized model and
     // requantizing, as the paper's sequential variant does, took twice as long and measured
@@ -186,76 +191,156 @@ pub fn quantize_checkpoint(
         model,
         out,
         store,
-        &planned,
         format,
         max_shard_bytes,
         Some(&calibration),
     )
 }
 
-/// Write the planned tensors of `store` (the checkpoint in `model`) into `out`, q4 weights
-/// quantized with GPTQ where `calibration` has their Hessian.
-fn write_checkpoint(
-    model: &Path,
-    out: &Path,
-    store: &WeightStore,
-    planned: &[Planned],
+/// A quantized copy of a checkpoint's weights, made one shard at a time so at most one shard's
+/// output is in memory: [`quantize_checkpoint`] writes the shards to disk, the page keeps them in
+/// its model store.
+pub struct Packing<'a> {
+    store: &'a WeightStore,
+    planned: Vec<Planned>,
+    /// Indices into `planned`, per shard.
+    shards: Vec<Vec<usize>>,
+    next: usize,
     format: Format,
-    max_shard_bytes: u64,
-    calibration: Option<&Calibration>,
-) -> Result<QuantizeReport> {
-    // Shards: greedy in sorted-name order.
-    let mut shards: Vec<Vec<usize>> = vec![Vec::new()];
-    let mut size = HEADER_BASE;
-    for (i, p) in planned.iter().enumerate() {
-        let add = p.bytes as u64 + header_bytes(&p.name);
-        let last = shards.last_mut().expect("one shard");
-        if !last.is_empty() && size + add > max_shard_bytes {
-            shards.push(vec![i]);
-            size = HEADER_BASE + add;
-        } else {
-            last.push(i);
-            size += add;
+    metadata: HashMap<String, String>,
+    calibration: Option<&'a Calibration>,
+    report: QuantizeReport,
+}
+
+impl<'a> Packing<'a> {
+    /// Plan a `format` copy of `store` (a plain checkpoint) in shards of at most
+    /// `max_shard_bytes` (a single bigger tensor gets a shard of its own). q4 weights whose
+    /// Hessian `calibration` holds are quantized with GPTQ, the rest round to nearest exactly as
+    /// quantizing while loading does.
+    pub fn new(
+        store: &'a WeightStore,
+        format: Format,
+        max_shard_bytes: u64,
+        calibration: Option<&'a Calibration>,
+    ) -> Result<Self> {
+        let planned = plan(store, format)?;
+        // Shards: greedy in sorted-name order.
+        let mut shards: Vec<Vec<usize>> = vec![Vec::new()];
+        let mut size = HEADER_BASE;
+        for (i, p) in planned.iter().enumerate() {
+            let add = p.bytes as u64 + header_bytes(&p.name);
+            match shards.last_mut() {
+                Some(last) if last.is_empty() || size + add <= max_shard_bytes => {
+                    last.push(i);
+                    size += add;
+                }
+                _ => {
+                    shards.push(vec![i]);
+                    size = HEADER_BASE + add;
+                }
+            }
         }
-    }
-    std::fs::create_dir_all(out).map_err(|e| Error::file(out.display(), e))?;
-    let count = shards.len();
-    let file_name = |k: usize| {
-        if count == 1 {
-            "model.safetensors".to_string()
-        } else {
-            format!("model-{:05}-of-{count:05}.safetensors", k + 1)
+        let mut metadata = HashMap::new();
+        metadata.insert("format".to_string(), "pt".to_string());
+        metadata.insert(META_QUANT.to_string(), format.name().to_string());
+        metadata.insert(META_GROUP.to_string(), GROUP.to_string());
+        if let Some(c) = calibration {
+            metadata.insert(META_CALIBRATION.to_string(), c.describe());
         }
-    };
-    let mut metadata = HashMap::new();
-    metadata.insert("format".to_string(), "pt".to_string());
-    metadata.insert(META_QUANT.to_string(), format.name().to_string());
-    metadata.insert(META_GROUP.to_string(), GROUP.to_string());
-    if let Some(c) = calibration {
-        metadata.insert(META_CALIBRATION.to_string(), c.describe());
+        let report = QuantizeReport {
+            format: format.name(),
+            shards: Vec::new(),
+            quantized_tensors: 0,
+            other_tensors: 0,
+            input_bytes: 0,
+            output_bytes: 0,
+            copied_files: Vec::new(),
+            calibration: calibration.map(Calibration::describe),
+        };
+        Ok(Packing {
+            store,
+            planned,
+            shards,
+            next: 0,
+            format,
+            metadata,
+            calibration,
+            report,
+        })
     }
 
-    let mut report = QuantizeReport {
-        format: format.name(),
-        shards: Vec::new(),
-        quantized_tensors: 0,
-        other_tensors: 0,
-        input_bytes: 0,
-        output_bytes: 0,
-        copied_files: Vec::new(),
-        calibration: calibration.map(Calibration::describe),
-    };
-    let mut weight_map = serde_json::Map::new();
-    for (k, members) in shards.iter().enumerate() {
-        let name = file_name(k);
-        // The bytes of every tensor of this shard; a quantized weight's codes and scales are
-        // made together and its f32 copy dropped right after.
+    /// The shard file names, in order (`model.safetensors` when there is one).
+    pub fn shard_names(&self) -> Vec<String> {
+        let count = self.shards.len();
+        (0..count)
+            .map(|k| {
+                if count == 1 {
+                    crate::files::WEIGHTS_FILE.to_string()
+                } else {
+                    format!("model-{:05}-of-{count:05}.safetensors", k + 1)
+                }
+            })
+            .collect()
+    }
+
+    /// Bytes of all the shards' tensors.
+    pub fn tensor_bytes(&self) -> u64 {
+        self.planned.iter().map(|p| p.bytes as u64).sum()
+    }
+
+    /// `model.safetensors.index.json` for the copy; `None` when it has a single shard.
+    pub fn index_json(&self) -> Option<String> {
+        let names = self.shard_names();
+        if names.len() < 2 {
+            return None;
+        }
+        let mut weight_map = serde_json::Map::new();
+        for (members, shard) in self.shards.iter().zip(&names) {
+            for &i in members {
+                weight_map.insert(self.planned[i].name.clone(), shard.clone().into());
+            }
+        }
+        let mut index = serde_json::json!({
+            "metadata": {
+                "total_size": self.tensor_bytes(),
+                META_QUANT: self.format.name(),
+                META_GROUP: GROUP.to_string(),
+            },
+            "weight_map": weight_map,
+        });
+        if let Some(c) = self.calibration {
+            index["metadata"][META_CALIBRATION] = c.describe().into();
+        }
+        serde_json::to_string_pretty(&index).ok()
+    }
+
+    /// What was made so far (shards, tensor counts, bytes).
+    pub fn report(&self) -> &QuantizeReport {
+        &self.report
+    }
+
+    /// The next shard: its file name and safetensors bytes; `None` after the last.
+    pub fn next_shard(&mut self) -> Option<Result<(String, Vec<u8>)>> {
+        let k = self.next;
+        let members = self.shards.get(k)?.clone();
+        self.next += 1;
+        let name = self.shard_names().swap_remove(k);
+        Some(self.make_shard(&name, &members).map(|bytes| {
+            self.report.output_bytes += bytes.len() as u64;
+            self.report.shards.push(name.clone());
+            (name, bytes)
+        }))
+    }
+
+    fn make_shard(&mut self, name: &str, members: &[usize]) -> Result<Vec<u8>> {
+        let store = self.store;
+        // A quantized weight's codes and scales are made together and reused for the second.
         let mut data: Vec<Vec<u8>> = Vec::with_capacity(members.len());
         let mut cache: Option<(String, QuantMatrix)> = None;
         for &i in members {
-            let p = &planned[i];
+            let p = &self.planned[i];
             let raw = store.raw(&p.source)?;
-            report.input_bytes += match p.part {
+            self.report.input_bytes += match p.part {
                 Part::Scales => 0,
                 _ => raw.bytes.len() as u64,
             };
@@ -263,8 +348,8 @@ fn write_checkpoint(
                 && matches!(raw.dtype, DType::F32 | DType::F16 | DType::BF16);
             match p.part {
                 Part::Scales => {}
-                _ if converted => report.quantized_tensors += 1,
-                _ => report.other_tensors += 1,
+                _ if converted => self.report.quantized_tensors += 1,
+                _ => self.report.other_tensors += 1,
             }
             let bytes = match p.part {
                 Part::Copy => raw.bytes.to_vec(),
@@ -273,23 +358,18 @@ fn write_checkpoint(
                     .flat_map(|v| f16::from_f32(v).to_le_bytes())
                     .collect(),
                 Part::Codes | Part::Scales => {
-                    if cache.as_ref().map(|(n, _)| n.as_str()) != Some(p.source.as_str()) {
-                        let (rows, cols) = (raw.shape[0], raw.shape[1]);
-                        let scheme = format.scheme().expect("a quant scheme");
-                        let data = widen(raw.dtype, &raw.bytes);
-                        let hessian = calibration
-                            .and_then(|c| c.hessians.get(&p.source).filter(|h| h.dim == cols));
-                        let q = match (scheme, hessian) {
-                            (Scheme::Q4, Some(h)) => gptq::quantize_q4(&data, rows, cols, h),
-                            _ => QuantMatrix::quantize(scheme, &data, rows, cols),
-                        };
-                        cache = Some((p.source.clone(), q));
-                    }
-                    let q = &cache.as_ref().expect("just made").1;
-                    match p.part {
+                    let shape = raw.shape.to_vec();
+                    drop(raw);
+                    let q = match cache.take() {
+                        Some((n, q)) if n == p.source => q,
+                        _ => self.quantize_one(&p.source, &shape)?,
+                    };
+                    let bytes = match p.part {
                         Part::Codes => q.qs.clone(),
                         _ => q.scales.iter().flat_map(|s| s.to_le_bytes()).collect(),
-                    }
+                    };
+                    cache = Some((p.source.clone(), q));
+                    bytes
                 }
             };
             if bytes.len() != p.bytes {
@@ -309,38 +389,58 @@ fn write_checkpoint(
             .iter()
             .zip(&data)
             .map(|(&i, bytes)| {
-                let p = &planned[i];
+                let p = &self.planned[i];
                 TensorView::new(p.dtype, p.shape.clone(), bytes)
                     .map(|v| (p.name.clone(), v))
-                    .map_err(|e| Error::file(&name, format!("tensor {}: {e}", p.name)))
+                    .map_err(|e| Error::file(name, format!("tensor {}: {e}", p.name)))
             })
             .collect::<Result<Vec<_>>>()?;
-        let path = out.join(&name);
-        safetensors::serialize_to_file(views, Some(metadata.clone()), &path)
-            .map_err(|e| Error::file(path.display(), format!("cannot write: {e}")))?;
-        report.output_bytes += std::fs::metadata(&path)
-            .map_err(|e| Error::file(path.display(), e))?
-            .len();
-        for &i in members {
-            weight_map.insert(planned[i].name.clone(), name.clone().into());
-        }
-        report.shards.push(name);
+        safetensors::serialize(views, Some(self.metadata.clone()))
+            .map_err(|e| Error::file(name, format!("cannot write: {e}")))
     }
-    let index_path = out.join("model.safetensors.index.json");
-    if count > 1 {
-        let mut index = serde_json::json!({
-            "metadata": {
-                "total_size": planned.iter().map(|p| p.bytes).sum::<usize>(),
-                META_QUANT: format.name(),
-                META_GROUP: GROUP.to_string(),
-            },
-            "weight_map": weight_map,
-        });
-        if let Some(c) = calibration {
-            index["metadata"][META_CALIBRATION] = c.describe().into();
+
+    /// One weight's codes: GPTQ where the calibration has its Hessian, else round to nearest
+    /// (the rows a piece at a time, as quantizing while loading does).
+    fn quantize_one(&self, source: &str, shape: &[usize]) -> Result<QuantMatrix> {
+        let scheme = self.format.scheme().ok_or_else(|| {
+            Error::invalid(format!("{} is not a block format", self.format.name()))
+        })?;
+        let cols = shape.get(1).copied().unwrap_or(0);
+        let hessian = self
+            .calibration
+            .and_then(|c| c.hessians.get(source).filter(|h| h.dim == cols));
+        match (scheme, hessian) {
+            (Scheme::Q4, Some(h)) => {
+                let data = self.store.f32(source, shape)?;
+                Ok(gptq::quantize_q4(&data, shape[0], cols, h))
+            }
+            _ => self.store.quantize_plain(source, shape, scheme),
         }
-        let text = serde_json::to_string_pretty(&index)
-            .map_err(|e| Error::file(index_path.display(), e))?;
+    }
+}
+
+/// Write the planned tensors of `store` (the checkpoint in `model`) into `out`, q4 weights
+/// quantized with GPTQ where `calibration` has their Hessian.
+#[cfg(not(target_arch = "wasm32"))]
+fn write_checkpoint(
+    model: &Path,
+    out: &Path,
+    store: &WeightStore,
+    format: Format,
+    max_shard_bytes: u64,
+    calibration: Option<&Calibration>,
+) -> Result<QuantizeReport> {
+    std::fs::create_dir_all(out).map_err(|e| Error::file(out.display(), e))?;
+    let mut packing = Packing::new(store, format, max_shard_bytes, calibration)?;
+    while let Some(shard) = packing.next_shard() {
+        let (name, bytes) = shard?;
+        let path = out.join(&name);
+        std::fs::write(&path, bytes)
+            .map_err(|e| Error::file(path.display(), format!("cannot write: {e}")))?;
+    }
+    let mut report = packing.report().clone();
+    let index_path = out.join("model.safetensors.index.json");
+    if let Some(text) = packing.index_json() {
         std::fs::write(&index_path, text).map_err(|e| Error::file(index_path.display(), e))?;
     } else if index_path.exists() {
         std::fs::remove_file(&index_path).map_err(|e| Error::file(index_path.display(), e))?;

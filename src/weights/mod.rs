@@ -250,11 +250,79 @@ impl WeightStore {
                         ),
                     ));
                 }
-                let data = self.f32(name, shape)?;
-                Ok(WeightData::convert(data, shape[0], cols, format))
+                match format.scheme() {
+                    Some(scheme) => self
+                        .quantize_plain(name, shape, scheme)
+                        .map(WeightData::Quant),
+                    None => {
+                        let data = self.f32(name, shape)?;
+                        Ok(WeightData::convert(data, shape[0], cols, format))
+                    }
+                }
             }
             _ => self.f32(name, shape).map(WeightData::F32),
         }
+    }
+
+    /// A plain matrix quantized to `scheme` by rounding to nearest, a piece of rows at a time (a
+    /// block never spans rows), so a big matrix is never widened whole: the same blocks as
+    /// quantizing its f32 copy at once.
+    pub fn quantize_plain(
+        &self,
+        name: &str,
+        shape: &[usize],
+        scheme: Scheme,
+    ) -> Result<QuantMatrix> {
+        // About 16 MiB of f32 per piece.
+        let piece_rows = (4usize << 20) / shape.get(1).copied().unwrap_or(1).max(1);
+        self.quantize_plain_in_pieces(name, shape, scheme, piece_rows)
+    }
+
+    /// [`Self::quantize_plain`] with `piece_rows` rows a piece.
+    pub fn quantize_plain_in_pieces(
+        &self,
+        name: &str,
+        shape: &[usize],
+        scheme: Scheme,
+        piece_rows: usize,
+    ) -> Result<QuantMatrix> {
+        let e = self
+            .entries
+            .get(name)
+            .ok_or_else(|| Error::file(self.file_of(name), format!("missing tensor {name}")))?;
+        if e.shape != shape || shape.len() != 2 {
+            return Err(Error::file(
+                self.file_of(name),
+                format!(
+                    "tensor {name} has shape {:?}, but config.json implies {shape:?}",
+                    e.shape
+                ),
+            ));
+        }
+        let (rows, cols) = (shape[0], shape[1]);
+        let (file, bytes) = &self.files[e.file];
+        let row_bytes = (cols * e.dtype.size()) as u64;
+        let piece_rows = piece_rows.clamp(1, rows.max(1));
+        let mut out = QuantMatrix {
+            scheme,
+            rows,
+            cols,
+            qs: Vec::new(),
+            scales: Vec::new(),
+        };
+        let mut r = 0;
+        while r < rows {
+            let n = piece_rows.min(rows - r);
+            let start = e.start + r as u64 * row_bytes;
+            let raw = bytes
+                .read(start, start + n as u64 * row_bytes)
+                .map_err(|err| Error::file(file, format!("tensor {name}: {err}")))?;
+            let q = QuantMatrix::quantize(scheme, &widen(e.dtype, &raw), n, cols);
+            out.qs.extend_from_slice(&q.qs);
+            out.scales.extend_from_slice(&q.scales);
+            r += n;
+        }
+        Ok(out)
     }
 
     /// Read and check `name` stored as `codes_name` + `name.scales`.
@@ -318,6 +386,43 @@ impl WeightStore {
         };
         q.check().map_err(bad)?;
         Ok(q)
+    }
+
+    /// Bytes the weights take once loaded, by the rules of [`Self::weight_data`]: quantized
+    /// matrices as their blocks and scales, f16 matrices of an f16 checkpoint as f16, the rest
+    /// (vectors, embedding tables, plain weights) widened to f32. An upper bound: a tensor the
+    /// model never reads (e.g. a vision layer past the one LLaVA takes features from) counts too.
+    /// Known from the safetensors headers alone, so a model can be refused before its weights are
+    /// downloaded.
+    pub fn loaded_bytes(&self) -> u64 {
+        self.loaded_bytes_as(self.quantize_on_load)
+    }
+
+    /// [`Self::loaded_bytes`] if the plain weights were quantized on load to `quantize_on_load`.
+    pub fn loaded_bytes_as(&self, quantize_on_load: Option<Format>) -> u64 {
+        let want = self.format.or(quantize_on_load);
+        self.entries
+            .iter()
+            .map(|(name, e)| {
+                let elems: u64 = e.shape.iter().map(|&d| d as u64).product();
+                if matches!(e.dtype, DType::U8 | DType::I8) || name.ends_with(quant::SCALES_SUFFIX)
+                {
+                    // Codes and scales of a stored quantized weight: loaded as they are.
+                    return e.end - e.start;
+                }
+                if !quant::quantizable(name, &e.shape) {
+                    return 4 * elems;
+                }
+                match want.map(Format::scheme) {
+                    None => 4 * elems,
+                    Some(None) => 2 * elems,
+                    Some(Some(s)) => {
+                        let blocks = e.shape[0] as u64 * quant::blocks_per_row(e.shape[1]) as u64;
+                        blocks * (s.block_bytes() as u64 + 2)
+                    }
+                }
+            })
+            .sum()
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> + Clone {

@@ -57,6 +57,26 @@ macro_rules! test_each_backend {
     };
 }
 
+/// A bundled demo checkpoint: `web/models/demo/<which>` (`target` or `draft`).
+pub fn demo(which: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("web/models/demo")
+        .join(which)
+}
+
+/// Every file of a directory, in memory (what the page sends for a picked folder).
+pub fn memory_files(dir: &Path, source: &str) -> spec_llava::files::MemoryFiles {
+    let mut m = spec_llava::files::MemoryFiles::new(source);
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let name = path.file_name().unwrap().to_str().unwrap().to_string();
+            m.insert(&name, std::fs::read(&path).unwrap());
+        }
+    }
+    m
+}
+
 pub fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models")
 }

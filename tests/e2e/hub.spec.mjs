@@ -14,7 +14,8 @@
 //   5. a full storage quota (set through the DevTools protocol): the model still loads, read from
 //      the network with range requests, and a notice says it is not kept.
 // Prints one JSON line {"bytes", "load_s", "wasm_memory_mib", "tokens", "tokens_per_s",
-// "same_as_cli", "captioned"}. Run by `cargo xtask test` (CI size) and `cargo xtask scale-check`
+// "same_as_cli", "captioned", "cli_peak_rss_mib", "cli_s"} (the last two: the native CLI's caption
+// of the same checkpoint on the GPU engine). Run by `cargo xtask test` (CI size) and `cargo xtask scale-check`
 // (bigger: HUB_LIKE, HUB_TEXT_LAYERS, HUB_VISION_LAYERS, HUB_TOKENS, HUB_CAPTION).
 
 import { execFileSync } from 'node:child_process';
@@ -67,9 +68,11 @@ log(`synthetic checkpoint: ${(bytes / 2 ** 30).toFixed(2)} GiB`);
 // decoding (the small one quantized to q4 while loading, as the page will).
 const captioned = CAPTION === 'big' ? big : small;
 const quant = CAPTION === 'big' ? [] : ['--quant', 'q4'];
+const cliStart = Date.now();
 const cli = JSON.parse(execFileSync(BIN, ['caption', '--model', captioned, '--image', IMAGE, '--backend', 'gpu', '--json',
   '--no-spec', '--max-new-tokens', String(TOKENS), '--instruction', INSTRUCTION, ...quant], { encoding: 'utf8' }));
-log(`CLI: ${JSON.stringify(cli.text)} (${cli.tokens.length} tokens)`);
+const cliS = (Date.now() - cliStart) / 1000;
+log(`CLI: ${JSON.stringify(cli.text)} (${cli.tokens.length} tokens, ${cliS.toFixed(1)} s, peak RSS ${cli.peak_rss_mib} MiB)`);
 
 const port = await freePort();
 const server = await startAppServer(port, ['--hub-dir', hubDir, '--drop-after', String(CUT)]);
@@ -117,7 +120,9 @@ try {
   clearInterval(ticker);
   const loadS = (Date.now() - t0) / 1000;
   check((await models()).includes('/hub/test-org/big/resolve/main'), `the ${(bytes / 2 ** 30).toFixed(2)} GiB checkpoint loads by id in ${loadS.toFixed(1)} s (${JSON.stringify(await errorText())})`);
-  const resumed = served.filter((l) => l.includes('/test-org/big/') && l.includes('-> 206'));
+  // A resumed download asks for the rest of a file (`bytes=N-`); the header reads before it (the
+  // fit check) ask for a few bytes from 0.
+  const resumed = served.filter((l) => l.includes('/test-org/big/') && /\[bytes=[1-9]\d*-\] -> 206/.test(l));
   check(resumed.length > 0, `the cut download resumed with a range request (${resumed[0] ?? served.filter((l) => l.includes('big')).join('; ')})`);
   const memText = await page.getByTestId('engine-memory').textContent();
   const memMib = Number(/wasm memory (\d+) MiB/.exec(memText)?.[1] ?? NaN);
@@ -131,7 +136,7 @@ try {
     await waitFor(() => document.querySelector('[data-testid=models]')?.textContent.includes('test-org/small')
       || (document.querySelector('[data-testid=error]')?.textContent ?? '').includes('test-org/small'));
     const m = await models();
-    check(m.includes('/hub/test-org/small/resolve/main') && m.includes('q4 on load'), `the f16 checkpoint loads by id as q4: ${JSON.stringify(m)}`);
+    check(m.includes('/hub/test-org/small/resolve/main') && m.includes('q4 weights'), `the f16 checkpoint loads by id as q4: ${JSON.stringify(m)}`);
   }
   const run = Number(await page.getByTestId('status').getAttribute('data-run'));
   const c0 = Date.now();
@@ -147,6 +152,32 @@ try {
   check(same, `the page's caption equals the CLI's: ${JSON.stringify(text)} vs ${JSON.stringify(cli.text)}`);
   const speed = await page.getByTestId('speed').textContent();
   const tokensPerS = Number(/([\d.]+)\s*tok(?:ens)?\/s/.exec(speed)?.[1] ?? NaN);
+
+  if (CAPTION !== 'big') {
+    // 3b. What was quantized is kept: loading the small model as q4 again (as the draft) reads
+    // the kept q4 copy, not the network, and the kept f16 originals are gone.
+    const weightGets = () => served.filter((l) => l.startsWith('GET /hub/test-org/small/resolve/main/') && l.includes('.safetensors')).length;
+    const gets = weightGets();
+    await page.getByTestId('draft-url').fill('test-org/small');
+    await page.getByTestId('draft-load').click();
+    await waitFor(() => (document.querySelector('[data-testid=models]')?.textContent.match(/test-org\/small\/resolve\/main/g) ?? []).length >= 2
+      || (document.querySelector('[data-testid=error]')?.textContent ?? '').includes('small'));
+    check((await models()).match(/test-org\/small\/resolve\/main/g)?.length === 2, `the kept q4 copy loads as the draft: ${JSON.stringify(await models())} ${JSON.stringify(await errorText())}`);
+    check(weightGets() === gets, `without a request for its weights (${weightGets() - gets} made)`);
+    const kept = await page.evaluate(async () => {
+      const top = await (await navigator.storage.getDirectory()).getDirectoryHandle('spec-llava-models');
+      for await (const [name, dir] of top.entries()) {
+        if (name.includes('small_resolve_main')) {
+          const files = [];
+          for await (const [f] of dir.entries()) files.push(f);
+          return files.sort();
+        }
+      }
+      return [];
+    });
+    check(kept.includes('q4.packed.json') && kept.some((f) => f.startsWith('q4.') && f.endsWith('.safetensors'))
+      && !kept.some((f) => /^model.*\.safetensors$/.test(f)), `the store keeps the q4 copy, not the f16 originals: ${kept.join(', ')}`);
+  }
 
   // 4. Cancel: a fresh load of the big model under another revision is stopped at once.
   await page.getByTestId('target-url').fill('test-org/big@other');
@@ -170,8 +201,38 @@ try {
     `with the quota full the model still loads, not kept: ${JSON.stringify(notice)} ${JSON.stringify(await errorText())}`);
   await cdp.send('Storage.overrideQuotaForOrigin', { origin: `http://127.0.0.1:${port}` });
 
+  // 6. A device with little memory (`?gpu_memory_mib=`, as WebGPU does not say how much there is):
+  // a model that does not fit is refused before its weights are downloaded, with what would fit,
+  // and the loaded models stay.
+  await page.getByRole('button', { name: 'back to the demo models' }).click();
+  await waitFor(() => /demo\/target[\s\S]*demo\/draft/.test(document.querySelector('[data-testid=models]')?.textContent ?? ''));
+  await page.goto(`http://127.0.0.1:${port}/?hub=http://127.0.0.1:${port}/hub&gpu_memory_mib=200`);
+  await waitFor(() => ['ready', 'error'].includes(document.querySelector('[data-testid=status]')?.textContent));
+  check((await status()) === 'ready', `the page loads its models with a 200 MiB budget: ${JSON.stringify(await errorText())}`);
+  const budgetModels = await models();
+  const refused = async (id, quantize, why) => {
+    await page.getByTestId('quantize').selectOption(quantize);
+    await page.getByTestId('target-url').fill(id);
+    await page.getByTestId('target-load').click();
+    await waitFor((i) => (document.querySelector('[data-testid=error]')?.textContent ?? '').includes(i)
+      || document.querySelector('[data-testid=models]')?.textContent.includes(i), `/hub/${id}/`);
+    const e = await errorText();
+    check(e.includes(`/hub/${id}/resolve/main`) && e.includes('does not fit') && e.includes(why), `${id} (${quantize}) is refused: ${JSON.stringify(e)}`);
+    check((await models()) === budgetModels, 'and the loaded models stay');
+  };
+  await refused('test-org/big', 'q4', 'try a smaller model');
+  await refused('test-org/small', 'none', 'as q4 it would need');
+  await page.getByTestId('quantize').selectOption('q4');
+  await page.getByTestId('target-url').fill('test-org/small');
+  await page.getByTestId('target-load').click();
+  // (The error of the refusal above stays on screen until a load succeeds: wait for the model.)
+  await waitFor(() => document.querySelector('[data-testid=models]')?.textContent.includes('test-org/small'), undefined, 120_000)
+    .catch(() => {});
+  check((await models()).includes('/hub/test-org/small/resolve/main'), `as q4 it fits: ${JSON.stringify(await errorText())}`);
+
   console.log(JSON.stringify({ bytes, load_s: loadS, wasm_memory_mib: memMib, tokens: cli.tokens.length,
-    tokens_per_s: tokensPerS, same_as_cli: same, captioned: `test-org/${CAPTION}` }));
+    tokens_per_s: tokensPerS, same_as_cli: same, captioned: `test-org/${CAPTION}`,
+    cli_peak_rss_mib: cli.peak_rss_mib ?? null, cli_s: cliS }));
 } catch (e) {
   console.error(e.message);
   console.error('--- browser console ---\n' + consoleLines.slice(-40).join('\n'));

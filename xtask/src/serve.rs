@@ -257,9 +257,12 @@ fn handle(shared: &Shared, stream: TcpStream) -> io::Result<()> {
     }
 }
 
-/// One line per request: `METHOD TARGET -> CODE`.
+/// One line per request: `METHOD TARGET [RANGE] -> CODE`.
 fn log(request: &Request, code: &str) {
-    println!("{} {} -> {code}", request.method, request.target);
+    match &request.range {
+        Some(range) => println!("{} {} [{range}] -> {code}", request.method, request.target),
+        None => println!("{} {} -> {code}", request.method, request.target),
+    }
 }
 
 /// Reads the request line and the headers, keeping only `Range` (nothing else here depends on

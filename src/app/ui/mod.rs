@@ -114,14 +114,19 @@ fn absolute(url: &str) -> String {
 
 /// The hub model ids resolve on: the page's `?hub=URL`, else huggingface.co.
 pub fn hub() -> String {
+    query("hub")
+        .filter(|h| !h.trim().is_empty())
+        .unwrap_or_else(|| crate::app::hub::DEFAULT_HUB.to_string())
+}
+
+/// A parameter of the page's query string.
+fn query(name: &str) -> Option<String> {
     window()
         .location()
         .search()
         .ok()
         .and_then(|q| web_sys::UrlSearchParams::new_with_str(&q).ok())
-        .and_then(|p| p.get("hub"))
-        .filter(|h| !h.trim().is_empty())
-        .unwrap_or_else(|| crate::app::hub::DEFAULT_HUB.to_string())
+        .and_then(|p| p.get(name))
 }
 
 /// A model field's text as a base URL: a hub id resolved on [`hub`], a URL or path made absolute.
@@ -192,6 +197,7 @@ impl AppState {
                 target_url,
                 draft_url,
                 quantize: self.settings.with_untracked(|s| s.quantize),
+                memory_budget_mib: query("gpu_memory_mib").and_then(|v| v.trim().parse().ok()),
             },
             Vec::new(),
         );

@@ -124,6 +124,9 @@ pub async fn open(opts: &GpuOptions) -> Result<GpuDevice> {
         "{} ({:?}, {:?}, {} {})",
         a.name, a.backend, a.device_type, a.driver, a.driver_info
     );
+    // In the browser wgpu reports only the adapter's description, which Chrome leaves empty.
+    #[cfg(target_arch = "wasm32")]
+    let info = format!("{info} {}", browser_adapter_words().await);
     let cpu = opts
         .cpu_kernels
         .unwrap_or(a.device_type == wgpu::DeviceType::Cpu || is_software(&info));
@@ -168,6 +171,42 @@ pub async fn open(opts: &GpuOptions) -> Result<GpuDevice> {
         },
         errors,
     })
+}
+
+/// The page's own adapter info (`navigator.gpu.requestAdapter()`): vendor, architecture,
+/// device and description, e.g. "google swiftshader" for Chrome's CPU implementation.
+#[cfg(target_arch = "wasm32")]
+async fn browser_adapter_words() -> String {
+    use wasm_bindgen::{JsCast, JsValue};
+    let get = |o: &JsValue, k: &str| js_sys::Reflect::get(o, &k.into()).ok();
+    let navigator = get(&js_sys::global(), "navigator");
+    let Some(gpu) = navigator.and_then(|n| get(&n, "gpu")) else {
+        return String::new();
+    };
+    let Some(request) =
+        get(&gpu, "requestAdapter").and_then(|f| f.dyn_into::<js_sys::Function>().ok())
+    else {
+        return String::new();
+    };
+    let Some(promise) = request
+        .call0(&gpu)
+        .ok()
+        .and_then(|p| p.dyn_into::<js_sys::Promise>().ok())
+    else {
+        return String::new();
+    };
+    let Ok(adapter) = wasm_bindgen_futures::JsFuture::from(promise).await else {
+        return String::new();
+    };
+    let Some(info) = get(&adapter, "info").filter(|i| i.is_object()) else {
+        return String::new();
+    };
+    ["vendor", "architecture", "device", "description"]
+        .iter()
+        .filter_map(|k| get(&info, k).and_then(|v| v.as_string()))
+        .filter(|v| !v.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Whether an adapter description names a CPU implementation (browsers report no device type).

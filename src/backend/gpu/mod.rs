@@ -112,6 +112,8 @@ pub struct GpuBackend {
     bytes_read: std::cell::Cell<u64>,
     /// Kernel dispatches recorded so far (`Backend::dispatches`).
     dispatches: std::cell::Cell<u64>,
+    /// Bytes of weight buffers created so far (with their row padding), never decreased.
+    weight_bytes: std::cell::Cell<u64>,
     /// Per-kernel wall time when `SPEC_LLAVA_GPU_PROFILE` is set (native only): every dispatch is
     /// submitted and waited for on its own, so the totals show where a step's time goes.
     #[cfg(not(target_arch = "wasm32"))]
@@ -159,6 +161,7 @@ impl GpuBackend {
             mask_bits: RefCell::new(None),
             bytes_read: std::cell::Cell::new(0),
             dispatches: std::cell::Cell::new(0),
+            weight_bytes: std::cell::Cell::new(0),
             #[cfg(not(target_arch = "wasm32"))]
             profile: std::env::var_os("SPEC_LLAVA_GPU_PROFILE").map(|_| RefCell::default()),
         };

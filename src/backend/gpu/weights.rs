@@ -68,6 +68,12 @@ impl GpuWeight {
 }
 
 impl GpuBackend {
+    /// Bytes of weight buffers uploaded so far by this backend (padding included; buffers of
+    /// dropped models still count).
+    pub fn weight_bytes_uploaded(&self) -> u64 {
+        self.weight_bytes.get()
+    }
+
     fn create_weight_chunk(&self, data: &[f32], rows: usize, cols: usize, stride: usize) -> GpuBuf {
         let bytes = (rows * stride * 4).max(16);
         if stride == cols {
@@ -93,6 +99,7 @@ impl GpuBackend {
     /// `queue.write_buffer` straight from `data` (WebGPU buffers start zeroed), and the queue is
     /// flushed so the browser's staging does not pile up over a whole model.
     fn upload_bytes(&self, data: &[u8], size: usize) -> GpuBuf {
+        self.weight_bytes.set(self.weight_bytes.get() + size as u64);
         #[cfg(not(target_arch = "wasm32"))]
         let buffer = {
             let buffer = self.dev.device.create_buffer(&wgpu::BufferDescriptor {
