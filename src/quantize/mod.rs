@@ -83,10 +83,13 @@ fn plan(store: &WeightStore, format: Format) -> Result<Vec<Planned>> {
     names.sort();
     let mut out = Vec::new();
     for name in names {
-        let raw = store.raw(name)?;
-        let shape = raw.shape.to_vec();
+        // From the header: planning reads no tensor data.
+        let Some((dtype, shape, len)) = store.info(name) else {
+            continue;
+        };
+        let shape = shape.to_vec();
         let elems: usize = shape.iter().product();
-        let float = matches!(raw.dtype, DType::F32 | DType::F16 | DType::BF16);
+        let float = matches!(dtype, DType::F32 | DType::F16 | DType::BF16);
         match format.scheme() {
             Some(s) if float && quantizable(name, &shape) => {
                 let (rows, nb) = (shape[0], blocks_per_row(shape[1]));
@@ -111,7 +114,7 @@ fn plan(store: &WeightStore, format: Format) -> Result<Vec<Planned>> {
                     part: Part::Scales,
                 });
             }
-            None if float && raw.dtype != DType::F16 => out.push(Planned {
+            None if float && dtype != DType::F16 => out.push(Planned {
                 name: name.to_string(),
                 dtype: Dtype::F16,
                 shape,
@@ -121,9 +124,9 @@ fn plan(store: &WeightStore, format: Format) -> Result<Vec<Planned>> {
             }),
             _ => out.push(Planned {
                 name: name.to_string(),
-                dtype: st_dtype(raw.dtype),
+                dtype: st_dtype(dtype),
                 shape,
-                bytes: raw.bytes.len(),
+                bytes: len as usize,
                 source: name.to_string(),
                 part: Part::Copy,
             }),
@@ -184,8 +187,8 @@ pub fn quantize_checkpoint(
     let targets: Vec<(String, Vec<usize>)> = planned
         .iter()
         .filter(|p| matches!(p.part, Part::Codes))
-        .map(|p| Ok((p.source.clone(), store.raw(&p.source)?.shape.to_vec())))
-        .collect::<Result<_>>()?;
+        .filter_map(|p| Some((p.source.clone(), store.info(&p.source)?.1.to_vec())))
+        .collect();
     let calibration = calibrate(model, &targets, calibration_scenes)?;
     write_checkpoint(
         model,
@@ -339,27 +342,31 @@ impl<'a> Packing<'a> {
         let mut cache: Option<(String, QuantMatrix)> = None;
         for &i in members {
             let p = &self.planned[i];
-            let raw = store.raw(&p.source)?;
+            let (dtype, shape, len) = store.info(&p.source).ok_or_else(|| {
+                Error::file(
+                    store.file_of(&p.source),
+                    format!("missing tensor {}", p.source),
+                )
+            })?;
+            let shape = shape.to_vec();
             self.report.input_bytes += match p.part {
                 Part::Scales => 0,
-                _ => raw.bytes.len() as u64,
+                _ => len,
             };
-            let converted = quantizable(&p.source, raw.shape)
-                && matches!(raw.dtype, DType::F32 | DType::F16 | DType::BF16);
+            let converted = quantizable(&p.source, &shape)
+                && matches!(dtype, DType::F32 | DType::F16 | DType::BF16);
             match p.part {
                 Part::Scales => {}
                 _ if converted => self.report.quantized_tensors += 1,
                 _ => self.report.other_tensors += 1,
             }
             let bytes = match p.part {
-                Part::Copy => raw.bytes.to_vec(),
-                Part::Half => widen(raw.dtype, &raw.bytes)
+                Part::Copy => store.raw(&p.source)?.bytes.into_owned(),
+                Part::Half => widen(dtype, &store.raw(&p.source)?.bytes)
                     .into_iter()
                     .flat_map(|v| f16::from_f32(v).to_le_bytes())
                     .collect(),
                 Part::Codes | Part::Scales => {
-                    let shape = raw.shape.to_vec();
-                    drop(raw);
                     let q = match cache.take() {
                         Some((n, q)) if n == p.source => q,
                         _ => self.quantize_one(&p.source, &shape)?,

@@ -235,7 +235,11 @@ mod tests {
             }
             let p = sampling_distribution(&rows[node], &opts);
             let (ok, how) = fits(c, &p);
-            assert!(ok, "{what}: after node {node} (depth {}): {how}", tree0.nodes[node].depth);
+            assert!(
+                ok,
+                "{what}: after node {node} (depth {}): {how}",
+                tree0.nodes[node].depth
+            );
             tested += 1;
         }
         assert!(tested >= 4, "{what}: only {tested} nodes had enough draws");
@@ -285,7 +289,10 @@ mod tests {
             let mut t = tree0.clone();
             let mut sampler = Sampler::new(SamplingOptions { seed: i, ..opts });
             let v = verify(&mut t, &order, &logits, &mut sampler);
-            assert!(v.accepted.is_empty(), "a child outside the nucleus was accepted");
+            assert!(
+                v.accepted.is_empty(),
+                "a child outside the nucleus was accepted"
+            );
             counts[v.bonus as usize] += 1;
         }
         let p = sampling_distribution(&rows[0], &opts);

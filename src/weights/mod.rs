@@ -438,6 +438,13 @@ impl WeightStore {
             .unwrap_or("weights")
     }
 
+    /// A tensor's dtype, shape and byte length, from the header (nothing is read).
+    pub fn info(&self, name: &str) -> Option<(DType, &[usize], u64)> {
+        self.entries
+            .get(name)
+            .map(|e| (e.dtype, e.shape.as_slice(), e.end - e.start))
+    }
+
     pub fn raw(&self, name: &str) -> Result<RawTensor<'_>> {
         let e = self
             .entries
