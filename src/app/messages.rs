@@ -237,6 +237,9 @@ pub enum Event {
         /// Why the engine is not on the backend asked for, if it is not.
         notice: Option<String>,
         models: Vec<ModelInfo>,
+        /// The engine's device, e.g. "WebGPU: google swiftshader (kernels for CPU drivers)".
+        #[serde(default)]
+        engine: String,
     },
     /// The engine worker's wasm memory now (it only grows: this is its peak).
     EngineMemory {

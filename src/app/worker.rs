@@ -403,14 +403,24 @@ fn role_name(role: ModelRole) -> &'static str {
 fn ready(s: &State, notice: Option<String>) {
     let engine = s.engine.borrow();
     if let Some(engine) = engine.as_ref() {
-        let models = match engine {
-            Engine::Gpu(x) => x.models(),
-            Engine::Cpu(x) => x.models(),
+        let (models, device) = match engine {
+            Engine::Gpu(x) => {
+                let b = &x.backend;
+                let kernels = if b.cpu_kernels() {
+                    " (kernels for CPU drivers)"
+                } else {
+                    ""
+                };
+                let info = b.adapter_info();
+                (x.models(), format!("WebGPU: {}{kernels}", info.trim()))
+            }
+            Engine::Cpu(x) => (x.models(), "CPU engine (wasm)".to_string()),
         };
         post(&Event::Ready {
             backend: engine.kind(),
             notice,
             models,
+            engine: device,
         });
     }
 }

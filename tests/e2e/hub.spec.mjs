@@ -94,6 +94,10 @@ try {
   await page.goto(`http://127.0.0.1:${port}/?hub=http://127.0.0.1:${port}/hub`);
   await waitFor(() => ['ready', 'error'].includes(document.querySelector('[data-testid=status]')?.textContent));
   check((await status()) === 'ready', 'the page loads with the demo models');
+  // Chrome's CPU WebGPU is recognised (wgpu alone reports no adapter name in the browser), so the
+  // kernels for CPU drivers run the prefill one row at a time against packed weights.
+  const device = (await page.getByTestId('engine-device').textContent()) ?? '';
+  check(/swiftshader/i.test(device) && device.includes('kernels for CPU drivers'), `the engine names its device: ${JSON.stringify(device)}`);
   const demoModels = await models();
 
   // 1. A corrupt shard by model id.

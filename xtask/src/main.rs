@@ -41,7 +41,7 @@ commands:
   setup [--browser]                    install missing prerequisites only
   compare [--scenes N] [--seed S] [--max-new-tokens M] [--json]
                                        transformers vs our engines, plain and speculative, one table
-  scale-check [--like NAME] [--text-layers N] [--vision-layers N] [--tokens T] [--caption small|big] [--no-build]
+  scale-check [--like NAME] [--text-layers N] [--vision-layers N] [--tokens T] [--caption big|small] [--no-build]
                                        a synthetic checkpoint (default 13B-shaped q4, 22 text layers: over
                                        4 GiB) loaded by id in headless Chromium; one JSON line of figures
   layers                               check src/ imports against the layers of ARCHITECTURE.md
@@ -124,7 +124,7 @@ fn run(args: &[String]) -> Result<(), String> {
                 ("HUB_TEXT_LAYERS", value("--text-layers", "22")),
                 ("HUB_VISION_LAYERS", value("--vision-layers", "1")),
                 ("HUB_TOKENS", value("--tokens", "2")),
-                ("HUB_CAPTION", value("--caption", "small")),
+                ("HUB_CAPTION", value("--caption", "big")),
             ]
             .map(|(k, v)| (k.to_string(), v));
             check::scale_check(&root, &env)

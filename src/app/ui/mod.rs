@@ -86,6 +86,8 @@ pub struct AppState {
     pub has_image: RwSignal<bool>,
     /// The engine worker's wasm memory (bytes), as it last reported.
     pub engine_memory: RwSignal<Option<u64>>,
+    /// What the engine runs on ("WebGPU: ...", "CPU engine").
+    pub engine_device: RwSignal<String>,
 }
 
 thread_local! {
@@ -184,6 +186,7 @@ impl AppState {
             compare_run: RwSignal::new(0),
             has_image: RwSignal::new(false),
             engine_memory: RwSignal::new(None),
+            engine_device: RwSignal::new(String::new()),
         }
     }
 
@@ -279,8 +282,10 @@ impl AppState {
                 backend,
                 notice,
                 models,
+                engine,
             } => {
                 self.backend.set(Some(backend));
+                self.engine_device.set(engine);
                 self.backend_choice.set(backend);
                 if notice.is_some() {
                     self.notice.set(notice);

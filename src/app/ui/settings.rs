@@ -193,6 +193,7 @@ pub fn SettingsPanel() -> impl IntoView {
             </div>
             <h3>"Models"</h3>
             <ul class="models" data-testid="models">{models}</ul>
+            <p class="memory" data-testid="engine-device">{move || st.engine_device.get()}</p>
             <p class="memory" data-testid="engine-memory">
                 {move || st.engine_memory.get().map(|b| format!("wasm memory {} MiB", b >> 20)).unwrap_or_default()}
             </p>

@@ -126,7 +126,10 @@ pub async fn open(opts: &GpuOptions) -> Result<GpuDevice> {
     );
     // In the browser wgpu reports only the adapter's description, which Chrome leaves empty.
     #[cfg(target_arch = "wasm32")]
-    let info = format!("{info} {}", browser_adapter_words().await);
+    let info = match browser_adapter_words().await {
+        words if words.is_empty() => info,
+        words => words,
+    };
     let cpu = opts
         .cpu_kernels
         .unwrap_or(a.device_type == wgpu::DeviceType::Cpu || is_software(&info));

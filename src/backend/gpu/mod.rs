@@ -176,6 +176,11 @@ impl GpuBackend {
         self.dev.info.clone()
     }
 
+    /// Whether the kernels chosen for CPU drivers (lavapipe, SwiftShader) are in use.
+    pub fn cpu_kernels(&self) -> bool {
+        self.dev.cpu
+    }
+
     pub fn limits(&self) -> EngineLimits {
         self.dev.limits
     }
