@@ -91,6 +91,83 @@ impl CostModel {
     }
 }
 
+/// A measured [`CostModel`] kept true while decoding runs: every round's measured verify and
+/// draft times correct it, as an exponential average of measured over predicted time applied to
+/// the whole verify curve and to the draft pass. What the start-up measurement cannot see — the
+/// context growing as the caption does, other work on the device, a cold first pass — then moves
+/// the tree size within a few rounds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveCost {
+    measured: CostModel,
+    verify_scale: f64,
+    draft_scale: f64,
+    /// The measured model scaled (what the rounds query).
+    now: CostModel,
+}
+
+/// Weight of the newest round in the running averages.
+const NEWEST: f64 = 0.3;
+
+impl LiveCost {
+    pub fn new(measured: CostModel) -> Self {
+        LiveCost {
+            now: measured.clone(),
+            measured,
+            verify_scale: 1.0,
+            draft_scale: 1.0,
+        }
+    }
+
+    /// The costs as they stand now.
+    pub fn model(&self) -> &CostModel {
+        &self.now
+    }
+
+    /// Measured time over predicted time so far: (verify, draft).
+    pub fn scales(&self) -> (f64, f64) {
+        (self.verify_scale, self.draft_scale)
+    }
+
+    /// A target pass over `tokens` took `ms`.
+    pub fn observe_verify(&mut self, tokens: usize, ms: f64) {
+        let predicted = self.measured.verify(tokens);
+        if let Some(r) = ratio(ms, predicted) {
+            self.verify_scale += NEWEST * (r - self.verify_scale);
+            self.rescale();
+        }
+    }
+
+    /// `passes` draft passes took `ms` in all.
+    pub fn observe_draft(&mut self, passes: usize, ms: f64) {
+        if passes == 0 {
+            return;
+        }
+        if let Some(r) = ratio(ms / passes as f64, self.measured.draft_pass_ms) {
+            self.draft_scale += NEWEST * (r - self.draft_scale);
+            self.rescale();
+        }
+    }
+
+    fn rescale(&mut self) {
+        self.now = CostModel {
+            verify_ms: self
+                .measured
+                .verify_ms
+                .iter()
+                .map(|&(n, t)| (n, t * self.verify_scale))
+                .collect(),
+            draft_pass_ms: self.measured.draft_pass_ms * self.draft_scale,
+        };
+    }
+}
+
+/// `measured / predicted` when both are usable times, bounded so one odd round (a stall, a timer
+/// hiccup) cannot swing the model by more than 10x.
+fn ratio(measured: f64, predicted: f64) -> Option<f64> {
+    (measured.is_finite() && measured > 0.0 && predicted.is_finite() && predicted > 0.0)
+        .then(|| (measured / predicted).clamp(0.1, 10.0))
+}
+
 /// Median time of a chain-shaped pass of `n` tokens after a `prefix`-token cache, with the `k` best
 /// logits of every row read back (as decoding reads them).
 async fn time_pass<B: Backend>(
@@ -152,6 +229,38 @@ mod tests {
         assert_eq!(c.verify(1), 10.0);
         assert_eq!(c.verify(3), 14.0);
         assert_eq!(c.verify(6), 20.0);
+    }
+
+    #[test]
+    fn live_costs_follow_the_measured_rounds() {
+        let measured = CostModel {
+            verify_ms: vec![(1, 10.0), (65, 20.0)],
+            draft_pass_ms: 2.0,
+        };
+        let mut live = LiveCost::new(measured.clone());
+        assert_eq!(live.model(), &measured);
+        // Verify passes now take three times what was measured (a longer context), drafts half.
+        for _ in 0..30 {
+            live.observe_verify(33, 45.0);
+            live.observe_draft(4, 4.0);
+        }
+        let (v, d) = live.scales();
+        assert!((v - 3.0).abs() < 1e-3 && (d - 0.5).abs() < 1e-3, "{v} {d}");
+        assert!((live.model().verify(33) - 45.0).abs() < 0.05);
+        assert!((live.model().draft_pass_ms - 1.0).abs() < 0.01);
+        // Dearer verification, cheaper drafting: a tree of unsure nodes gets smaller.
+        let unsure: Vec<f32> = (0..32).map(|i| -1.0 - 0.2 * i as f32).collect();
+        let before = measured.best_budget(&unsure, 32, 4.0).0;
+        let after = live.model().best_budget(&unsure, 32, 4.0).0;
+        assert!(after < before, "{after} vs {before}");
+        // Nonsense times change nothing; an outlier moves it by a bounded step.
+        let kept = live.clone();
+        live.observe_verify(33, f64::NAN);
+        live.observe_verify(33, -1.0);
+        live.observe_draft(0, 5.0);
+        assert_eq!(live, kept);
+        live.observe_verify(33, 1e9);
+        assert!(live.scales().0 <= 3.0 + NEWEST * (10.0 - 3.0) + 1e-9);
     }
 
     #[test]

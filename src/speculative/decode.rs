@@ -10,7 +10,7 @@ use crate::backend::{AttnMask, Backend, TopK, MAX_TOP_K};
 use crate::error::{Error, Result};
 use crate::model::LlavaModel;
 use crate::sampling::{greedy_token, row_is_finite, Sampler, SamplingOptions};
-use crate::speculative::adapt::CostModel;
+use crate::speculative::adapt::{CostModel, LiveCost};
 use crate::speculative::events::{RoundEvent, RoundTimings};
 use crate::speculative::tree::DraftTree;
 use crate::speculative::verify::{verify, TargetRows, Verdict};
@@ -179,6 +179,8 @@ struct Speculation<'a, B: Backend, D: Backend> {
     out: SpecResult,
     /// Output tokens already reported in a round event.
     reported: usize,
+    /// The cost model given in the inputs, corrected by every round's measured times.
+    cost: Option<LiveCost>,
 }
 
 impl<'a, B: Backend, D: Backend> Speculation<'a, B, D> {
@@ -186,6 +188,7 @@ impl<'a, B: Backend, D: Backend> Speculation<'a, B, D> {
     async fn start(b: &'a B, d: &'a D, inp: SpecInputs<'a, B, D>) -> Result<Self> {
         inp.sampling.validate()?;
         inp.options.validate()?;
+        let inp_cost = inp.cost;
         let opts = inp.options;
         let mut sampler = Sampler::new(inp.sampling);
         let t0 = web_time::Instant::now();
@@ -226,6 +229,7 @@ impl<'a, B: Backend, D: Backend> Speculation<'a, B, D> {
             pending: Vec::new(),
             out,
             reported: 0,
+            cost: inp_cost.map(|c| LiveCost::new(c.clone())),
         })
     }
 
@@ -255,6 +259,7 @@ impl Round {
     /// tree one batched pass per level while it is worth it, and select the nodes to verify.
     async fn draft<B: Backend, D: Backend>(run: &mut Speculation<'_, B, D>) -> Round {
         let started = web_time::Instant::now();
+        let passes_before = run.out.draft_passes;
         let (d, opts) = (run.d, run.inp.options);
         let remaining = run.inp.max_new_tokens - run.out.tokens.len();
         if remaining == 1 {
@@ -288,15 +293,20 @@ impl Round {
         };
         let mut next_slot = root_slot + 1;
         for _depth in 2..=max_depth {
-            if !round.worth_deepening(&frontier, run.inp.cost, opts) {
+            if !round.worth_deepening(&frontier, run.cost.as_ref().map(LiveCost::model), opts) {
                 break;
             }
             let ran = frontier.len();
             frontier = round.expand(run, &frontier, next_slot).await;
             next_slot += ran;
         }
-        round.order = round.tree.select(round.chosen_budget(run.inp.cost));
+        round.order = round
+            .tree
+            .select(round.chosen_budget(run.cost.as_ref().map(LiveCost::model)));
         round.timings.draft_ms = round.elapsed_ms();
+        if let Some(cost) = &mut run.cost {
+            cost.observe_draft(run.out.draft_passes - passes_before, round.timings.draft_ms);
+        }
         round
     }
 
@@ -445,6 +455,9 @@ impl Round {
         run.out.accepted_per_round.push(verdict.accepted.len());
         run.out.verified_per_round.push(self.order.len() - 1);
         self.timings.verify_ms = tv.elapsed().as_secs_f64() * 1e3;
+        if let Some(cost) = &mut run.cost {
+            cost.observe_verify(self.order.len(), self.timings.verify_ms);
+        }
         Ok(verdict)
     }
 

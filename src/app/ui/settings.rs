@@ -40,11 +40,20 @@ where
     }
 }
 
+/// A new load makes an earlier failure's message stale (its own error, if any, replaces it).
+fn clear_load_error(st: AppState) {
+    if matches!(st.status.get_untracked(), super::Status::Error) {
+        st.error.set(None);
+        st.status.set(super::Status::Ready);
+    }
+}
+
 /// Send a picked folder's files to the worker as a checkpoint: the `File` handles, not their
 /// bytes (the worker reads the weights a tensor at a time).
 fn load_folder(st: AppState, role: ModelRole, files: web_sys::FileList) {
     let list: Vec<web_sys::File> = (0..files.length()).filter_map(|i| files.get(i)).collect();
     let names = list.iter().map(|f| f.name()).collect();
+    clear_load_error(st);
     bridge::send_files(
         &Request::LoadModel {
             role,
@@ -61,6 +70,7 @@ fn load_url(st: AppState, role: ModelRole, input: &str) {
     let Some(url) = super::model_url(input) else {
         return;
     };
+    clear_load_error(st);
     bridge::send(
         &Request::LoadModel {
             role,
