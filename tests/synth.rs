@@ -361,6 +361,15 @@ fn shards_index_and_determinism() {
     let b = scratch("shard-b");
     synth::synth_checkpoint(&opts, &b).unwrap();
     assert!(read_all(&a) == read_all(&b), "same seed, different bytes");
+    // In memory (for benchmarks): the same files, byte for byte.
+    let (memory, in_memory) = synth::synth_in_memory(&opts, "memory").unwrap();
+    assert_eq!(in_memory.shards, report.shards);
+    let memory: Vec<(String, Vec<u8>)> = memory
+        .files
+        .iter()
+        .map(|(name, file)| (name.clone(), file.read(0, file.len()).unwrap().into_owned()))
+        .collect();
+    assert!(memory == read_all(&a), "memory and files differ");
     // Another seed: other weights, same layout.
     let c = scratch("shard-c");
     synth::synth_checkpoint(

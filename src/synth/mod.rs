@@ -28,6 +28,7 @@ use safetensors::Dtype;
 pub use self::shapes::{Dims, Like, Names, TensorKind};
 use crate::config::LlavaConfig;
 use crate::error::{Error, Result};
+use crate::files::MemoryFiles;
 use crate::quant::{
     blocks_per_row, quantizable, BlockQ4, QuantMatrix, Scheme, GROUP, META_GROUP, META_QUANT,
 };
@@ -252,29 +253,92 @@ fn pretty(v: &serde_json::Value) -> Result<String> {
         .map_err(|e| Error::invalid(e.to_string()))
 }
 
+/// Where a synthetic checkpoint goes: a directory ([`synth_checkpoint`]) or memory
+/// ([`synth_in_memory`]).
+trait Destination {
+    /// A whole (small) file.
+    fn file(&mut self, name: &str, bytes: &[u8]) -> Result<()>;
+    /// A shard of `len` bytes, written by `write` in order.
+    fn shard(
+        &mut self,
+        name: &str,
+        len: u64,
+        write: &mut dyn FnMut(&mut dyn Write) -> Result<()>,
+    ) -> Result<()>;
+}
+
+struct Dir<'a>(&'a Path);
+
+impl Destination for Dir<'_> {
+    fn file(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        let path = self.0.join(name);
+        std::fs::write(&path, bytes).map_err(|e| Error::file(path.display(), e))
+    }
+    fn shard(
+        &mut self,
+        name: &str,
+        _len: u64,
+        write: &mut dyn FnMut(&mut dyn Write) -> Result<()>,
+    ) -> Result<()> {
+        let path = self.0.join(name);
+        let io = |e: std::io::Error| Error::file(path.display(), format!("cannot write: {e}"));
+        let file = std::fs::File::create(&path).map_err(io)?;
+        let mut w = std::io::BufWriter::with_capacity(8 << 20, file);
+        write(&mut w)?;
+        w.flush().map_err(io)
+    }
+}
+
+impl Destination for MemoryFiles {
+    fn file(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        self.insert(name, bytes.to_vec());
+        Ok(())
+    }
+    fn shard(
+        &mut self,
+        name: &str,
+        len: u64,
+        write: &mut dyn FnMut(&mut dyn Write) -> Result<()>,
+    ) -> Result<()> {
+        let mut bytes = Vec::with_capacity(len as usize);
+        write(&mut bytes)?;
+        self.insert(name, bytes);
+        Ok(())
+    }
+}
+
 /// Write the checkpoint `opts` describes into `out` (created if missing).
 pub fn synth_checkpoint(opts: &SynthOptions, out: &Path) -> Result<SynthReport> {
+    std::fs::create_dir_all(out).map_err(|e| Error::file(out.display(), e))?;
+    let report = synth_into(opts, &mut Dir(out))?;
+    let index_path = out.join(crate::files::INDEX_FILE);
+    if report.shards.len() < 2 && index_path.exists() {
+        std::fs::remove_file(&index_path).map_err(|e| Error::file(index_path.display(), e))?;
+    }
+    Ok(report)
+}
+
+/// The checkpoint `opts` describes, in memory (for benchmarks: no files).
+pub fn synth_in_memory(opts: &SynthOptions, source: &str) -> Result<(MemoryFiles, SynthReport)> {
+    let mut files = MemoryFiles::new(source);
+    let report = synth_into(opts, &mut files)?;
+    Ok((files, report))
+}
+
+fn synth_into(opts: &SynthOptions, out: &mut dyn Destination) -> Result<SynthReport> {
     let dims = opts.dims()?;
     let config = config_json(opts)?;
     let (model, stored) = plan(opts)?;
-    std::fs::create_dir_all(out).map_err(|e| Error::file(out.display(), e))?;
-    let write = |name: &str, text: &str| -> Result<()> {
-        let path = out.join(name);
-        std::fs::write(&path, text).map_err(|e| Error::file(path.display(), e))
-    };
     let mut files = Vec::new();
-    write("config.json", &config)?;
+    out.file("config.json", config.as_bytes())?;
     files.push("config.json".to_string());
     for (name, text) in shapes::side_files(opts.like, &dims)? {
-        write(&name, &text)?;
+        out.file(&name, text.as_bytes())?;
         files.push(name);
     }
     let (tok, tok_config) = tokenizer::tokenizer_files(opts.like)?;
-    {
-        let path = out.join("tokenizer.json");
-        std::fs::write(&path, tok).map_err(|e| Error::file(path.display(), e))?;
-    }
-    write("tokenizer_config.json", &tok_config)?;
+    out.file("tokenizer.json", &tok)?;
+    out.file("tokenizer_config.json", tok_config.as_bytes())?;
     files.extend(["tokenizer.json".into(), "tokenizer_config.json".into()]);
 
     // Shards: greedy in file order.
@@ -312,7 +376,6 @@ pub fn synth_checkpoint(opts: &SynthOptions, out: &Path) -> Result<SynthReport> 
     let mut pending_scales: Option<(usize, Vec<u16>)> = None;
     for (k, members) in shards.iter().enumerate() {
         let name = file_name(k);
-        let path = out.join(&name);
         let mut offset = 0usize;
         let infos = members
             .iter()
@@ -331,79 +394,79 @@ pub fn synth_checkpoint(opts: &SynthOptions, out: &Path) -> Result<SynthReport> 
             })
             .collect();
         let header = Metadata::new(Some(metadata.clone()), infos)
-            .map_err(|e| Error::file(path.display(), format!("header: {e}")))?;
+            .map_err(|e| Error::file(&name, format!("header: {e}")))?;
         // The `__metadata__` map is a HashMap: sort it, so the same options give the same bytes.
-        let mut header =
-            serde_json::to_value(&header).map_err(|e| Error::file(path.display(), e))?;
+        let mut header = serde_json::to_value(&header).map_err(|e| Error::file(&name, e))?;
         if let Some(meta) = header.get_mut("__metadata__") {
             let sorted: std::collections::BTreeMap<String, serde_json::Value> =
-                serde_json::from_value(meta.take()).map_err(|e| Error::file(path.display(), e))?;
-            *meta = serde_json::to_value(sorted).map_err(|e| Error::file(path.display(), e))?;
+                serde_json::from_value(meta.take()).map_err(|e| Error::file(&name, e))?;
+            *meta = serde_json::to_value(sorted).map_err(|e| Error::file(&name, e))?;
         }
-        let mut header = serde_json::to_vec(&header).map_err(|e| Error::file(path.display(), e))?;
+        let mut header = serde_json::to_vec(&header).map_err(|e| Error::file(&name, e))?;
         header.resize(header.len().next_multiple_of(8), b' ');
-        let file = std::fs::File::create(&path).map_err(|e| Error::file(path.display(), e))?;
-        let mut w = std::io::BufWriter::with_capacity(8 << 20, file);
-        let io = |e: std::io::Error| Error::file(path.display(), format!("cannot write: {e}"));
-        w.write_all(&(header.len() as u64).to_le_bytes())
-            .map_err(io)?;
-        w.write_all(&header).map_err(io)?;
-        for &i in members {
-            let t = &stored[i];
-            let m = &model[t.source];
-            let mut written = 0u64;
-            match t.part {
-                Part::Plain => {
-                    for_row_blocks(opts.seed, m, |rows| {
-                        let bytes = encode(t.dtype, rows);
+        let len = 8 + header.len() as u64 + members.iter().map(|&i| stored[i].bytes).sum::<u64>();
+        let shard_name = name.clone();
+        let io = |e: std::io::Error| Error::file(&shard_name, format!("cannot write: {e}"));
+        out.shard(&name, len, &mut |w: &mut dyn Write| {
+            w.write_all(&(header.len() as u64).to_le_bytes())
+                .map_err(io)?;
+            w.write_all(&header).map_err(io)?;
+            for &i in members {
+                let t = &stored[i];
+                let m = &model[t.source];
+                let mut written = 0u64;
+                match t.part {
+                    Part::Plain => {
+                        for_row_blocks(opts.seed, m, |rows| {
+                            let bytes = encode(t.dtype, rows);
+                            written += bytes.len() as u64;
+                            w.write_all(&bytes).map_err(io)
+                        })?;
+                    }
+                    Part::Codes => {
+                        let scheme = opts.dtype.scheme().expect("a quantized dtype");
+                        let cols = m.shape[1];
+                        let mut scales = Vec::with_capacity(m.shape[0] * blocks_per_row(cols));
+                        for_row_blocks(opts.seed, m, |rows| {
+                            for q in quantize_rows(scheme, rows, cols) {
+                                scales.extend_from_slice(&q.scales);
+                                written += q.qs.len() as u64;
+                                w.write_all(&q.qs).map_err(io)?;
+                            }
+                            Ok(())
+                        })?;
+                        pending_scales = Some((t.source, scales));
+                    }
+                    Part::Scales => {
+                        let scales = match pending_scales.take() {
+                            Some((s, scales)) if s == t.source => scales,
+                            _ => {
+                                return Err(Error::invalid(format!(
+                                    "scales of {} before its codes",
+                                    m.name
+                                )))
+                            }
+                        };
+                        let bytes: Vec<u8> = scales.iter().flat_map(|s| s.to_le_bytes()).collect();
                         written += bytes.len() as u64;
-                        w.write_all(&bytes).map_err(io)
-                    })?;
+                        w.write_all(&bytes).map_err(io)?;
+                    }
                 }
-                Part::Codes => {
-                    let scheme = opts.dtype.scheme().expect("a quantized dtype");
-                    let cols = m.shape[1];
-                    let mut scales = Vec::with_capacity(m.shape[0] * blocks_per_row(cols));
-                    for_row_blocks(opts.seed, m, |rows| {
-                        for q in quantize_rows(scheme, rows, cols) {
-                            scales.extend_from_slice(&q.scales);
-                            written += q.qs.len() as u64;
-                            w.write_all(&q.qs).map_err(io)?;
-                        }
-                        Ok(())
-                    })?;
-                    pending_scales = Some((t.source, scales));
+                if written != t.bytes {
+                    return Err(Error::file(
+                        &name,
+                        format!(
+                            "tensor {}: wrote {written} bytes, planned {}",
+                            t.name, t.bytes
+                        ),
+                    ));
                 }
-                Part::Scales => {
-                    let scales = match pending_scales.take() {
-                        Some((s, scales)) if s == t.source => scales,
-                        _ => {
-                            return Err(Error::invalid(format!(
-                                "scales of {} before its codes",
-                                m.name
-                            )))
-                        }
-                    };
-                    let bytes: Vec<u8> = scales.iter().flat_map(|s| s.to_le_bytes()).collect();
-                    written += bytes.len() as u64;
-                    w.write_all(&bytes).map_err(io)?;
-                }
+                weight_map.insert(t.name.clone(), name.clone().into());
             }
-            if written != t.bytes {
-                return Err(Error::file(
-                    path.display(),
-                    format!(
-                        "tensor {}: wrote {written} bytes, planned {}",
-                        t.name, t.bytes
-                    ),
-                ));
-            }
-            weight_map.insert(t.name.clone(), name.clone().into());
-        }
-        w.flush().map_err(io)?;
+            Ok(())
+        })?;
         shard_names.push(name);
     }
-    let index_path = out.join(crate::files::INDEX_FILE);
     if count > 1 {
         let mut meta = serde_json::json!({
             "total_size": stored.iter().map(|t| t.bytes).sum::<u64>(),
@@ -414,10 +477,8 @@ pub fn synth_checkpoint(opts: &SynthOptions, out: &Path) -> Result<SynthReport> 
         }
         let index = serde_json::json!({ "metadata": meta, "weight_map": weight_map });
         let text = pretty(&index)?;
-        std::fs::write(&index_path, text).map_err(|e| Error::file(index_path.display(), e))?;
+        out.file(crate::files::INDEX_FILE, text.as_bytes())?;
         files.push(crate::files::INDEX_FILE.to_string());
-    } else if index_path.exists() {
-        std::fs::remove_file(&index_path).map_err(|e| Error::file(index_path.display(), e))?;
     }
     files.extend(shard_names.iter().cloned());
     Ok(SynthReport {
