@@ -5,9 +5,12 @@
 //! Without an adapter the GPU part FAILS, unless `SPEC_LLAVA_SKIP_GPU=1` is set (then only the CPU
 //! engine's tokens/s is checked).
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 
+use common::positive;
 use serde_json::Value;
 
 fn demo_target() -> PathBuf {
@@ -33,14 +36,6 @@ fn bench(extra: &[&str]) -> Value {
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert_eq!(stdout.lines().count(), 1, "one JSON line: {stdout}");
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
-}
-
-fn positive(what: &str, v: &Value) -> f64 {
-    let x = v
-        .as_f64()
-        .unwrap_or_else(|| panic!("{what}: not a number: {v}"));
-    assert!(x.is_finite() && x > 0.0, "{what}: {x}");
-    x
 }
 
 #[test]

@@ -3,6 +3,8 @@
 
 #[path = "cli/bench_kernels.rs"]
 mod bench_kernels;
+#[path = "cli/bench_shape.rs"]
+mod bench_shape;
 #[path = "cli/quantize.rs"]
 mod quantize;
 #[path = "cli/synth.rs"]
@@ -52,6 +54,9 @@ enum Command {
     Bench(BenchArgs),
     /// GB/s and GFLOP/s of the GPU kernels next to a plain copy's GB/s; tokens/s per engine.
     BenchKernels(bench_kernels::BenchKernelsArgs),
+    /// Cost curves at a real model's size (shapes of `synth`, random weights, in memory): target
+    /// ms/token and GB/s, verify passes over 1..64 nodes, a draft pass, and a projected speedup.
+    BenchShape(bench_shape::BenchShapeArgs),
     /// Write a quantized (q4 / q8) or f16 copy of a checkpoint as safetensors shards.
     Quantize(quantize::QuantizeArgs),
     /// Write a checkpoint with the files, tensor names and shapes of a real one and random
@@ -604,6 +609,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Score { pairs } => score(&pairs),
         Command::BenchKernels(args) => bench_kernels::run(args),
+        Command::BenchShape(args) => bench_shape::run(args),
         Command::Quantize(args) => quantize::run(args),
         Command::Synth(args) => synth::run(args),
         Command::Kernels { json } => kernels(json),

@@ -170,7 +170,7 @@ fn ratio(measured: f64, predicted: f64) -> Option<f64> {
 
 /// Median time of a chain-shaped pass of `n` tokens after a `prefix`-token cache, with the `k` best
 /// logits of every row read back (as decoding reads them).
-async fn time_pass<B: Backend>(
+pub async fn time_pass<B: Backend>(
     b: &B,
     model: &LlavaModel<B>,
     prefix: usize,

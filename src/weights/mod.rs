@@ -400,9 +400,24 @@ impl WeightStore {
 
     /// [`Self::loaded_bytes`] if the plain weights were quantized on load to `quantize_on_load`.
     pub fn loaded_bytes_as(&self, quantize_on_load: Option<Format>) -> u64 {
+        self.loaded_bytes_of(quantize_on_load, &|_| true)
+    }
+
+    /// [`Self::loaded_bytes`] of the tensors whose names pass `keep` (e.g. what one decoding
+    /// pass reads).
+    pub fn loaded_bytes_where(&self, keep: impl Fn(&str) -> bool) -> u64 {
+        self.loaded_bytes_of(self.quantize_on_load, &keep)
+    }
+
+    fn loaded_bytes_of(
+        &self,
+        quantize_on_load: Option<Format>,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> u64 {
         let want = self.format.or(quantize_on_load);
         self.entries
             .iter()
+            .filter(|(name, _)| keep(name))
             .map(|(name, e)| {
                 let elems: u64 = e.shape.iter().map(|&d| d as u64).product();
                 if matches!(e.dtype, DType::U8 | DType::I8) || name.ends_with(quant::SCALES_SUFFIX)

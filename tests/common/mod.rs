@@ -209,3 +209,12 @@ pub fn random_weights_copy(name: &str, seed: u64) -> PathBuf {
     rewrite_tensors(&dst, |_, n, dtype| float_bytes(dtype, n, || next() * 0.5));
     dst
 }
+
+/// A JSON number that must be finite and positive (benchmark reports); its value.
+pub fn positive(what: &str, v: &serde_json::Value) -> f64 {
+    let x = v
+        .as_f64()
+        .unwrap_or_else(|| panic!("{what}: not a number: {v}"));
+    assert!(x.is_finite() && x > 0.0, "{what}: {x}");
+    x
+}
