@@ -11,7 +11,7 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 
-use crate::{cargo, process, Flags};
+use crate::{process, Flags};
 
 const REQUIREMENTS: &str = "tools/compare/requirements.txt";
 const HF_SCRIPT: &str = "tools/compare/hf_assisted.py";
@@ -64,13 +64,7 @@ pub fn compare(root: &Path, args: &[String]) -> Result<(), String> {
         number("--max-new-tokens", 64)?,
     );
     let python = ensure_venv(root)?;
-    process::run_status(cargo().current_dir(root).args([
-        "build",
-        "--release",
-        "--bin",
-        "spec-llava",
-    ]))?;
-    let bin = root.join("target/release/spec-llava");
+    let bin = crate::release_cli(root)?;
     let common = [
         "--scenes".to_string(),
         scenes.to_string(),
@@ -219,19 +213,7 @@ fn int(v: &Value) -> u64 {
 
 /// Run a command that prints one JSON object as its last stdout line.
 fn json_of(cmd: &mut Command) -> Result<Value, String> {
-    let shown = format!("{cmd:?}");
-    eprintln!("compare: {shown}");
-    let out = cmd
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .map_err(|e| format!("{shown}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("{shown} exited with {}", out.status));
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let last = text.lines().rev().find(|l| l.trim_start().starts_with('{'));
-    last.and_then(|l| serde_json::from_str(l).ok())
-        .ok_or_else(|| format!("{shown}: no JSON object in its output"))
+    process::json_of("compare", cmd)
 }
 
 /// The venv with the pinned transformers (made once; remade when the requirements change).

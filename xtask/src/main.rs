@@ -17,6 +17,7 @@
 mod app;
 mod check;
 mod compare;
+mod gpu_report;
 mod layers;
 mod prereq;
 mod process;
@@ -41,6 +42,8 @@ commands:
   setup [--browser]                    install missing prerequisites only
   compare [--scenes N] [--seed S] [--max-new-tokens M] [--json]
                                        transformers vs our engines, plain and speculative, one table
+  gpu-report [--quick] [--out FILE]    bench-kernels, the demo pair and 7B/13B shapes (bench-shape) on the
+                                       first GPU adapter, one markdown table (default target/gpu-report.md)
   scale-check [--like NAME] [--text-layers N] [--vision-layers N] [--tokens T] [--caption big|small] [--no-build]
                                        a synthetic checkpoint (default 13B-shaped q4, 22 text layers: over
                                        4 GiB) loaded by id in headless Chromium; one JSON line of figures
@@ -98,6 +101,7 @@ fn run(args: &[String]) -> Result<(), String> {
             Ok(())
         }
         "compare" => compare::compare(&root, rest),
+        "gpu-report" => gpu_report::gpu_report(&root, rest),
         "scale-check" => {
             let opts = Flags::parse(
                 rest,
@@ -271,6 +275,17 @@ fn fuzz_seconds(args: &[String]) -> Result<u64, String> {
 /// The cargo that launched us (so nested builds use the same toolchain), else `cargo` on PATH.
 fn cargo() -> Command {
     Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+/// Build the `spec-llava` CLI in release mode (benchmarks); its path.
+fn release_cli(root: &Path) -> Result<PathBuf, String> {
+    process::run_status(cargo().current_dir(root).args([
+        "build",
+        "--release",
+        "--bin",
+        "spec-llava",
+    ]))?;
+    Ok(root.join("target/release/spec-llava"))
 }
 
 fn no_more_args(rest: &[String]) -> Result<(), String> {

@@ -24,6 +24,24 @@ pub fn quiet_success(cmd: &mut Command) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Run a command that prints one JSON object as its last stdout line (a `--json` benchmark),
+/// showing the command on stderr under `tag`; that object.
+pub fn json_of(tag: &str, cmd: &mut Command) -> Result<serde_json::Value, String> {
+    let shown = format!("{cmd:?}");
+    eprintln!("{tag}: {shown}");
+    let out = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("{shown}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("{shown} exited with {}", out.status));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text.lines().rev().find(|l| l.trim_start().starts_with('{'));
+    last.and_then(|l| serde_json::from_str(l).ok())
+        .ok_or_else(|| format!("{shown}: no JSON object in its output"))
+}
+
 /// The command line, with the program's directory left out (cargo's is a long toolchain path).
 fn render(cmd: &Command) -> String {
     let program = Path::new(cmd.get_program());
