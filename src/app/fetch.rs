@@ -19,9 +19,9 @@ use wasm_bindgen_futures::JsFuture;
 use web_sys::{Cache, Response};
 
 use crate::app::messages::QuantChoice;
-use crate::app::packed::{self, PackError};
+use crate::app::packed;
 use crate::app::range_file::RangeFile;
-use crate::app::store::{ModelStore, StoreError};
+use crate::app::store::{KeepError, ModelStore, StoreError};
 use crate::error::{Error, Result};
 use crate::files::{MemoryFiles, INDEX_FILE, WEIGHTS_FILE};
 use crate::weights::{read_header, shard_names, BlobFile, FileBytes};
@@ -143,13 +143,13 @@ pub async fn fetch_checkpoint(
                 })
             }
             Ok(None) => {}
-            Err(PackError::Store(StoreError(why))) => {
+            Err(KeepError::Store(StoreError(why))) => {
                 notice = Some(format!(
                     "the {} weights are not kept for offline use ({why}); the originals are, and are quantized again at each load",
                     format.name()
                 ));
             }
-            Err(PackError::Fail(e)) => return Err(e),
+            Err(KeepError::Fail(e)) => return Err(e),
         }
     }
     Ok(Fetched { files, notice })
@@ -198,32 +198,14 @@ async fn get_weights(
     }
     match download_into(store, url, name, dl).await {
         Ok(file) => Ok((std::sync::Arc::new(BlobFile::new(file.into())), None)),
-        Err(DownloadError::Store(StoreError(why))) => {
+        Err(KeepError::Store(StoreError(why))) => {
             let _ = store.remove(name).await;
             let notice = format!(
                 "{name} is not kept for offline use ({why}); it is read from the network instead"
             );
             Ok((std::sync::Arc::new(RangeFile::open(url)?), Some(notice)))
         }
-        Err(DownloadError::Fail(e)) => Err(e),
-    }
-}
-
-enum DownloadError {
-    /// The store refused (quota, no permission): fall back to the network.
-    Store(StoreError),
-    Fail(Error),
-}
-
-impl From<Error> for DownloadError {
-    fn from(e: Error) -> Self {
-        DownloadError::Fail(e)
-    }
-}
-
-impl From<StoreError> for DownloadError {
-    fn from(e: StoreError) -> Self {
-        DownloadError::Store(e)
+        Err(KeepError::Fail(e)) => Err(e),
     }
 }
 
@@ -233,7 +215,7 @@ async fn download_into(
     url: &str,
     name: &str,
     dl: &mut Download<'_>,
-) -> std::result::Result<web_sys::File, DownloadError> {
+) -> std::result::Result<web_sys::File, KeepError> {
     let task = format!("{}: {name}", dl.label);
     let mut writer = store.writer(name).await?;
     let mut failures = Vec::new();

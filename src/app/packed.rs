@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::app::fetch::Download;
 use crate::app::messages::QuantChoice;
-use crate::app::store::{ModelStore, StoreError};
+use crate::app::store::{KeepError, ModelStore};
 use crate::checkpoint::Checkpoint;
 use crate::error::Error;
 use crate::files::{MemoryFiles, INDEX_FILE};
@@ -87,25 +87,6 @@ fn without_weights(files: &MemoryFiles) -> MemoryFiles {
     out
 }
 
-/// Why a copy was not kept.
-pub enum PackError {
-    /// The store refused (quota): load the originals, quantizing while loading.
-    Store(StoreError),
-    Fail(Error),
-}
-
-impl From<StoreError> for PackError {
-    fn from(e: StoreError) -> Self {
-        PackError::Store(e)
-    }
-}
-
-impl From<Error> for PackError {
-    fn from(e: Error) -> Self {
-        PackError::Fail(e)
-    }
-}
-
 /// Write the `format` copy of the plain checkpoint `files` into `store` a shard at a time, then
 /// remove the kept originals (`original_shards`); the checkpoint to load. `Ok(None)` when
 /// `files` is already quantized (nothing to do). On an error nothing of the copy stays.
@@ -115,7 +96,7 @@ pub async fn keep(
     original_shards: &[String],
     format: Format,
     dl: &mut Download<'_>,
-) -> std::result::Result<Option<MemoryFiles>, PackError> {
+) -> std::result::Result<Option<MemoryFiles>, KeepError> {
     let checkpoint = Checkpoint::from_files(files)?;
     if checkpoint.weights.format().is_some() {
         return Ok(None);
@@ -148,7 +129,7 @@ async fn write(
     mut packing: Packing<'_>,
     format: Format,
     dl: &mut Download<'_>,
-) -> std::result::Result<MemoryFiles, PackError> {
+) -> std::result::Result<MemoryFiles, KeepError> {
     let names = packing.shard_names();
     let total = packing.tensor_bytes();
     let task = format!("{}: keeping the {} weights", dl.label, format.name());
@@ -157,7 +138,7 @@ async fn write(
     (dl.progress)(&task, 0, total);
     while let Some(shard) = packing.next_shard() {
         if (dl.cancelled)() {
-            return Err(PackError::Fail(Error::Cancelled));
+            return Err(KeepError::Fail(Error::Cancelled));
         }
         let (name, bytes) = shard?;
         let kept = store.put(&kept_name(format, &name), &bytes).await?;

@@ -33,6 +33,25 @@ impl From<JsValue> for StoreError {
     }
 }
 
+/// Why a file was not kept: the store refused (the caller goes on without keeping it), or the
+/// work itself failed (the load stops).
+pub enum KeepError {
+    Store(StoreError),
+    Fail(crate::error::Error),
+}
+
+impl From<StoreError> for KeepError {
+    fn from(e: StoreError) -> Self {
+        KeepError::Store(e)
+    }
+}
+
+impl From<crate::error::Error> for KeepError {
+    fn from(e: crate::error::Error) -> Self {
+        KeepError::Fail(e)
+    }
+}
+
 /// The folder of one checkpoint URL.
 pub struct ModelStore {
     dir: FileSystemDirectoryHandle,
@@ -149,6 +168,15 @@ impl ModelStore {
         let mut writer = self.writer(name).await?;
         let written = writer.truncate(0).and_then(|()| writer.append(bytes));
         writer.close();
+        self.settle(name, written).await
+    }
+
+    /// After writing `name`: mark it complete, or forget what was written when writing failed.
+    async fn settle(
+        &self,
+        name: &str,
+        written: Result<(), StoreError>,
+    ) -> Result<web_sys::File, StoreError> {
         match written {
             Ok(()) => self.finish(name).await,
             Err(e) => {
@@ -192,13 +220,7 @@ impl ModelStore {
             progress(at, total);
         };
         writer.close();
-        match result {
-            Ok(()) => self.finish(name).await,
-            Err(e) => {
-                let _ = self.remove(name).await;
-                Err(e)
-            }
-        }
+        self.settle(name, result).await
     }
 }
 

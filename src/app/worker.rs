@@ -16,9 +16,9 @@ use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
 
 use crate::app::fetch::{cache_small_files, fetch_checkpoint, Check, Download, Plan};
 use crate::app::messages::{BackendKind, Event, ModelRole, QuantChoice, Request};
-use crate::app::packed::{self, PackError};
+use crate::app::packed;
 use crate::app::session::{CaptionJob, MemoryBudget, Session};
-use crate::app::store::ModelStore;
+use crate::app::store::{KeepError, ModelStore};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::gpu::{DeviceLossHandle, GpuBackend};
 use crate::error::{Error, Result};
@@ -623,14 +623,14 @@ async fn keep_picked(
         match packed::keep(store, &files, &shards, format, &mut dl).await {
             Ok(Some(kept)) => return Ok((kept, None)),
             Ok(None) => {}
-            Err(PackError::Store(why)) => {
+            Err(KeepError::Store(why)) => {
                 notice = Some(format!(
                     "the {} weights are not kept for offline use ({}); your original files are",
                     format.name(),
                     why.0
                 ))
             }
-            Err(PackError::Fail(e)) => return Err(e),
+            Err(KeepError::Fail(e)) => return Err(e),
         }
     }
     Ok((files, notice))

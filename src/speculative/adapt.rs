@@ -101,8 +101,6 @@ pub struct LiveCost {
     measured: CostModel,
     verify_scale: f64,
     draft_scale: f64,
-    /// The measured model scaled (what the rounds query).
-    now: CostModel,
 }
 
 /// Weight of the newest round in the running averages.
@@ -111,16 +109,23 @@ const NEWEST: f64 = 0.3;
 impl LiveCost {
     pub fn new(measured: CostModel) -> Self {
         LiveCost {
-            now: measured.clone(),
             measured,
             verify_scale: 1.0,
             draft_scale: 1.0,
         }
     }
 
-    /// The costs as they stand now.
-    pub fn model(&self) -> &CostModel {
-        &self.now
+    /// The costs as they stand now: the measured ones, scaled.
+    pub fn model(&self) -> CostModel {
+        CostModel {
+            verify_ms: self
+                .measured
+                .verify_ms
+                .iter()
+                .map(|&(n, t)| (n, t * self.verify_scale))
+                .collect(),
+            draft_pass_ms: self.measured.draft_pass_ms * self.draft_scale,
+        }
     }
 
     /// Measured time over predicted time so far: (verify, draft).
@@ -133,7 +138,6 @@ impl LiveCost {
         let predicted = self.measured.verify(tokens);
         if let Some(r) = ratio(ms, predicted) {
             self.verify_scale += NEWEST * (r - self.verify_scale);
-            self.rescale();
         }
     }
 
@@ -144,20 +148,7 @@ impl LiveCost {
         }
         if let Some(r) = ratio(ms / passes as f64, self.measured.draft_pass_ms) {
             self.draft_scale += NEWEST * (r - self.draft_scale);
-            self.rescale();
         }
-    }
-
-    fn rescale(&mut self) {
-        self.now = CostModel {
-            verify_ms: self
-                .measured
-                .verify_ms
-                .iter()
-                .map(|&(n, t)| (n, t * self.verify_scale))
-                .collect(),
-            draft_pass_ms: self.measured.draft_pass_ms * self.draft_scale,
-        };
     }
 }
 
@@ -238,7 +229,7 @@ mod tests {
             draft_pass_ms: 2.0,
         };
         let mut live = LiveCost::new(measured.clone());
-        assert_eq!(live.model(), &measured);
+        assert_eq!(live.model(), measured);
         // Verify passes now take three times what was measured (a longer context), drafts half.
         for _ in 0..30 {
             live.observe_verify(33, 45.0);

@@ -292,17 +292,17 @@ impl Round {
             started,
         };
         let mut next_slot = root_slot + 1;
+        // The costs as the last round left them.
+        let cost = run.cost.as_ref().map(LiveCost::model);
         for _depth in 2..=max_depth {
-            if !round.worth_deepening(&frontier, run.cost.as_ref().map(LiveCost::model), opts) {
+            if !round.worth_deepening(&frontier, cost.as_ref(), opts) {
                 break;
             }
             let ran = frontier.len();
             frontier = round.expand(run, &frontier, next_slot).await;
             next_slot += ran;
         }
-        round.order = round
-            .tree
-            .select(round.chosen_budget(run.cost.as_ref().map(LiveCost::model)));
+        round.order = round.tree.select(round.chosen_budget(cost.as_ref()));
         round.timings.draft_ms = round.elapsed_ms();
         if let Some(cost) = &mut run.cost {
             cost.observe_draft(run.out.draft_passes - passes_before, round.timings.draft_ms);

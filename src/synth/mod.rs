@@ -424,7 +424,9 @@ fn synth_into(opts: &SynthOptions, out: &mut dyn Destination) -> Result<SynthRep
                         })?;
                     }
                     Part::Codes => {
-                        let scheme = opts.dtype.scheme().expect("a quantized dtype");
+                        let scheme = opts.dtype.scheme().ok_or_else(|| {
+                            Error::invalid(format!("codes of {} in a plain checkpoint", m.name))
+                        })?;
                         let cols = m.shape[1];
                         let mut scales = Vec::with_capacity(m.shape[0] * blocks_per_row(cols));
                         for_row_blocks(opts.seed, m, |rows| {
