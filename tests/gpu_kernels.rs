@@ -13,7 +13,7 @@
 //! Without an adapter these tests FAIL, unless `SPEC_LLAVA_SKIP_GPU=1` is set.
 
 mod common;
-use common::{gpu, gpu_with};
+use common::{gpu, gpu_each_kernel_choice, gpu_with};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -132,13 +132,7 @@ fn every_kernel_compiles() {
 fn linear_matches_cpu_for_every_kernel_and_odd_shape() {
     // With and without the CPU-driver choice: every m > 64 goes to matmul_small, or to
     // matmul_tiled, whatever adapter runs the test.
-    for cpu_kernels in [true, false] {
-        let Some(g) = gpu_with(GpuOptions {
-            cpu_kernels: Some(cpu_kernels),
-            ..GpuOptions::default()
-        }) else {
-            return;
-        };
+    for (_, g) in gpu_each_kernel_choice() {
         linear_matches_cpu_on(&g);
     }
 }

@@ -1,8 +1,9 @@
-//! The q8 / q4 / f16 matmul kernels (`shaders/matmul_{vec,small,tiled}_{q8,q4,f16}.wgsl`) against
+//! The q8 / q4 / f16 matmul kernels (`shaders/matmul_vec.wgsl` with `weights_{q8,q4,f16}.wgsl`,
+//! `shaders/matmul_tiled_{q8,q4,f16}.wgsl`) against
 //! the CPU reference, which computes with the same weights dequantized to f32 (so the two see
 //! identical weight values and differ only in the order and grouping of the sums).
 //!
-//! Shapes: x rows 1 (mat-vec), 2..=64 (small-M), 65.. (tiled); input widths that are whole groups
+//! Shapes: x rows 1..=64 (mat-vec), 65.. (tiled); input widths that are whole groups
 //! of 32, a partial last group (70, 688 as in the demo target's MLP) and odd widths (1, 7, 45);
 //! output widths odd and not multiples of the workgroup tiles; with and without bias; weights split
 //! over several storage bindings.
@@ -14,7 +15,7 @@
 //! Without an adapter these tests FAIL, unless `SPEC_LLAVA_SKIP_GPU=1` is set.
 
 mod common;
-use common::gpu_with;
+use common::{gpu_each_kernel_choice, gpu_with};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -167,40 +168,43 @@ fn packed_weights_stay_packed_and_vectors_are_widened() {
     check("rms_norm with an f16 weight", &got, &want.data, 1e-5);
 }
 
-/// On a CPU driver (lavapipe here) a batch of rows against a packed weight runs as one mat-vec
-/// per row (`GpuBackend::rows_as_vec`): each row then equals that row alone, bit for bit, so a
-/// verified tree node's logits are exactly a one-token pass's. The CPU-driver kernel choice is
-/// forced (`cpu_kernels`), so this runs on any adapter.
+/// Every batch of up to 64 rows, in every weight format (f32 included), on both kernel choices
+/// (CPU drivers and GPUs), gives each row exactly what that row alone gives, bit for bit: the
+/// mat-vec sums every output in one order whatever the batch (`shaders/matmul_vec.wgsl`). So a
+/// verified tree node's logits are exactly a one-token pass's, which is what makes greedy
+/// speculative output equal plain decoding. Odd widths take the gathered-x path.
 #[test]
-fn packed_batches_on_cpu_drivers_equal_their_rows_bit_for_bit() {
-    let Some(g) = gpu_with(GpuOptions {
-        cpu_kernels: Some(true),
-        ..Default::default()
-    }) else {
-        return;
-    };
-    let mut rng = StdRng::seed_from_u64(11);
-    let (m, k, n) = (12, 256, 96);
-    for (format, dtype) in FORMATS {
-        assert!(g.rows_as_vec(m, k, dtype), "{dtype:?}");
-        let data = WeightData::convert(random(&mut rng, n * k), n, k, format);
-        let w = g.weight_data(data, &[n, k]);
-        let x = random(&mut rng, m * k);
-        let batch = read(&g, &g.linear(&g.tensor(x.clone(), m, k), &w, None));
-        for row in 0..m {
-            let one = read(
-                &g,
-                &g.linear(
-                    &g.tensor(x[row * k..(row + 1) * k].to_vec(), 1, k),
-                    &w,
-                    None,
-                ),
-            );
-            assert_eq!(
-                &batch[row * n..(row + 1) * n],
-                &one[..],
-                "{format:?} row {row}"
-            );
+fn batches_equal_their_rows_bit_for_bit() {
+    for (cpu_kernels, g) in gpu_each_kernel_choice() {
+        let mut rng = StdRng::seed_from_u64(11);
+        for (k, n) in [(256, 96), (45, 33), (688, 70)] {
+            let formats = FORMATS.iter().map(|&(f, _)| Some(f)).chain([None]);
+            for format in formats {
+                let values = random(&mut rng, n * k);
+                let w = match format {
+                    Some(f) => g.weight_data(WeightData::convert(values, n, k, f), &[n, k]),
+                    None => g.weight(values, &[n, k]),
+                };
+                let bias = g.weight(random(&mut rng, n), &[n]);
+                for m in [2, 3, 5, 17, 64] {
+                    let x = random(&mut rng, m * k);
+                    let batch = read(&g, &g.linear(&g.tensor(x.clone(), m, k), &w, Some(&bias)));
+                    for row in [0, m / 2, m - 1] {
+                        let one = g.tensor(x[row * k..(row + 1) * k].to_vec(), 1, k);
+                        let one = read(&g, &g.linear(&one, &w, Some(&bias)));
+                        let same = batch[row * n..(row + 1) * n]
+                            .iter()
+                            .zip(&one)
+                            .all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(
+                            same,
+                            "{format:?} k={k} n={n}: row {row} of {m} differs from the row alone \
+                             (cpu kernels: {cpu_kernels})"
+                        );
+                    }
+                }
+            }
         }
+        assert!(g.take_error().is_none());
     }
 }

@@ -21,6 +21,21 @@ pub fn gpu_with(opts: GpuOptions) -> Option<GpuBackend> {
     }
 }
 
+/// The GPU engine twice, with the kernels chosen for CPU drivers (`true`) and for GPUs (`false`),
+/// whatever adapter runs the test; empty when [`gpu_with`] skips.
+pub fn gpu_each_kernel_choice() -> Vec<(bool, GpuBackend)> {
+    [true, false]
+        .into_iter()
+        .filter_map(|cpu_kernels| {
+            let opts = GpuOptions {
+                cpu_kernels: Some(cpu_kernels),
+                ..GpuOptions::default()
+            };
+            gpu_with(opts).map(|g| (cpu_kernels, g))
+        })
+        .collect()
+}
+
 /// [`gpu_with`] the default options.
 pub fn gpu() -> Option<GpuBackend> {
     gpu_with(GpuOptions::default())

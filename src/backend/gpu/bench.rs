@@ -392,13 +392,7 @@ pub async fn run_suite(gpu: &GpuBackend, suite: &Suite) -> Result<Vec<KernelRow>
                 Some(Format::Q8) => WeightDType::Q8,
                 Some(Format::Q4) => WeightDType::Q4,
             };
-            let kernel = |m: usize| {
-                if gpu.rows_as_vec(m, k, dtype_of(format)) {
-                    "matmul_vec_rows"
-                } else {
-                    gpu.matmul_shape(m, dtype_of(format)).name()
-                }
-            };
+            let kernel = |m: usize| gpu.matmul_shape(m, dtype_of(format)).name();
             let shape = |m: usize| format!("m{m} n{n} k{k}");
             let wanted: Vec<usize> = (suite.matmul_rows.iter().copied())
                 .filter(|&m| suite.wants(kernel(m), &shape(m), name))

@@ -1,5 +1,10 @@
-//! Matmul dispatch: which kernel shape (`matmul_{vec,small,tiled}`) and dtype variant `linear`
+//! Matmul dispatch: which kernel shape (`matmul_{vec,small,tiled}`) and weight format `linear`
 //! uses for a weight chunk, with its parameters and grid.
+//!
+//! `matmul_vec` (one algorithm, `shaders/matmul_vec.wgsl`, with the weight format as a loader
+//! snippet) serves every batch up to 64 rows and is batch-invariant: what speculative
+//! verification needs to be exact (the same reduction order per output as a one-token pass, the
+//! way batch-invariant kernels make LLM inference deterministic).
 
 use super::pipelines::Kernel;
 use super::pool::GpuBuf;
@@ -8,15 +13,20 @@ use super::{GpuBackend, GpuTensor, GpuWeight, WeightChunk, WeightDType};
 /// Outputs per workgroup of `matmul_vec` (RPW in the shader).
 const VEC_ROWS_PER_WORKGROUP: usize = 32;
 
-/// Rows of x up to which `matmul_small` is used (above: `matmul_tiled`).
-const SMALL_ROWS: usize = 64;
+/// Rows of x up to which the batch-invariant `matmul_vec` is used (speculation trees, short
+/// prompts); above, `matmul_small` (f32 on CPU drivers) or `matmul_tiled`.
+const VEC_ROWS: usize = 64;
+
+/// Rows of x `matmul_vec` holds in registers per pass over the weights (XR; MAX_XR in the shader).
+const VEC_X_ROWS: usize = 4;
 
 /// Rows of x and weight rows (output columns) per invocation of `matmul_small_f32` (TR, TC).
 const SMALL_F32_TILE: (usize, usize) = (4, 8);
 /// Largest workgroup of `matmul_small_f32` (WG).
 const SMALL_F32_WG: usize = 32;
 
-/// The three matmul kernel shapes (`shaders/matmul_{vec,small,tiled}_*.wgsl`).
+/// The three matmul kernel shapes (`shaders/matmul_vec.wgsl` with a weight-format snippet,
+/// `shaders/matmul_small_f32.wgsl`, `shaders/matmul_tiled_*.wgsl`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MatmulShape {
     Vec,
@@ -36,29 +46,21 @@ impl MatmulShape {
 
 impl GpuBackend {
     /// The kernel shape `linear` uses for `m` rows of x against a `dtype` weight.
+    ///
+    /// Up to 64 rows (every speculation tree) it is the batch-invariant mat-vec, so a verified
+    /// node's logits are bit for bit those of a one-token pass, on every device and weight format
+    /// (exactness first: on lavapipe the f32 batch costs about what `matmul_small` did, see the
+    /// README's kernel table). Prefill-sized batches use the faster GEMMs.
     pub fn matmul_shape(&self, m: usize, dtype: WeightDType) -> MatmulShape {
-        if m == 1 {
+        if m <= VEC_ROWS {
             MatmulShape::Vec
-        } else if m <= SMALL_ROWS || (self.dev.cpu && dtype == WeightDType::F32) {
+        } else if self.dev.cpu && dtype == WeightDType::F32 {
             // On CPU drivers the lane-per-tile kernel beats the workgroup-memory GEMM at any m
             // (4x at 75 rows on lavapipe); the grid's z covers the row tiles.
             MatmulShape::Small
         } else {
             MatmulShape::Tiled
         }
-    }
-}
-
-impl GpuBackend {
-    /// Whether `m` rows of x against a packed (`f16`, `q8`, `q4`) weight run as `m` mat-vecs.
-    ///
-    /// On CPU Vulkan/WebGPU drivers (lavapipe, SwiftShader) the batched kernels for packed weights
-    /// cost about 3x as much per row as the mat-vec (`bench-kernels --filter q4 --rows 1,16`:
-    /// 16 rows in 366 ms against 7 ms for one), so a prompt or a tree there is faster row by row;
-    /// and each row's logits then come from exactly the one-row kernel (batch-invariant).
-    /// Needs x rows of whole vec4s (`k % 4 == 0`, true of every LLaVA width).
-    pub fn rows_as_vec(&self, m: usize, k: usize, dtype: WeightDType) -> bool {
-        self.dev.cpu && m > 1 && m <= SMALL_ROWS && dtype != WeightDType::F32 && k.is_multiple_of(4)
     }
 }
 
@@ -84,87 +86,65 @@ impl GpuBackend {
         let n = chunk.rows;
         let consts = [("HAS_BIAS", flag(bias.is_some()))];
         let bias = bias.unwrap_or(&self.dummy);
-        let (vec, small, tiled) = match w.dtype {
-            WeightDType::F32 => (Kernel::MatmulVec, Kernel::MatmulSmall, Kernel::MatmulTiled),
-            WeightDType::F16 => (
-                Kernel::MatmulVecF16,
-                Kernel::MatmulSmallF16,
-                Kernel::MatmulTiledF16,
-            ),
-            WeightDType::Q8 => (
-                Kernel::MatmulVecQ8,
-                Kernel::MatmulSmallQ8,
-                Kernel::MatmulTiledQ8,
-            ),
-            WeightDType::Q4 => (
-                Kernel::MatmulVecQ4,
-                Kernel::MatmulSmallQ4,
-                Kernel::MatmulTiledQ4,
-            ),
+        let (vec, tiled) = match w.dtype {
+            WeightDType::F32 => (Kernel::MatmulVec, Kernel::MatmulTiled),
+            WeightDType::F16 => (Kernel::MatmulVecF16, Kernel::MatmulTiledF16),
+            WeightDType::Q8 => (Kernel::MatmulVecQ8, Kernel::MatmulTiledQ8),
+            WeightDType::Q4 => (Kernel::MatmulVecQ4, Kernel::MatmulTiledQ4),
         };
         // Quantized kernels bind the chunk's scales after its codes and take the blocks per row
-        // as their last parameter; f32 / f16 ones take neither.
+        // as their last parameter; the f32 / f16 GEMMs take neither (the mat-vec binds a dummy).
         let quant = matches!(w.dtype, WeightDType::Q8 | WeightDType::Q4);
-        let mut bufs = vec![x.buffer(), &chunk.buf];
-        if quant {
-            bufs.push(chunk.scales.as_ref().unwrap_or(&self.dummy));
-        }
-        bufs.extend([bias, out.buffer()]);
+        let scales = chunk.scales.as_ref().unwrap_or(&self.dummy);
         let nb = w.cols.div_ceil(crate::quant::GROUP) as u32;
         let (out_stride, col_offset) = (out.cols as u32, chunk.row_start as u32);
         // Per weight row: f32 vec4s / f16 vec2<u32>s (stride / 4), or q8 / q4 code words.
-        let k4 = if quant {
+        let steps = if quant {
             w.row_stride as u32
         } else {
             (w.row_stride / 4) as u32
         };
         let shape = self.matmul_shape(m, w.dtype);
-        if shape == MatmulShape::Vec || self.rows_as_vec(m, k, w.dtype) {
-            let mut params = vec![n as u32, k as u32, k4, out_stride, col_offset];
-            if quant {
-                params.push(nb);
-            }
-            // `x_row`: which row of x (and out) the dispatch computes.
-            let x_row = params.len();
-            params.push(0);
-            for row in 0..m {
-                params[x_row] = row as u32;
-                self.run(
-                    vec,
-                    &consts,
-                    &params,
-                    &bufs,
-                    self.grid(n.div_ceil(VEC_ROWS_PER_WORKGROUP)),
-                );
-            }
-        } else if shape == MatmulShape::Small {
-            let f32_small = w.dtype == WeightDType::F32;
-            let mut consts = consts.to_vec();
-            let (col_groups, row_blocks) = if f32_small {
-                // SMALL_F32_WG lanes a workgroup, each a tile of SMALL_F32_TILE rows x columns.
-                let (tile_rows, tile_cols) = SMALL_F32_TILE;
-                let lanes = n.div_ceil(tile_cols);
-                let wg = SMALL_F32_WG.min(lanes.next_power_of_two().max(8));
-                consts.push(("WG", wg as f64));
-                (lanes.div_ceil(wg), m.div_ceil(tile_rows))
-            } else {
-                (n.div_ceil(8), m.div_ceil(8))
-            };
+        if shape == MatmulShape::Vec {
+            let x_rows = m.min(VEC_X_ROWS);
+            // GPUs: every row in one workgroup (weights once from memory); CPU drivers: one
+            // pass of x_rows per workgroup (no loop around the barrier, more parallel work).
+            let chunks = if self.dev.cpu { 1 } else { m.div_ceil(x_rows) };
+            let consts = [consts[0], ("XR", x_rows as f64), ("CHUNKS", chunks as f64)];
+            let params = [
+                m as u32, n as u32, k as u32, steps, out_stride, col_offset, nb, 0,
+            ];
+            let bufs = [x.buffer(), &chunk.buf, scales, bias, out.buffer()];
+            let mut grid = self.grid(n.div_ceil(VEC_ROWS_PER_WORKGROUP));
+            grid[2] = m.div_ceil(x_rows * chunks) as u32;
+            self.run(vec, &consts, &params, &bufs, grid);
+            return;
+        }
+        let mut bufs = vec![x.buffer(), &chunk.buf];
+        if quant {
+            bufs.push(scales);
+        }
+        bufs.extend([bias, out.buffer()]);
+        if shape == MatmulShape::Small {
+            // f32 only: SMALL_F32_WG lanes a workgroup, each a tile of SMALL_F32_TILE rows x
+            // columns.
+            let (tile_rows, tile_cols) = SMALL_F32_TILE;
+            let lanes = n.div_ceil(tile_cols);
+            let wg = SMALL_F32_WG.min(lanes.next_power_of_two().max(8));
+            let consts = [consts[0], ("WG", wg as f64)];
+            let col_groups = lanes.div_ceil(wg);
             let mut grid = self.grid(col_groups);
-            grid[2] = row_blocks as u32;
-            let mut params = vec![
+            grid[2] = m.div_ceil(tile_rows) as u32;
+            let params = [
                 m as u32,
                 n as u32,
                 k as u32,
-                k4,
+                steps,
                 out_stride,
                 col_offset,
                 col_groups as u32,
             ];
-            if quant {
-                params.push(nb);
-            }
-            self.run(small, &consts, &params, &bufs, grid);
+            self.run(Kernel::MatmulSmall, &consts, &params, &bufs, grid);
         } else {
             // f32: floats per row; f16: halves per row; q8 / q4: code words per row.
             let mut params = vec![

@@ -32,13 +32,10 @@ pub enum Kernel {
     MatmulSmall,
     MatmulTiled,
     MatmulVecQ8,
-    MatmulSmallQ8,
     MatmulTiledQ8,
     MatmulVecQ4,
-    MatmulSmallQ4,
     MatmulTiledQ4,
     MatmulVecF16,
-    MatmulSmallF16,
     MatmulTiledF16,
     AttentionTree,
     /// `attention_tree` for head dims it cannot keep in registers.
@@ -63,19 +60,24 @@ pub enum Kernel {
 /// Shared activation functions, prepended to the two kernels that use them (WGSL has no imports).
 const ACTIVATION_FNS: &str = include_str!("../../../shaders/activation_fns_f32.wgsl");
 
+/// The batch-invariant mat-vec, and the weight-format snippets appended to it (each defines the
+/// weight bindings and how a step of a weight row is read and dequantized).
+const MATMUL_VEC: &str = include_str!("../../../shaders/matmul_vec.wgsl");
+const WEIGHTS_F32: &str = include_str!("../../../shaders/weights_f32.wgsl");
+const WEIGHTS_F16: &str = include_str!("../../../shaders/weights_f16.wgsl");
+const WEIGHTS_Q8: &str = include_str!("../../../shaders/weights_q8.wgsl");
+const WEIGHTS_Q4: &str = include_str!("../../../shaders/weights_q4.wgsl");
+
 impl Kernel {
-    pub const ALL: [Kernel; 27] = [
+    pub const ALL: [Kernel; 24] = [
         Kernel::MatmulVec,
         Kernel::MatmulSmall,
         Kernel::MatmulTiled,
         Kernel::MatmulVecQ8,
-        Kernel::MatmulSmallQ8,
         Kernel::MatmulTiledQ8,
         Kernel::MatmulVecQ4,
-        Kernel::MatmulSmallQ4,
         Kernel::MatmulTiledQ4,
         Kernel::MatmulVecF16,
-        Kernel::MatmulSmallF16,
         Kernel::MatmulTiledF16,
         Kernel::AttentionTree,
         Kernel::AttentionTreeBlock,
@@ -94,20 +96,17 @@ impl Kernel {
         Kernel::TopK,
     ];
 
-    /// The shader file's stem.
+    /// The shader file's stem (for `matmul_vec_*`: the algorithm's file and the weight format).
     pub fn name(self) -> &'static str {
         match self {
             Kernel::MatmulVec => "matmul_vec_f32",
             Kernel::MatmulSmall => "matmul_small_f32",
             Kernel::MatmulTiled => "matmul_tiled_f32",
             Kernel::MatmulVecQ8 => "matmul_vec_q8",
-            Kernel::MatmulSmallQ8 => "matmul_small_q8",
             Kernel::MatmulTiledQ8 => "matmul_tiled_q8",
             Kernel::MatmulVecQ4 => "matmul_vec_q4",
-            Kernel::MatmulSmallQ4 => "matmul_small_q4",
             Kernel::MatmulTiledQ4 => "matmul_tiled_q4",
             Kernel::MatmulVecF16 => "matmul_vec_f16",
-            Kernel::MatmulSmallF16 => "matmul_small_f16",
             Kernel::MatmulTiledF16 => "matmul_tiled_f16",
             Kernel::AttentionTree => "attention_tree_f32",
             Kernel::AttentionTreeBlock => "attention_treeblock_f32",
@@ -130,17 +129,14 @@ impl Kernel {
     /// The WGSL source.
     pub fn source(self) -> String {
         let own = match self {
-            Kernel::MatmulVec => include_str!("../../../shaders/matmul_vec_f32.wgsl"),
+            Kernel::MatmulVec => return format!("{MATMUL_VEC}\n{WEIGHTS_F32}"),
             Kernel::MatmulSmall => include_str!("../../../shaders/matmul_small_f32.wgsl"),
             Kernel::MatmulTiled => include_str!("../../../shaders/matmul_tiled_f32.wgsl"),
-            Kernel::MatmulVecQ8 => include_str!("../../../shaders/matmul_vec_q8.wgsl"),
-            Kernel::MatmulSmallQ8 => include_str!("../../../shaders/matmul_small_q8.wgsl"),
+            Kernel::MatmulVecQ8 => return format!("{MATMUL_VEC}\n{WEIGHTS_Q8}"),
             Kernel::MatmulTiledQ8 => include_str!("../../../shaders/matmul_tiled_q8.wgsl"),
-            Kernel::MatmulVecQ4 => include_str!("../../../shaders/matmul_vec_q4.wgsl"),
-            Kernel::MatmulSmallQ4 => include_str!("../../../shaders/matmul_small_q4.wgsl"),
+            Kernel::MatmulVecQ4 => return format!("{MATMUL_VEC}\n{WEIGHTS_Q4}"),
             Kernel::MatmulTiledQ4 => include_str!("../../../shaders/matmul_tiled_q4.wgsl"),
-            Kernel::MatmulVecF16 => include_str!("../../../shaders/matmul_vec_f16.wgsl"),
-            Kernel::MatmulSmallF16 => include_str!("../../../shaders/matmul_small_f16.wgsl"),
+            Kernel::MatmulVecF16 => return format!("{MATMUL_VEC}\n{WEIGHTS_F16}"),
             Kernel::MatmulTiledF16 => include_str!("../../../shaders/matmul_tiled_f16.wgsl"),
             Kernel::AttentionTree => include_str!("../../../shaders/attention_tree_f32.wgsl"),
             Kernel::AttentionTreeBlock => {
@@ -169,18 +165,15 @@ impl Kernel {
     /// Storage bindings 1.. in order (binding 0 is the uniform `Params`).
     pub fn bindings(self) -> &'static [Access] {
         match self {
-            Kernel::MatmulVec | Kernel::MatmulSmall | Kernel::MatmulTiled => {
+            Kernel::MatmulSmall | Kernel::MatmulTiled | Kernel::MatmulTiledF16 => {
                 &[Read, Read, Read, Write]
             }
-            Kernel::MatmulVecF16 | Kernel::MatmulSmallF16 | Kernel::MatmulTiledF16 => {
-                &[Read, Read, Read, Write]
-            }
-            // x, codes, scales, bias, out
-            Kernel::MatmulVecQ8
-            | Kernel::MatmulSmallQ8
-            | Kernel::MatmulTiledQ8
+            // x, weights (codes), scales (a dummy for f32 / f16), bias, out
+            Kernel::MatmulVec
+            | Kernel::MatmulVecF16
+            | Kernel::MatmulVecQ8
             | Kernel::MatmulVecQ4
-            | Kernel::MatmulSmallQ4
+            | Kernel::MatmulTiledQ8
             | Kernel::MatmulTiledQ4 => &[Read, Read, Read, Read, Write],
             Kernel::AttentionTree | Kernel::AttentionTreeBlock => &[Read, Read, Read, Read, Write],
             Kernel::AttentionFull => &[Read, Read, Read, Write],

@@ -1,0 +1,177 @@
+// out[i, col_offset + j] = dot(x[i, :], w[j, :]) + bias[col_offset + j] for the rows i < m of x
+// (m = 1: decoding; m <= 64: a speculation tree, a short prompt), with the weight format supplied
+// by a loader snippet (shaders/weights_{f32,f16,q8,q4}.wgsl, appended when the pipeline is built).
+//
+// Batch-invariant: every output is summed in one fixed order, whatever m is and whichever row of x
+// it belongs to. Invocation t of a group walks the steps t, t + TPR, ... of its weight rows with
+// one fma chain per (x row, weight row); then the TPR partial sums are added serially. So a tree
+// node verified in a batch gets exactly the logits of a one-token pass (src/speculative: greedy
+// speculative output equals plain decoding bit for bit). XR (x rows held in registers, 1 for
+// decoding, up to MAX_XR for batches) changes how many rows share each weight load, never the
+// order of an output's sum.
+//
+// Each workgroup computes RPW = GROUPS * RPT weight rows (output columns) for CHUNKS * XR rows
+// of x, XR rows at a time.
+//
+// The snippet provides (see weights_f32.wgsl for the simplest):
+//   binding 2 `w` (and binding 3 `scales` for block formats),
+//   const XS: x vec4s one step covers (1, or 2 for q4),
+//   fn x_vec(q, s) -> u32: which x vec4 (of a row) is the s-th of step q,
+//   fn w_step(row, q, s) -> vec4<f32>: the 4 weights of weight row `row` paired with that x vec4,
+//     dequantized exactly (f16 and block-scaled codes are exact in f32).
+
+override HAS_BIAS: bool = false;
+// Rows of x per pass over the weights (1..=MAX_XR).
+override XR: u32 = 1u;
+// Passes (of XR rows of x) per workgroup; the grid's z covers the rest. GPUs take every row in one
+// workgroup, so the weight block comes from memory once and from cache after; CPU drivers take
+// one pass (their caches are shared by all workgroups alike).
+override CHUNKS: u32 = 1u;
+
+struct Params {
+    // rows of x (and of out)
+    m: u32,
+    // weight rows in this chunk (outputs written per row of x)
+    n: u32,
+    // input features
+    k: u32,
+    // steps per weight row (the loader's unit: f32 vec4s, f16 vec2<u32>s, q8 / q4 code words);
+    // also the weight row stride in those units
+    steps: u32,
+    // floats per output row
+    out_stride: u32,
+    // first output column written by this dispatch (the chunk's first weight row)
+    col_offset: u32,
+    // blocks (scales) per weight row: ceil(k / 32) (block formats only)
+    nb: u32,
+    _pad: u32,
+}
+
+const WG: u32 = 256u;
+// invocations per group (sharing the k axis)
+const TPR: u32 = 32u;
+// groups per workgroup
+const GROUPS: u32 = 8u;
+// weight rows per invocation
+const RPT: u32 = 4u;
+// weight rows per workgroup
+const RPW: u32 = 32u;
+const MAX_XR: u32 = 4u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+// x: [m, k] (as vec4s; when k % 4 != 0 rows are not vec4-aligned and are gathered by element)
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+// binding 2: w, binding 3: scales (the loader snippet)
+// bias: [out_stride] (read only when HAS_BIAS)
+@group(0) @binding(4) var<storage, read> bias: array<f32>;
+// out: [m, out_stride]
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+
+// Partial sums: [MAX_XR x rows][RPT][WG invocations] (16 KiB, WebGPU's guaranteed minimum).
+var<workgroup> red: array<f32, 4096>;
+
+// x[i, 4v..4v + 4], zero past k (past k the buffer holds stale data, and 0 * NaN is NaN).
+fn x4(i: u32, v: u32) -> vec4<f32> {
+    let e = v * 4u;
+    if e >= p.k {
+        return vec4<f32>(0.0);
+    }
+    if p.k % 4u == 0u {
+        return x[i * (p.k / 4u) + v];
+    }
+    var out4 = vec4<f32>(0.0);
+    for (var c = 0u; c < 4u; c++) {
+        if e + c < p.k {
+            let j = i * p.k + e + c;
+            out4[c] = x[j / 4u][j % 4u];
+        }
+    }
+    return out4;
+}
+
+// One pass: x rows i0..i0 + XR against this invocation's weight rows (outputs of rows past m are
+// not written). Called from workgroup-uniform control flow only (it has a barrier).
+fn rows_pass(i0: u32, j0: u32, g: u32, t: u32, lid: u32, rows: array<u32, RPT>) {
+    // x rows past m redo row m - 1 and write nothing.
+    var xi: array<u32, MAX_XR>;
+    var acc: array<array<vec4<f32>, RPT>, MAX_XR>;
+    for (var i = 0u; i < XR; i++) {
+        xi[i] = min(i0 + i, p.m - 1u);
+        for (var r = 0u; r < RPT; r++) {
+            acc[i][r] = vec4<f32>(0.0);
+        }
+    }
+    for (var q = t; q < p.steps; q += TPR) {
+        for (var s = 0u; s < XS; s++) {
+            var xv: array<vec4<f32>, MAX_XR>;
+            for (var i = 0u; i < XR; i++) {
+                xv[i] = x4(xi[i], x_vec(q, s));
+            }
+            for (var r = 0u; r < RPT; r++) {
+                let wv = w_step(rows[r], q, s);
+                for (var i = 0u; i < XR; i++) {
+                    acc[i][r] = fma(xv[i], wv, acc[i][r]);
+                }
+            }
+        }
+    }
+    for (var i = 0u; i < XR; i++) {
+        for (var r = 0u; r < RPT; r++) {
+            let a = acc[i][r];
+            red[(i * RPT + r) * WG + lid] = (a.x + a.y) + (a.z + a.w);
+        }
+    }
+    workgroupBarrier();
+    // Invocation t < XR * RPT of each group sums (x row t / RPT, weight row t % RPT).
+    if t < XR * RPT {
+        let i = i0 + t / RPT;
+        let r = t % RPT;
+        let j = j0 + r * GROUPS;
+        if i < p.m && j < p.n {
+            let base = t * WG + g * TPR;
+            var y = 0.0;
+            for (var s = 0u; s < TPR; s++) {
+                y += red[base + s];
+            }
+            if HAS_BIAS {
+                y += bias[p.col_offset + j];
+            }
+            out[i * p.out_stride + p.col_offset + j] = y;
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let block = wid.y * nwg.x + wid.x;
+    if block * RPW >= p.n {
+        return;
+    }
+    let g = lid / TPR;
+    let t = lid % TPR;
+    // Rows j0, j0 + GROUPS, ... of this workgroup's block (clamped to the last row: the duplicates
+    // are computed but never written).
+    let j0 = block * RPW + g;
+    var rows: array<u32, RPT>;
+    for (var r = 0u; r < RPT; r++) {
+        rows[r] = min(j0 + r * GROUPS, p.n - 1u);
+    }
+    // A loop around a barrier costs a CPU driver (lavapipe) 2-3x even when it runs once: one
+    // pass is a straight call.
+    if CHUNKS == 1u {
+        rows_pass(wid.z * XR, j0, g, t, lid, rows);
+    } else {
+        for (var c = 0u; c < CHUNKS; c++) {
+            let i0 = (wid.z * CHUNKS + c) * XR;
+            if i0 >= p.m {
+                break;
+            }
+            rows_pass(i0, j0, g, t, lid, rows);
+            workgroupBarrier();
+        }
+    }
+}

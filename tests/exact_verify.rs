@@ -1,0 +1,187 @@
+//! Speculative verification is exact: the logits the target computes for a tree node in one
+//! verification pass are bit for bit those of plain one-token decoding along the same path, and
+//! the keys and values the pass leaves in the cache (kept by compaction) give the next plain step
+//! bit for bit the same logits as plain decoding. On the CPU engine and on the WebGPU engine with
+//! both kernel choices (CPU drivers, GPUs), f32 and q4 weights, Llama (GQA) and Qwen2 (biases).
+//!
+//! Equality, not tolerance: greedy speculative output equals plain decoding because every kernel a
+//! tree pass runs sums each output in the order a one-token pass does (`shaders/matmul_vec.wgsl`,
+//! `shaders/attention_tree_f32.wgsl`, `src/backend/cpu/matmul.rs`).
+//!
+//! Without an adapter the GPU cases FAIL, unless `SPEC_LLAVA_SKIP_GPU=1` is set.
+
+mod common;
+use common::{checkpoint_dir, demo, gpu_each_kernel_choice};
+
+use std::path::Path;
+
+use spec_llava::backend::cpu::CpuBackend;
+use spec_llava::backend::{AttnMask, Backend};
+use spec_llava::caption::{CaptionRequest, Captioner};
+use spec_llava::checkpoint::Checkpoint;
+use spec_llava::image_io;
+use spec_llava::quant::Format;
+use spec_llava::text::decoder::{LogitRows, Step};
+
+/// Tokens along the verified path (one per depth).
+const PATH: usize = 6;
+
+fn read<B: Backend>(b: &B, t: &B::Tensor) -> Vec<f32> {
+    pollster::block_on(b.read(t))
+}
+
+/// The logits rows of plain decoding along `path` and then `after`; and of one verification pass
+/// over a tree holding `path` as a chain with a sibling beside every node (interleaved, so the
+/// path's nodes are not contiguous), followed by compaction to the path and a plain step on
+/// `after`.
+struct Run {
+    plain: Vec<Vec<f32>>,
+    tree: Vec<Vec<f32>>,
+}
+
+fn run<B: Backend>(b: &B, captioner: &Captioner<B>, image: &Path) -> Run {
+    let m = &captioner.model;
+    let rgb = image_io::load_rgb(image, image_io::DEFAULT_MAX_PIXELS).unwrap();
+    let req = CaptionRequest::default();
+    let (pixels, ids) = captioner.prepare(&rgb, &req).unwrap();
+    let vocab = m.config.text.vocab_size as u32;
+    let path: Vec<u32> = (0..PATH as u32).map(|i| (7 + 13 * i) % vocab).collect();
+    let siblings: Vec<u32> = (0..PATH as u32).map(|i| (5 + 29 * i) % vocab).collect();
+    let after = 11 % vocab;
+    let len = ids.len();
+    let features = m.encode_image(b, &pixels).unwrap();
+    let prefill = |cache: &mut B::Cache| {
+        let x = m.embed_prompt(b, &ids, Some(&features)).unwrap();
+        let pos: Vec<u32> = (0..len as u32).collect();
+        let mut step = Step::causal(0, &pos);
+        step.rows = LogitRows::Last;
+        let _ = m.forward(b, cache, x, &step);
+    };
+    let one = |cache: &mut B::Cache, token: u32, at: usize| {
+        let x = m.text.embed(b, &[token]);
+        read(b, &m.forward(b, cache, x, &Step::causal(at, &[at as u32])))
+    };
+
+    let mut cache = m.text.new_cache(b, len + 2 * PATH + 2);
+    prefill(&mut cache);
+    let mut plain: Vec<Vec<f32>> = (0..PATH)
+        .map(|i| one(&mut cache, path[i], len + i))
+        .collect();
+    plain.push(one(&mut cache, after, len + PATH));
+
+    // Node 2i holds path[i], node 2i + 1 its sibling; both hang off node 2(i - 1).
+    let mut cache = m.text.new_cache(b, len + 2 * PATH + 2);
+    prefill(&mut cache);
+    let n = 2 * PATH;
+    let parent = |i: usize| (i >= 2).then(|| 2 * (i / 2 - 1));
+    let mut allowed = vec![false; n * n];
+    for i in 0..n {
+        let mut a = Some(i);
+        while let Some(j) = a {
+            allowed[i * n + j] = true;
+            a = parent(j);
+        }
+    }
+    let tokens: Vec<u32> = (0..n)
+        .map(|i| {
+            if i % 2 == 0 {
+                path[i / 2]
+            } else {
+                siblings[i / 2]
+            }
+        })
+        .collect();
+    let positions: Vec<u32> = (0..n).map(|i| (len + i / 2) as u32).collect();
+    let mask = AttnMask::Tree { ctx: 0, n, allowed };
+    let step = Step {
+        start: len,
+        positions: &positions,
+        mask: &mask,
+        rows: LogitRows::All,
+    };
+    let rows = read(
+        b,
+        &m.forward(b, &mut cache, m.text.embed(b, &tokens), &step),
+    );
+    let width = rows.len() / n;
+    let mut tree: Vec<Vec<f32>> = (0..PATH)
+        .map(|i| rows[2 * i * width..(2 * i + 1) * width].to_vec())
+        .collect();
+    let kept: Vec<usize> = (0..PATH).map(|i| len + 2 * i).collect();
+    b.compact_cache(&mut cache, &kept, len);
+    tree.push(one(&mut cache, after, len + PATH));
+    Run { plain, tree }
+}
+
+fn assert_exact(what: &str, r: &Run) {
+    for (d, (got, want)) in r.tree.iter().zip(&r.plain).enumerate() {
+        assert_eq!(got.len(), want.len(), "{what}: row width");
+        let differ = got
+            .iter()
+            .zip(want)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        let pass = if d == PATH {
+            "after compaction"
+        } else {
+            "tree node"
+        };
+        assert_eq!(
+            differ,
+            0,
+            "{what}: {pass} at depth {d}: {differ} of {} logits differ from plain decoding",
+            want.len()
+        );
+    }
+}
+
+/// (label, checkpoint dir, quantize to) for every model checked.
+fn models() -> Vec<(String, std::path::PathBuf, Option<Format>)> {
+    vec![
+        ("demo target f32".into(), demo("target"), None),
+        ("demo target q4".into(), demo("target"), Some(Format::Q4)),
+        (
+            "clip-llama-gqa-f32".into(),
+            checkpoint_dir("clip-llama-gqa-f32"),
+            None,
+        ),
+        (
+            "siglip-qwen2-bf16-sharded q8".into(),
+            checkpoint_dir("siglip-qwen2-bf16-sharded"),
+            Some(Format::Q8),
+        ),
+    ]
+}
+
+fn open(dir: &Path, quant: Option<Format>) -> Checkpoint {
+    let mut c = Checkpoint::open(dir).unwrap();
+    c.weights.set_quantize_on_load(quant);
+    c
+}
+
+fn image() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images/photo.jpg")
+}
+
+#[test]
+fn verified_nodes_equal_plain_decoding_bit_for_bit_on_the_cpu_engine() {
+    let cpu = CpuBackend;
+    for (label, dir, quant) in models() {
+        let c = Captioner::new(&cpu, open(&dir, quant)).unwrap();
+        assert_exact(&format!("cpu, {label}"), &run(&cpu, &c, &image()));
+    }
+}
+
+#[test]
+fn verified_nodes_equal_plain_decoding_bit_for_bit_on_the_gpu_engine() {
+    for (cpu_kernels, g) in gpu_each_kernel_choice() {
+        for (label, dir, quant) in models() {
+            let c = Captioner::new(&g, open(&dir, quant)).unwrap();
+            let r = run(&g, &c, &image());
+            if let Some(e) = g.take_error() {
+                panic!("{label}: {e}");
+            }
+            assert_exact(&format!("gpu (cpu kernels: {cpu_kernels}), {label}"), &r);
+        }
+    }
+}
