@@ -21,6 +21,9 @@
 //     dequantized exactly (f16 and block-scaled codes are exact in f32).
 
 override HAS_BIAS: bool = false;
+// out += x W^T (+ bias): a residual add fused into the epilogue (out holds the residual; the sum
+// is residual + y, as the separate add kernel computes it).
+override ACCUMULATE: bool = false;
 // Rows of x per pass over the weights (1..=MAX_XR).
 override XR: u32 = 1u;
 // Passes (of XR rows of x) per workgroup; the grid's z covers the rest. GPUs take every row in one
@@ -136,7 +139,11 @@ fn rows_pass(i0: u32, j0: u32, g: u32, t: u32, lid: u32, rows: array<u32, RPT>) 
             if HAS_BIAS {
                 y += bias[p.col_offset + j];
             }
-            out[i * p.out_stride + p.col_offset + j] = y;
+            let o = i * p.out_stride + p.col_offset + j;
+            if ACCUMULATE {
+                y = out[o] + y;
+            }
+            out[o] = y;
         }
     }
 }

@@ -94,6 +94,11 @@ impl<B: Backend> Linear<B> {
     pub fn forward(&self, b: &B, x: &B::Tensor) -> B::Tensor {
         b.linear(x, &self.weight, self.bias.as_ref())
     }
+
+    /// `residual + forward(x)` (see [`Backend::linear_add`]).
+    pub fn forward_add(&self, b: &B, x: &B::Tensor, residual: B::Tensor) -> B::Tensor {
+        b.linear_add(x, &self.weight, self.bias.as_ref(), residual)
+    }
 }
 
 /// Layer normalisation with weight and bias (CLIP, SigLIP).

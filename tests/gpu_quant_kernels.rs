@@ -208,3 +208,44 @@ fn batches_equal_their_rows_bit_for_bit() {
         assert!(g.take_error().is_none());
     }
 }
+
+/// `linear_add` (the residual add fused into the mat-vec's epilogue up to 64 rows, a separate add
+/// above) equals `add(residual, linear(x))` bit for bit, in every weight format, with and without
+/// bias, with weights split over several bindings.
+#[test]
+fn linear_add_equals_add_of_linear_bit_for_bit() {
+    for (cpu_kernels, g) in gpu_each_kernel_choice() {
+        let split = gpu_with(GpuOptions {
+            cpu_kernels: Some(cpu_kernels),
+            max_binding_bytes: Some(4096),
+        });
+        let mut rng = StdRng::seed_from_u64(12);
+        let (k, n) = (96, 70);
+        for g in [Some(g), split].iter().flatten() {
+            let formats = FORMATS.iter().map(|&(f, _)| Some(f)).chain([None]);
+            for format in formats {
+                let values = random(&mut rng, n * k);
+                let w = match format {
+                    Some(f) => g.weight_data(WeightData::convert(values, n, k, f), &[n, k]),
+                    None => g.weight(values, &[n, k]),
+                };
+                let bias = g.weight(random(&mut rng, n), &[n]);
+                for (m, with_bias) in [(1, true), (5, false), (64, true), (100, false)] {
+                    let b = with_bias.then_some(&bias);
+                    let x = g.tensor(random(&mut rng, m * k), m, k);
+                    let r = random(&mut rng, m * n);
+                    let want = g.add(&g.tensor(r.clone(), m, n), &g.linear(&x, &w, b));
+                    let got = g.linear_add(&x, &w, b, g.tensor(r, m, n));
+                    let (got, want) = (read(g, &got), read(g, &want));
+                    assert!(
+                        got.iter()
+                            .zip(&want)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{format:?} m={m} bias={with_bias} (cpu kernels: {cpu_kernels})"
+                    );
+                }
+            }
+            assert!(g.take_error().is_none());
+        }
+    }
+}

@@ -145,6 +145,18 @@ pub trait Backend {
 
     /// `x W^T + b` for `W: [out, in]`.
     fn linear(&self, x: &Self::Tensor, w: &Self::Weight, b: Option<&Self::Weight>) -> Self::Tensor;
+    /// `residual + (x W^T + b)`: a step of a residual stream. Bit for bit `add(residual,
+    /// linear(x, w, b))`; an engine may compute it in one kernel (the GPU engine adds in the
+    /// matmul's epilogue, in place: `residual` is consumed).
+    fn linear_add(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Weight,
+        b: Option<&Self::Weight>,
+        residual: Self::Tensor,
+    ) -> Self::Tensor {
+        self.add(&residual, &self.linear(x, w, b))
+    }
     fn layer_norm(
         &self,
         x: &Self::Tensor,

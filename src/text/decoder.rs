@@ -174,14 +174,14 @@ impl<B: Backend> Decoder<B> {
                 step.mask,
                 heads,
             );
-            h = b.add(&h, &layer.o.forward(b, &a));
+            h = layer.o.forward_add(b, &a, h);
             let x = layer.post_norm.forward(b, &h);
             let m = b.gated(
                 &layer.gate.forward(b, &x),
                 &layer.up.forward(b, &x),
                 cfg.hidden_act,
             );
-            h = b.add(&h, &layer.down.forward(b, &m));
+            h = layer.down.forward_add(b, &m, h);
         }
         let n = b.dims(&h).0;
         if step.rows == LogitRows::Last && n > 1 {

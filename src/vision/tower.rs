@@ -165,10 +165,10 @@ impl<B: Backend> VisionTower<B> {
                 layer.v.forward(b, &x),
             );
             let a = b.attention(&q, &k, &v, heads);
-            h = b.add(&h, &layer.o.forward(b, &a));
+            h = layer.o.forward_add(b, &a, h);
             let x = layer.ln2.forward(b, &h);
             let x = b.activate(&layer.fc1.forward(b, &x), cfg.hidden_act);
-            h = b.add(&h, &layer.fc2.forward(b, &x));
+            h = layer.fc2.forward_add(b, &x, h);
         }
         if keep.contains(&self.layers.len()) {
             if let Some(norm) = &self.post_norm {

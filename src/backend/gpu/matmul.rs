@@ -73,7 +73,8 @@ fn flag(b: bool) -> f64 {
 }
 
 impl GpuBackend {
-    /// `x W^T + b` over one weight chunk, written at its output columns.
+    /// `x W^T + b` over one weight chunk, written at its output columns (added to what `out`
+    /// holds there when `accumulate`: the mat-vec only).
     pub(super) fn linear_chunk(
         &self,
         x: &GpuTensor,
@@ -81,6 +82,7 @@ impl GpuBackend {
         chunk: &WeightChunk,
         bias: Option<&GpuBuf>,
         out: &GpuTensor,
+        accumulate: bool,
     ) {
         let (m, k) = (x.rows, x.cols);
         let n = chunk.rows;
@@ -110,7 +112,12 @@ impl GpuBackend {
             // GPUs: every row in one workgroup (weights once from memory); CPU drivers: one
             // pass of x_rows per workgroup (no loop around the barrier, more parallel work).
             let chunks = if self.dev.cpu { 1 } else { m.div_ceil(x_rows) };
-            let consts = [consts[0], ("XR", x_rows as f64), ("CHUNKS", chunks as f64)];
+            let consts = [
+                consts[0],
+                ("XR", x_rows as f64),
+                ("CHUNKS", chunks as f64),
+                ("ACCUMULATE", flag(accumulate)),
+            ];
             let params = [
                 m as u32, n as u32, k as u32, steps, out_stride, col_offset, nb, 0,
             ];

@@ -9,6 +9,7 @@ use crate::backend::{AttnMask, Backend, Heads, Qkv, Rope};
 use crate::config::Activation;
 use crate::quant::WeightData;
 
+use super::matmul::MatmulShape;
 use super::pipelines::Kernel;
 use super::{GpuBackend, GpuCache, GpuTensor, GpuWeight, WeightDType};
 
@@ -154,9 +155,31 @@ impl Backend for GpuBackend {
         }
         let bias = b.and_then(GpuWeight::first);
         for chunk in &w.chunks {
-            self.linear_chunk(x, w, chunk, bias, &out);
+            self.linear_chunk(x, w, chunk, bias, &out, false);
         }
         out
+    }
+
+    fn linear_add(
+        &self,
+        x: &GpuTensor,
+        w: &GpuWeight,
+        b: Option<&GpuWeight>,
+        residual: GpuTensor,
+    ) -> GpuTensor {
+        let fits = w.shape.len() == 2
+            && w.cols == x.cols
+            && b.is_none_or(|b| b.cols == w.rows)
+            && (residual.rows, residual.cols) == (x.rows, w.rows);
+        // The mat-vec adds in its epilogue; the GEMMs (prefill-sized batches) do not.
+        if !fits || x.rows == 0 || self.matmul_shape(x.rows, w.dtype) != MatmulShape::Vec {
+            return self.add(&residual, &self.linear(x, w, b));
+        }
+        let bias = b.and_then(GpuWeight::first);
+        for chunk in &w.chunks {
+            self.linear_chunk(x, w, chunk, bias, &residual, true);
+        }
+        residual
     }
 
     fn layer_norm(&self, x: &GpuTensor, w: &GpuWeight, b: &GpuWeight, eps: f32) -> GpuTensor {
