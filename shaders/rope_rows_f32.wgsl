@@ -2,8 +2,7 @@
 // The host computes the per-token (cos, sin) table from each token's position id exactly as the CPU
 // reference does (f32 inverse frequencies, angle = pos * inv_freq, std sin/cos): GPU sin/cos lose
 // accuracy for the large angles of late positions, and one small table serves every layer.
-// For d < half: out = a*cos - b*sin; for half <= d < 2*half: out = b*cos + a*sin, where
-// a = x[.., f], b = x[.., f + half]; an odd trailing element is copied.
+// The rotation itself is rope_fns_f32.wgsl; an odd trailing element is copied.
 
 struct Params {
     n: u32,
@@ -35,13 +34,10 @@ fn main(
     let head = c / p.head_dim;
     let d = c - head * p.head_dim;
     let base = row * p.cols + head * p.head_dim;
-    if d < p.half {
-        let t = cs[row * p.half + d];
-        out[i] = x[base + d] * t.x - x[base + d + p.half] * t.y;
-    } else if d < 2u * p.half {
-        let f = d - p.half;
-        let t = cs[row * p.half + f];
-        out[i] = x[base + d] * t.x + x[base + f] * t.y;
+    if d < 2u * p.half {
+        let own = x[base + d];
+        let partner = x[base + rope_partner(d, p.half)];
+        out[i] = rope_rotated(own, partner, cs[row * p.half + d % p.half], d, p.half);
     } else {
         out[i] = x[i];
     }

@@ -775,3 +775,69 @@ fn top_k_and_log_sum_exp_match_cpu() {
         }
     }
 }
+
+/// `rope_cached_attention` (the GPU engine rotates q and k and writes the cache in one kernel)
+/// equals `rope`, `rope`, `cached_attention` bit for bit: its output, and the keys and values it
+/// leaves in the cache (a later step over both caches gives the same output). GQA heads, a head
+/// dim with an odd element past the rotated pairs (copied), a prompt then a tree step.
+#[test]
+fn fused_rope_and_cache_write_equal_the_separate_ops_bit_for_bit() {
+    let Some(g) = gpu() else { return };
+    let mut rng = StdRng::seed_from_u64(13);
+    let rope = Rope {
+        theta: 10000.0,
+        linear_factor: 1.0,
+    };
+    for h in [
+        Heads {
+            q_heads: 4,
+            kv_heads: 2,
+            head_dim: 8,
+        },
+        Heads {
+            q_heads: 3,
+            kv_heads: 1,
+            head_dim: 5,
+        },
+    ] {
+        let (qw, kw) = (h.q_heads * h.head_dim, h.kv_heads * h.head_dim);
+        let mut fused = g.new_cache(1, kw, 8);
+        let mut separate = g.new_cache(1, kw, 8);
+        let anc = random_tree(&mut rng, 9);
+        let prompt = 7;
+        let steps = [
+            (0, prompt, AttnMask::Causal),
+            (prompt, 9, tree_mask(&anc, 9)),
+            (prompt + 9, 1, AttnMask::Causal),
+        ];
+        for (start, n, mask) in steps {
+            let positions: Vec<u32> = (0..n as u32).map(|i| 1000 + start as u32 + i).collect();
+            let q = g.tensor(random(&mut rng, n * qw), n, qw);
+            let k = g.tensor(random(&mut rng, n * kw), n, kw);
+            let v = g.tensor(random(&mut rng, n * kw), n, kw);
+            let qkv = Qkv {
+                q: &q,
+                k: &k,
+                v: &v,
+            };
+            let at = spec_llava::backend::CacheStep {
+                start,
+                positions: &positions,
+                rope,
+                mask: &mask,
+            };
+            let one = g.rope_cached_attention(&mut fused, 0, qkv, at, h);
+            let qr = g.rope(&q, &positions, h.q_heads, h.head_dim, rope);
+            let kr = g.rope(&k, &positions, h.kv_heads, h.head_dim, rope);
+            let qkv = Qkv {
+                q: &qr,
+                k: &kr,
+                v: &v,
+            };
+            let three = g.cached_attention(&mut separate, 0, start, qkv, &mask, h);
+            let what = format!("{h:?}, {n} tokens at {start}");
+            assert_exact(&what, &read(&g, &one), &read(&g, &three));
+        }
+    }
+    assert!(g.take_error().is_none());
+}

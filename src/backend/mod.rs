@@ -61,6 +61,16 @@ impl<T> Clone for Qkv<'_, T> {
 }
 impl<T> Copy for Qkv<'_, T> {}
 
+/// Where the new tokens of a decoder pass go and how they attend: cache slots `start..start + n`,
+/// their position ids (for the rotary embedding) and the mask.
+#[derive(Clone, Copy)]
+pub struct CacheStep<'a> {
+    pub start: usize,
+    pub positions: &'a [u32],
+    pub rope: Rope,
+    pub mask: &'a AttnMask,
+}
+
 /// Shapes of the attention heads of one layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Heads {
@@ -210,6 +220,27 @@ pub trait Backend {
         mask: &AttnMask,
         heads: Heads,
     ) -> Self::Tensor;
+    /// [`Self::rope`] on `q` and `k` at `step.positions`, then [`Self::cached_attention`]: one call
+    /// so that an engine can rotate as it writes the cache (the GPU engine: one kernel rotates the
+    /// queries and keys and writes keys and values, where three ran). Bit for bit the same.
+    fn rope_cached_attention(
+        &self,
+        cache: &mut Self::Cache,
+        layer: usize,
+        qkv: Qkv<'_, Self::Tensor>,
+        step: CacheStep<'_>,
+        heads: Heads,
+    ) -> Self::Tensor {
+        let (positions, rope) = (step.positions, step.rope);
+        let q = self.rope(qkv.q, positions, heads.q_heads, heads.head_dim, rope);
+        let k = self.rope(qkv.k, positions, heads.kv_heads, heads.head_dim, rope);
+        let qkv = Qkv {
+            q: &q,
+            k: &k,
+            v: qkv.v,
+        };
+        self.cached_attention(cache, layer, step.start, qkv, step.mask, heads)
+    }
     /// Copy cache slots `from[i]` to `to_start + i` in every layer (keep an accepted tree path).
     fn compact_cache(&self, cache: &mut Self::Cache, from: &[usize], to_start: usize);
 }

@@ -5,7 +5,7 @@
 //! q/k/v. Every forward takes explicit position ids and an attention mask over the new tokens, so
 //! the same code runs prefill, plain decoding and a speculation tree (positions prefix + depth).
 
-use crate::backend::{AttnMask, Backend, Heads, Qkv, Rope};
+use crate::backend::{AttnMask, Backend, CacheStep, Heads, Qkv, Rope};
 use crate::config::TextConfig;
 use crate::error::{Error, Result};
 use crate::nn::{Linear, RmsNorm, Weights};
@@ -160,18 +160,20 @@ impl<B: Backend> Decoder<B> {
             let q = layer.q.forward(b, &x);
             let k = layer.k.forward(b, &x);
             let v = layer.v.forward(b, &x);
-            let q = b.rope(&q, positions, heads.q_heads, heads.head_dim, rope);
-            let k = b.rope(&k, positions, heads.kv_heads, heads.head_dim, rope);
-            let a = b.cached_attention(
+            let a = b.rope_cached_attention(
                 cache,
                 i,
-                step.start,
                 Qkv {
                     q: &q,
                     k: &k,
                     v: &v,
                 },
-                step.mask,
+                CacheStep {
+                    start: step.start,
+                    positions,
+                    rope,
+                    mask: step.mask,
+                },
                 heads,
             );
             h = layer.o.forward_add(b, &a, h);

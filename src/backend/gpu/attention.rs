@@ -26,6 +26,14 @@ pub fn pack_mask(n: usize, width: usize, allowed: &[bool]) -> (usize, Vec<u32>) 
     (words, bits)
 }
 
+/// Where a cached attention call writes and what it sees, and whether it rotates q and k first.
+pub(super) struct Attend<'a> {
+    pub start: usize,
+    pub mask: &'a AttnMask,
+    /// Positions and rotary parameters: rotate q and k as the cache is written.
+    pub rotate: Option<(&'a [u32], Rope)>,
+}
+
 impl GpuBackend {
     /// The (cos, sin) table for `positions`, uploaded once per distinct set of positions.
     pub(super) fn rope_table(&self, positions: &[u32], head_dim: usize, rope: Rope) {
@@ -234,16 +242,24 @@ impl GpuBackend {
         }
     }
 
-    /// [`Backend::cached_attention`](crate::backend::Backend::cached_attention) (its arguments).
+    /// [`Backend::cached_attention`](crate::backend::Backend::cached_attention);
+    /// with `rotate` (positions and parameters), [`Backend::rope_cached_attention`]: one kernel
+    /// rotates q and k and writes the cache.
+    ///
+    /// [`Backend::rope_cached_attention`]: crate::backend::Backend::rope_cached_attention
     pub(super) fn record_cached_attention(
         &self,
         cache: &mut GpuCache,
         layer: usize,
-        start: usize,
         qkv: Qkv<'_, GpuTensor>,
-        mask: &AttnMask,
+        at: Attend<'_>,
         heads: Heads,
     ) -> GpuTensor {
+        let Attend {
+            start,
+            mask,
+            rotate,
+        } = at;
         let Qkv { q, k, v } = qkv;
         let n = q.rows;
         let width = heads.q_heads * heads.head_dim;
@@ -261,6 +277,7 @@ impl GpuBackend {
             || cache.kv_dim != heads.kv_heads * heads.head_dim
             || !kv_ok
             || !mask_ok
+            || rotate.is_some_and(|(positions, _)| positions.len() != n)
             || !self.check_heads("cached_attention", heads)
         {
             let msg = format!(
@@ -271,15 +288,44 @@ impl GpuBackend {
         }
         self.grow_cache(cache, start + n);
         let (kc, vc) = (&cache.k[layer], &cache.v[layer]);
-        let params = [n as u32, cache.kv_dim as u32, start as u32];
-        let bufs = [k.buffer(), v.buffer(), kc, vc];
-        self.run(
-            Kernel::KvWrite,
-            &[],
-            &params,
-            &bufs,
-            self.elementwise_grid(n * cache.kv_dim),
-        );
+        let rotated_q;
+        let q = match rotate {
+            None => {
+                let params = [n as u32, cache.kv_dim as u32, start as u32];
+                let bufs = [k.buffer(), v.buffer(), kc, vc];
+                let grid = self.elementwise_grid(n * cache.kv_dim);
+                self.run(Kernel::KvWrite, &[], &params, &bufs, grid);
+                q
+            }
+            Some((positions, rope)) => {
+                rotated_q = self.alloc(n, width);
+                self.rope_table(positions, heads.head_dim, rope);
+                let table = self.rope_table.borrow();
+                let Some(t) = table.as_ref() else {
+                    return rotated_q;
+                };
+                let params = [
+                    n as u32,
+                    width as u32,
+                    cache.kv_dim as u32,
+                    heads.head_dim as u32,
+                    (heads.head_dim / 2) as u32,
+                    start as u32,
+                ];
+                let bufs = [
+                    q.buffer(),
+                    k.buffer(),
+                    v.buffer(),
+                    t.buf.get(),
+                    rotated_q.buffer(),
+                    kc,
+                    vc,
+                ];
+                let grid = self.elementwise_grid(n * (width + cache.kv_dim));
+                self.run(Kernel::RopeKvWrite, &[], &params, &bufs, grid);
+                &rotated_q
+            }
+        };
 
         let out = self.alloc(n, width);
         let words = self.mask_words(mask);

@@ -5,10 +5,11 @@
 //! Weight uploads live in `weights`, matmul dispatch in `matmul`, rope, masks, the KV cache and
 //! attention in `attention`; the trait methods for those delegate there.
 
-use crate::backend::{AttnMask, Backend, Heads, Qkv, Rope};
+use crate::backend::{AttnMask, Backend, CacheStep, Heads, Qkv, Rope};
 use crate::config::Activation;
 use crate::quant::WeightData;
 
+use super::attention::Attend;
 use super::matmul::MatmulShape;
 use super::pipelines::Kernel;
 use super::{GpuBackend, GpuCache, GpuTensor, GpuWeight, WeightDType};
@@ -474,7 +475,28 @@ impl Backend for GpuBackend {
         mask: &AttnMask,
         heads: Heads,
     ) -> GpuTensor {
-        self.record_cached_attention(cache, layer, start, qkv, mask, heads)
+        let at = Attend {
+            start,
+            mask,
+            rotate: None,
+        };
+        self.record_cached_attention(cache, layer, qkv, at, heads)
+    }
+
+    fn rope_cached_attention(
+        &self,
+        cache: &mut GpuCache,
+        layer: usize,
+        qkv: Qkv<'_, GpuTensor>,
+        step: CacheStep<'_>,
+        heads: Heads,
+    ) -> GpuTensor {
+        let at = Attend {
+            start: step.start,
+            mask: step.mask,
+            rotate: Some((step.positions, step.rope)),
+        };
+        self.record_cached_attention(cache, layer, qkv, at, heads)
     }
 
     fn compact_cache(&self, cache: &mut GpuCache, from: &[usize], to_start: usize) {

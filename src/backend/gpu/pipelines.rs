@@ -50,6 +50,8 @@ pub enum Kernel {
     Embed,
     RowsCopy,
     KvWrite,
+    /// `rope` of queries and keys and `kv_write`, fused (decoder passes).
+    RopeKvWrite,
     KvCompact,
     /// Plain vec4 buffer copy: the bandwidth reference of `spec-llava bench-kernels`.
     CopyVec4,
@@ -60,6 +62,9 @@ pub enum Kernel {
 /// Shared activation functions, prepended to the two kernels that use them (WGSL has no imports).
 const ACTIVATION_FNS: &str = include_str!("../../../shaders/activation_fns_f32.wgsl");
 
+/// The rotary embedding of one element, prepended to the kernels that rotate.
+const ROPE_FNS: &str = include_str!("../../../shaders/rope_fns_f32.wgsl");
+
 /// The batch-invariant mat-vec, and the weight-format snippets appended to it (each defines the
 /// weight bindings and how a step of a weight row is read and dequantized).
 const MATMUL_VEC: &str = include_str!("../../../shaders/matmul_vec.wgsl");
@@ -69,7 +74,7 @@ const WEIGHTS_Q8: &str = include_str!("../../../shaders/weights_q8.wgsl");
 const WEIGHTS_Q4: &str = include_str!("../../../shaders/weights_q4.wgsl");
 
 impl Kernel {
-    pub const ALL: [Kernel; 24] = [
+    pub const ALL: [Kernel; 25] = [
         Kernel::MatmulVec,
         Kernel::MatmulSmall,
         Kernel::MatmulTiled,
@@ -91,6 +96,7 @@ impl Kernel {
         Kernel::Embed,
         Kernel::RowsCopy,
         Kernel::KvWrite,
+        Kernel::RopeKvWrite,
         Kernel::KvCompact,
         Kernel::CopyVec4,
         Kernel::TopK,
@@ -120,6 +126,7 @@ impl Kernel {
             Kernel::Embed => "embed_gather_f32",
             Kernel::RowsCopy => "rows_copy_f32",
             Kernel::KvWrite => "kv_write_f32",
+            Kernel::RopeKvWrite => "rope_kv_write_f32",
             Kernel::KvCompact => "kv_compact_f32",
             Kernel::CopyVec4 => "copy_vec4_f32",
             Kernel::TopK => "topk_rows_f32",
@@ -152,12 +159,14 @@ impl Kernel {
             Kernel::Embed => include_str!("../../../shaders/embed_gather_f32.wgsl"),
             Kernel::RowsCopy => include_str!("../../../shaders/rows_copy_f32.wgsl"),
             Kernel::KvWrite => include_str!("../../../shaders/kv_write_f32.wgsl"),
+            Kernel::RopeKvWrite => include_str!("../../../shaders/rope_kv_write_f32.wgsl"),
             Kernel::KvCompact => include_str!("../../../shaders/kv_compact_f32.wgsl"),
             Kernel::CopyVec4 => include_str!("../../../shaders/copy_vec4_f32.wgsl"),
             Kernel::TopK => include_str!("../../../shaders/topk_rows_f32.wgsl"),
         };
         match self {
             Kernel::Activation | Kernel::Gated => format!("{ACTIVATION_FNS}\n{own}"),
+            Kernel::Rope | Kernel::RopeKvWrite => format!("{ROPE_FNS}\n{own}"),
             _ => own.to_string(),
         }
     }
@@ -183,6 +192,8 @@ impl Kernel {
             Kernel::Activation | Kernel::CopyVec4 | Kernel::TopK => &[Read, Write],
             Kernel::Gated | Kernel::Add | Kernel::Embed | Kernel::RowsCopy => &[Read, Read, Write],
             Kernel::KvWrite => &[Read, Read, Write, Write],
+            // q, k, v, (cos, sin) table, q out, k cache, v cache
+            Kernel::RopeKvWrite => &[Read, Read, Read, Read, Write, Write, Write],
             Kernel::KvCompact => &[Read, Read, Read, Write],
         }
     }
