@@ -70,7 +70,10 @@ fn auto_puts_the_draft_where_a_pass_costs_less() {
     // Not tried on the CPU engine (too big), or a time that is no time: stays.
     assert_eq!(draft_side(Auto, Some(4.2), None), DraftSide::Same);
     assert_eq!(draft_side(Auto, Some(4.2), Some(f64::NAN)), DraftSide::Same);
-    assert_eq!(draft_side(Auto, Some(f64::INFINITY), Some(1.0)), DraftSide::Cpu);
+    assert_eq!(
+        draft_side(Auto, Some(f64::INFINITY), Some(1.0)),
+        DraftSide::Cpu
+    );
     // Forced: there whatever the costs, where it loaded.
     assert_eq!(draft_side(Cpu, Some(1.0), Some(9.0)), DraftSide::Cpu);
     assert_eq!(draft_side(Same, Some(9.0), Some(1.0)), DraftSide::Same);
@@ -148,7 +151,10 @@ fn a_gpu_session_runs_its_draft_on_the_cpu_engine_losslessly() {
     load_demo(&mut s);
     assert_eq!(target_info(&s).engine, BackendKind::Webgpu);
     assert_eq!(draft_info(&s).engine, BackendKind::Webgpu);
-    assert!(draft_info(&s).pass_ms.is_empty(), "not measured before placing");
+    assert!(
+        draft_info(&s).pass_ms.is_empty(),
+        "not measured before placing"
+    );
 
     // Forced onto the CPU engine: measured on both (it moved from the GPU), runs on the CPU.
     assert!(pollster::block_on(s.place_draft(DraftEngineChoice::Cpu)));
@@ -158,7 +164,11 @@ fn a_gpu_session_runs_its_draft_on_the_cpu_engine_losslessly() {
     let engines: Vec<BackendKind> = d.pass_ms.iter().map(|(k, _)| *k).collect();
     assert_eq!(engines, [BackendKind::Webgpu, BackendKind::Cpu], "{d:?}");
     assert!(d.pass_ms.iter().all(|(_, ms)| *ms > 0.0), "{d:?}");
-    assert!(d.engine_line().starts_with("CPU engine (wasm), "), "{}", d.engine_line());
+    assert!(
+        d.engine_line().starts_with("CPU engine (wasm), "),
+        "{}",
+        d.engine_line()
+    );
     eprintln!("draft pass: {}", d.engine_line());
     // Placed once: the same choice measures nothing again.
     assert!(!pollster::block_on(s.place_draft(DraftEngineChoice::Cpu)));

@@ -249,9 +249,9 @@ impl<B: Backend> Session<B> {
     /// Put the draft where `choice` says: beside a GPU target, one draft pass is measured on each
     /// engine it may run on (a copy is loaded on the other engine for that; the one not chosen is
     /// dropped) and, for "auto", the cheaper one is kept. Nothing is measured again until the
-    /// choice, the draft or the target changes. Returns whether the draft was placed (its
-    /// [`ModelInfo`] now says where it runs and what a pass cost); with the target on the CPU
-    /// engine the draft is simply there too.
+    /// choice, the draft or the target changes. Returns whether what the draft's [`ModelInfo`]
+    /// says changed (where it runs, what a pass cost); with the target on the CPU engine the
+    /// draft is simply there too.
     pub async fn place_draft(&mut self, choice: DraftEngineChoice) -> bool {
         let placed = self
             .draft
@@ -263,9 +263,11 @@ impl<B: Backend> Session<B> {
         let Some(draft) = self.draft.take() else {
             return false;
         };
+        let before = draft.info.clone();
         let draft = self.placed(draft, choice).await;
+        let changed = draft.info != before;
         self.draft = Some(draft);
-        true
+        changed
     }
 
     async fn placed(&self, draft: Draft<B>, choice: DraftEngineChoice) -> Draft<B> {

@@ -151,7 +151,7 @@ pub fn SettingsPanel() -> impl IntoView {
                         <br/>
                         <span
                             class="model-engine"
-                            data-testid=format!("{role}-engine")
+                            data-testid=format!("model-engine-{role}")
                             data-engine=format!("{:?}", m.engine).to_lowercase()
                         >
                             {format!("{role} runs on: {}", m.engine_line())}
