@@ -242,5 +242,20 @@ fn a_gpu_session_runs_its_draft_on_the_cpu_engine_losslessly() {
     let (plain, _) = run(&mut s, 81, 77, RunMode::Plain, &settings);
     assert_eq!(spec.tokens, plain.tokens);
     assert_eq!(draft_info(&s).engine, BackendKind::Cpu);
+
+    // A draft too big for the CPU engine (the page's wasm memory) stays on the GPU, and says why.
+    pollster::block_on(s.place_draft(DraftEngineChoice::Same));
+    s.set_cpu_draft_budget(Some(1024));
+    pollster::block_on(s.place_draft(DraftEngineChoice::Cpu));
+    assert_eq!(s.draft_side(), Some(DraftSide::Same));
+    let d = draft_info(&s);
+    assert_eq!(d.engine, BackendKind::Webgpu);
+    assert!(
+        d.engine_why.contains("more than the CPU engine may hold"),
+        "{d:?}"
+    );
+    let (spec, _) = run(&mut s, 90, 5, RunMode::Speculative, &settings);
+    let (plain, _) = run(&mut s, 91, 5, RunMode::Plain, &settings);
+    assert_eq!(spec.tokens, plain.tokens);
     assert!(s.backend.take_error().is_none());
 }

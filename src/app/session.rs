@@ -50,6 +50,9 @@ pub struct Session<B: Backend> {
     draft: Option<Draft<B>>,
     /// How much memory the loaded weights may take, and what that memory is called in messages.
     budget: Option<MemoryBudget>,
+    /// How much a draft's weights may take on the CPU engine beside a GPU target (`None`: no
+    /// limit).
+    cpu_draft_budget: Option<u64>,
 }
 
 /// A draft on the target's engine or on the CPU engine beside it (boxed: the two differ in size).
@@ -131,7 +134,14 @@ impl<B: Backend> Session<B> {
             target: None,
             draft: None,
             budget: None,
+            cpu_draft_budget: None,
         }
+    }
+
+    /// Never put a draft whose weights take more than `bytes` on the CPU engine beside a GPU
+    /// target (the page: wasm memory ends at 4 GiB). `None`: no limit.
+    pub fn set_cpu_draft_budget(&mut self, bytes: Option<u64>) {
+        self.cpu_draft_budget = bytes;
     }
 
     /// Refuse, before reading any weight, a model whose weights would not fit beside the loaded
@@ -298,6 +308,20 @@ impl<B: Backend> Session<B> {
             choice == DraftEngineChoice::Cpu || (choice == DraftEngineChoice::Auto && small);
         let want_same = choice != DraftEngineChoice::Cpu;
         let mut failed = None;
+        let too_big = self
+            .cpu_draft_budget
+            .filter(|&limit| info.loaded_bytes > limit);
+        let want_cpu = match too_big {
+            Some(limit) if want_cpu => {
+                failed = Some(format!(
+                    "it needs {}, more than the CPU engine may hold ({})",
+                    gib(info.loaded_bytes),
+                    gib(limit)
+                ));
+                false
+            }
+            _ => want_cpu,
+        };
         // Measure the draft where it is, and a copy on the other engine where it may go.
         let (same_ms, cpu_ms, other) = match &on {
             DraftOn::Same(d) => {

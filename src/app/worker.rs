@@ -390,6 +390,7 @@ async fn build_engine(
                 bytes: mib << 20,
                 what: "GPU memory",
             }));
+            x.set_cpu_draft_budget(Some(CPU_ENGINE_BYTES));
             Engine::Gpu(Box::new(x))
         }
         Err(_) => {
