@@ -105,6 +105,28 @@ pub struct Drafter<B: Backend> {
     pub cost: Option<CostModel>,
 }
 
+impl<B: Backend> Drafter<B> {
+    /// This draft loaded again on engine `d`, from the checkpoint it holds (to measure it there,
+    /// or to move it: [`Self::moved`]).
+    pub fn load_on<D: Backend>(&self, d: &D) -> Result<LlavaModel<D>> {
+        let c = &self.captioner.checkpoint;
+        LlavaModel::load(d, &c.weights, &c.config)
+    }
+
+    /// This draft on the engine `model` was loaded on by [`Self::load_on`]; the copy on this
+    /// engine is dropped. Costs measured here do not hold there: they are measured again.
+    pub fn moved<D: Backend>(self, model: LlavaModel<D>) -> Drafter<D> {
+        Drafter {
+            captioner: Captioner {
+                checkpoint: self.captioner.checkpoint,
+                model,
+            },
+            shared_vision: self.shared_vision,
+            cost: None,
+        }
+    }
+}
+
 /// The draft side of a speculative caption: the engine the draft runs on (the target's, or
 /// another one, e.g. the CPU next to a GPU target) and the draft model loaded there.
 pub struct DraftEngine<'a, D: Backend> {
@@ -212,14 +234,18 @@ impl<B: Backend> Captioner<B> {
         options: SpecOptions,
     ) {
         let models = (&self.model, &drafter.captioner.model);
-        // Timed after a context as long as a default caption's prompt (image tokens included).
-        let prefix = self
-            .prompt_text(&CaptionRequest::default())
-            .and_then(|p| self.checkpoint.prompt_ids(&p))
-            .map_or(64, |ids| ids.len());
+        let prefix = self.default_prompt_len();
         let (budget, top_k) = (options.budget, options.top_k);
         let cost = CostModel::measure(b, d, models, prefix, budget, top_k).await;
         drafter.cost = Some(cost);
+    }
+
+    /// How many tokens a default caption's prompt has (image tokens included): the context costs
+    /// are timed after (64 when the prompt cannot be made).
+    pub fn default_prompt_len(&self) -> usize {
+        self.prompt_text(&CaptionRequest::default())
+            .and_then(|p| self.checkpoint.prompt_ids(&p))
+            .map_or(64, |ids| ids.len())
     }
 
     /// Refuse a draft that cannot speculate for this target.

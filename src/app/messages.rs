@@ -29,6 +29,39 @@ impl BackendKind {
             BackendKind::Cpu => "CPU",
         }
     }
+
+    /// The engine as the models list names it.
+    pub fn engine_label(self) -> &'static str {
+        match self {
+            BackendKind::Webgpu => "WebGPU",
+            BackendKind::Cpu => "CPU engine (wasm)",
+        }
+    }
+}
+
+/// Where the draft runs when the target is on WebGPU (with the target on the CPU engine, both are
+/// there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DraftEngineChoice {
+    /// Where one draft pass measures cheaper (a tiny draft can cost less on the CPU engine than
+    /// a round trip to the GPU).
+    #[default]
+    Auto,
+    /// On the target's engine.
+    Same,
+    /// On the CPU engine.
+    Cpu,
+}
+
+impl DraftEngineChoice {
+    pub fn label(self) -> &'static str {
+        match self {
+            DraftEngineChoice::Auto => "auto (where a draft pass measures faster)",
+            DraftEngineChoice::Same => "same engine as the target",
+            DraftEngineChoice::Cpu => "CPU engine (wasm)",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +97,9 @@ pub struct Settings {
     /// How plain checkpoints are stored on the device when they load.
     #[serde(default)]
     pub quantize: QuantChoice,
+    /// Where the draft runs beside a WebGPU target.
+    #[serde(default)]
+    pub draft_engine: DraftEngineChoice,
 }
 
 impl Default for Settings {
@@ -82,6 +118,7 @@ impl Default for Settings {
             max_new_tokens: CaptionRequest::default().max_new_tokens,
             instruction: crate::caption::DEFAULT_INSTRUCTION.to_string(),
             quantize: QuantChoice::Auto,
+            draft_engine: DraftEngineChoice::Auto,
         }
     }
 }
@@ -192,6 +229,11 @@ pub enum Request {
     Cancel {
         run: u64,
     },
+    /// Put the draft on this engine (or where a pass measures cheaper); the worker answers with
+    /// `Ready`, its models saying where each runs.
+    SetDraftEngine {
+        choice: DraftEngineChoice,
+    },
     /// Destroy the WebGPU device now, as a driver reset or a reclaimed GPU would: the running
     /// caption fails and the engine re-initialises from the files it holds. Not sent by the UI;
     /// the e2e suite sends it (through `lose_gpu_device`) to check that recovery.
@@ -219,6 +261,41 @@ pub struct ModelInfo {
     #[serde(default)]
     pub loaded_bytes: u64,
     pub summary: String,
+    /// The engine it runs on.
+    pub engine: BackendKind,
+    /// For a draft beside a WebGPU target: one draft pass as measured on each engine it was
+    /// tried on, in milliseconds.
+    #[serde(default)]
+    pub pass_ms: Vec<(BackendKind, f64)>,
+    /// Why it runs there, e.g. "auto: a pass is cheaper there".
+    #[serde(default)]
+    pub engine_why: String,
+}
+
+impl ModelInfo {
+    /// Where the model runs, as the models list says it: "CPU engine (wasm), 1.70 ms a pass vs
+    /// 4.20 ms on WebGPU (auto: a pass is cheaper there)".
+    pub fn engine_line(&self) -> String {
+        let mut line = self.engine.engine_label().to_string();
+        let here = self.pass_ms.iter().find(|(k, _)| *k == self.engine);
+        if let Some((_, ms)) = here {
+            line.push_str(&format!(", {ms:.2} ms a pass"));
+        }
+        let others: Vec<String> = self
+            .pass_ms
+            .iter()
+            .filter(|(k, _)| *k != self.engine)
+            .map(|(k, ms)| format!("{ms:.2} ms on {}", k.engine_label()))
+            .collect();
+        if !others.is_empty() {
+            line.push_str(if here.is_some() { " vs " } else { ", " });
+            line.push_str(&others.join(", "));
+        }
+        if !self.engine_why.is_empty() {
+            line.push_str(&format!(" ({})", self.engine_why));
+        }
+        line
+    }
 }
 
 /// Worker -> page.
@@ -244,6 +321,10 @@ pub enum Event {
     /// The engine worker's wasm memory now (it only grows: this is its peak).
     EngineMemory {
         wasm_bytes: u64,
+    },
+    /// Where the loaded models run changed (the draft moved to another engine).
+    Models {
+        models: Vec<ModelInfo>,
     },
     /// A model finished loading (it replaced the previous one of its role).
     ModelLoaded {

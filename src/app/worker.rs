@@ -15,7 +15,9 @@ use wasm_bindgen::JsCast;
 use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
 
 use crate::app::fetch::{cache_small_files, fetch_checkpoint, Check, Download, Plan};
-use crate::app::messages::{BackendKind, Event, ModelRole, QuantChoice, Request};
+use crate::app::messages::{
+    BackendKind, DraftEngineChoice, Event, ModelRole, QuantChoice, Request,
+};
 use crate::app::packed;
 use crate::app::session::{CaptionJob, MemoryBudget, Session};
 use crate::app::store::{KeepError, ModelStore};
@@ -53,6 +55,8 @@ struct State {
     quantize: Cell<QuantChoice>,
     /// The GPU memory the page may fill with weights (`?gpu_memory_mib=`; `None`: no limit).
     memory_budget_mib: Cell<Option<u64>>,
+    /// Where the draft runs beside a WebGPU target (the page's setting).
+    draft_engine: Cell<DraftEngineChoice>,
     /// The checkpoint files behind the loaded models, to rebuild the engine (backend switch,
     /// device loss) without downloading again.
     files: RefCell<Vec<(ModelRole, Rc<MemoryFiles>)>>,
@@ -234,12 +238,23 @@ async fn handle(s: &Rc<State>, req: Request, payload: Payload) {
                 load_failed(e);
             }
         }
+        Request::SetDraftEngine { choice } => {
+            s.draft_engine.set(choice);
+            let Some(mut engine) = s.engine.borrow_mut().take() else {
+                // The engine places the draft as it starts.
+                return;
+            };
+            place_draft(&mut engine, choice).await;
+            *s.engine.borrow_mut() = Some(engine);
+            ready(s, None);
+        }
         Request::Caption {
             run,
             image_name,
             mode,
             settings,
         } => {
+            s.draft_engine.set(settings.draft_engine);
             if s.cancelled_up_to.get() >= run {
                 post(&Event::Cancelled { run });
                 return;
@@ -308,6 +323,27 @@ fn progress(task: &str, done: u64, total: u64) {
     });
 }
 
+/// What the progress bar says while the draft is measured on each engine.
+const PLACING: &str = "measuring where the draft runs faster";
+
+/// Put the engine's draft where `choice` says (measured on each engine beside a WebGPU target).
+async fn place_draft(engine: &mut Engine, choice: DraftEngineChoice) {
+    let placing = match engine {
+        Engine::Gpu(x) => x.has_draft(),
+        Engine::Cpu(_) => false,
+    };
+    if placing {
+        progress(PLACING, 0, 1);
+    }
+    match engine {
+        Engine::Gpu(x) => x.place_draft(choice).await,
+        Engine::Cpu(x) => x.place_draft(choice).await,
+    };
+    if placing {
+        progress(PLACING, 1, 1);
+    }
+}
+
 /// Open a backend: WebGPU when asked and available, else the CPU engine with a notice.
 async fn open_backend(kind: BackendKind) -> (Result<GpuBackend>, Option<String>) {
     if kind == BackendKind::Cpu {
@@ -344,6 +380,7 @@ async fn build_engine(
     files: &[(ModelRole, Rc<MemoryFiles>)],
     quantize: QuantChoice,
     budget_mib: Option<u64>,
+    draft_engine: DraftEngineChoice,
 ) -> Result<(Engine, Option<String>)> {
     let (gpu, mut notice) = open_backend(kind).await;
     let mut engine = match gpu {
@@ -353,6 +390,7 @@ async fn build_engine(
                 bytes: mib << 20,
                 what: "GPU memory",
             }));
+            x.set_cpu_draft_budget(Some(CPU_ENGINE_BYTES));
             Engine::Gpu(Box::new(x))
         }
         Err(_) => {
@@ -380,6 +418,12 @@ async fn build_engine(
         }
         progress(&label, 1, 1);
         notice = notice.or(n);
+    }
+    place_draft(&mut engine, draft_engine).await;
+    if let Engine::Gpu(x) = &engine {
+        if let Some(e) = x.backend.take_error() {
+            return Err(e);
+        }
     }
     Ok((engine, notice))
 }
@@ -472,8 +516,14 @@ async fn init(s: &Rc<State>, kind: BackendKind, target: &str, draft: Option<&str
             store_notice = store_notice.or(n);
         }
     }
-    let (engine, notice) =
-        build_engine(kind, &files, s.quantize.get(), s.memory_budget_mib.get()).await?;
+    let (engine, notice) = build_engine(
+        kind,
+        &files,
+        s.quantize.get(),
+        s.memory_budget_mib.get(),
+        s.draft_engine.get(),
+    )
+    .await?;
     install(s, engine);
     *s.files.borrow_mut() = files;
     ready(s, notice.or(store_notice));
@@ -482,8 +532,14 @@ async fn init(s: &Rc<State>, kind: BackendKind, target: &str, draft: Option<&str
 
 async fn rebuild(s: &Rc<State>, kind: BackendKind) -> Result<()> {
     let files = s.files.borrow().clone();
-    let (engine, notice) =
-        build_engine(kind, &files, s.quantize.get(), s.memory_budget_mib.get()).await?;
+    let (engine, notice) = build_engine(
+        kind,
+        &files,
+        s.quantize.get(),
+        s.memory_budget_mib.get(),
+        s.draft_engine.get(),
+    )
+    .await?;
     install(s, engine);
     ready(s, notice);
     Ok(())
@@ -511,6 +567,10 @@ async fn load_model(
         return Err(Error::invalid("the engine is still starting"));
     };
     let loaded = load_into(&mut engine, role, files.as_ref(), quantize).await;
+    if loaded.is_ok() {
+        // A new draft, or the draft beside a new target: measured again where it may run.
+        place_draft(&mut engine, s.draft_engine.get()).await;
+    }
     *s.engine.borrow_mut() = Some(engine);
     let (info, notice) = loaded?;
     progress(&label, 1, 1);

@@ -83,7 +83,7 @@ impl CostModel {
         for &n in &sizes {
             verify_ms.push((n, time_pass(b, target, prefix, n, 1).await));
         }
-        let draft_pass_ms = time_pass(d, draft, prefix, top_k, top_k).await;
+        let draft_pass_ms = draft_pass_ms(d, draft, prefix, top_k).await;
         CostModel {
             verify_ms,
             draft_pass_ms,
@@ -157,6 +157,18 @@ impl LiveCost {
 fn ratio(measured: f64, predicted: f64) -> Option<f64> {
     (measured.is_finite() && measured > 0.0 && predicted.is_finite() && predicted > 0.0)
         .then(|| (measured / predicted).clamp(0.1, 10.0))
+}
+
+/// What one draft pass costs on `d`: a pass over a `top_k`-wide frontier after a `prefix`-token
+/// context, its `top_k` best logits per row read back (what [`CostModel::measure`] times for the
+/// draft; also how the app picks the engine a draft runs on).
+pub async fn draft_pass_ms<D: Backend>(
+    d: &D,
+    draft: &LlavaModel<D>,
+    prefix: usize,
+    top_k: usize,
+) -> f64 {
+    time_pass(d, draft, prefix, top_k, top_k).await
 }
 
 /// Median time of a chain-shaped pass of `n` tokens after a `prefix`-token cache, with the `k` best

@@ -286,6 +286,38 @@ try {
   check((await caption(scenes[1])) === scenes[1].expected, 'a generated scene after the photograph captions');
   check((await page.locator('[data-testid=input-notice]').count()) === 0, 'and gets no notice');
 
+  // 7c. Where each model runs: the models list names each model's engine, the draft's line its
+  // measured pass ("auto" put it where a pass is cheaper). Set from the keyboard to the CPU
+  // engine, then to the target's engine: the list follows, and captions stay the CLI's.
+  const engineOf = async (role) => {
+    const el = page.getByTestId(`model-engine-${role}`);
+    return { text: (await el.textContent()).trim(), engine: await el.getAttribute('data-engine') };
+  };
+  const waitDraftOn = (engine, why) => page.waitForFunction(([e, w]) => {
+    const el = document.querySelector('[data-testid=model-engine-draft]');
+    return el && el.getAttribute('data-engine') === e && el.textContent.includes(w);
+  }, [engine, why], { timeout: 120_000 });
+  const onTarget = await engineOf('target');
+  check(onTarget.engine === 'webgpu' && onTarget.text.includes('WebGPU'), `the target's engine is shown: ${JSON.stringify(onTarget.text)}`);
+  const auto = await engineOf('draft');
+  check(['webgpu', 'cpu'].includes(auto.engine) && /ms a pass/.test(auto.text) && auto.text.includes('auto'),
+    `the draft's engine is shown with its measured pass: ${JSON.stringify(auto.text)}`);
+  await page.getByTestId('draft-engine').focus();
+  await page.keyboard.press('ArrowDown');
+  await page.keyboard.press('ArrowDown');
+  check((await page.getByTestId('draft-engine').inputValue()) === 'cpu', 'the draft engine is chosen from the keyboard');
+  await waitDraftOn('cpu', 'as set in Settings');
+  const onCpu = await engineOf('draft');
+  check(onCpu.text.startsWith('draft runs on: CPU engine (wasm), ') && onCpu.text.includes(' ms on WebGPU'),
+    `forced onto the CPU engine: ${JSON.stringify(onCpu.text)}`);
+  check((await caption(scenes[2])) === scenes[2].expected, 'with the draft on the CPU engine beside WebGPU, the caption is the CLI\'s');
+  await page.getByTestId('draft-engine').selectOption('same');
+  await waitDraftOn('webgpu', 'as set in Settings');
+  check((await caption(scenes[0])) === scenes[0].expected, 'with the draft back on WebGPU, the caption is the CLI\'s');
+  await page.getByTestId('draft-engine').selectOption('auto');
+  await waitDraftOn(auto.engine, 'auto');
+  log(`draft placement: ${(await engineOf('draft')).text}`);
+
   // 8. Offline: stop the server, reload, caption again.
   server.kill();
   await new Promise((r) => server.on('exit', r));

@@ -312,6 +312,7 @@ impl AppState {
                     }
                 }
             }
+            Event::Models { models } => self.models.set(models),
             Event::EngineMemory { wasm_bytes } => self.engine_memory.set(Some(wasm_bytes)),
             Event::Started { .. } | Event::Cancelled { .. } => {}
             Event::InputNotice { run, message } => {

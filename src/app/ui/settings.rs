@@ -8,7 +8,9 @@ use wasm_bindgen::JsCast;
 use super::AppState;
 use crate::app::bridge;
 use crate::app::hub::SUGGESTED_PAIRS;
-use crate::app::messages::{BackendKind, ModelRole, QuantChoice, Request, Settings};
+use crate::app::messages::{
+    BackendKind, DraftEngineChoice, ModelRole, QuantChoice, Request, Settings,
+};
 
 /// A numeric field bound to one settings value.
 fn number_field<T>(
@@ -140,11 +142,20 @@ pub fn SettingsPanel() -> impl IntoView {
             .get()
             .into_iter()
             .map(|m| {
+                let role = format!("{:?}", m.role).to_lowercase();
                 view! {
                     <li>
-                        {format!("{:?}: ", m.role).to_lowercase()}
+                        {format!("{role}: ")}
                         <code>{m.source.clone()}</code>
                         {format!(" — {:.1} MB, {}", m.bytes as f64 / 1e6, m.summary)}
+                        <br/>
+                        <span
+                            class="model-engine"
+                            data-testid=format!("model-engine-{role}")
+                            data-engine=format!("{:?}", m.engine).to_lowercase()
+                        >
+                            {format!("{role} runs on: {}", m.engine_line())}
+                        </span>
                     </li>
                 }
             })
@@ -198,6 +209,39 @@ pub fn SettingsPanel() -> impl IntoView {
                     >
                         <option value="webgpu" selected=move || st.backend_choice.get() == BackendKind::Webgpu>"WebGPU"</option>
                         <option value="cpu" selected=move || st.backend_choice.get() == BackendKind::Cpu>"CPU"</option>
+                    </select>
+                </label>
+                <label class="field">
+                    <span>"draft engine (beside a WebGPU target)"</span>
+                    <select
+                        data-testid="draft-engine"
+                        on:change=move |e: ev::Event| {
+                            let choice = match event_target_value(&e).as_str() {
+                                "same" => DraftEngineChoice::Same,
+                                "cpu" => DraftEngineChoice::Cpu,
+                                _ => DraftEngineChoice::Auto,
+                            };
+                            st.settings.update(|s| s.draft_engine = choice);
+                            bridge::send(&Request::SetDraftEngine { choice }, Vec::new());
+                        }
+                    >
+                        {[
+                            ("auto", DraftEngineChoice::Auto),
+                            ("same", DraftEngineChoice::Same),
+                            ("cpu", DraftEngineChoice::Cpu),
+                        ]
+                            .into_iter()
+                            .map(|(value, choice)| {
+                                view! {
+                                    <option
+                                        value=value
+                                        selected=move || st.settings.with(|s| s.draft_engine == choice)
+                                    >
+                                        {choice.label()}
+                                    </option>
+                                }
+                            })
+                            .collect::<Vec<_>>()}
                     </select>
                 </label>
             </div>
