@@ -62,7 +62,7 @@ const RPW: u32 = 32u;
 const MAX_XR: u32 = 4u;
 
 @group(0) @binding(0) var<uniform> p: Params;
-// x: [m, k] (as vec4s; when k % 4 != 0 rows are not vec4-aligned and are gathered by element)
+// x: [m, k] (as vec4s; read through x4, matmul_x.wgsl)
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 // binding 2: w, binding 3: scales (the loader snippet)
 // bias: [out_stride] (read only when HAS_BIAS)
@@ -72,25 +72,6 @@ const MAX_XR: u32 = 4u;
 
 // Partial sums: [MAX_XR x rows][RPT][WG invocations] (16 KiB, WebGPU's guaranteed minimum).
 var<workgroup> red: array<f32, 4096>;
-
-// x[i, 4v..4v + 4], zero past k (past k the buffer holds stale data, and 0 * NaN is NaN).
-fn x4(i: u32, v: u32) -> vec4<f32> {
-    let e = v * 4u;
-    if e >= p.k {
-        return vec4<f32>(0.0);
-    }
-    if p.k % 4u == 0u {
-        return x[i * (p.k / 4u) + v];
-    }
-    var out4 = vec4<f32>(0.0);
-    for (var c = 0u; c < 4u; c++) {
-        if e + c < p.k {
-            let j = i * p.k + e + c;
-            out4[c] = x[j / 4u][j % 4u];
-        }
-    }
-    return out4;
-}
 
 // One pass: x rows i0..i0 + XR against this invocation's weight rows (outputs of rows past m are
 // not written). Called from workgroup-uniform control flow only (it has a barrier).

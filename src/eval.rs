@@ -254,6 +254,15 @@ pub async fn bench_with<B: Backend, D: Backend>(
     } else {
         None
     };
+    // One untimed caption of each kind first: kernels compile on first use (seconds on a CPU
+    // driver), which would be charged to whichever run came first.
+    let warm = scenes::generate(seed.wrapping_add(count as u64));
+    target.caption(b, &warm.image, &req, |_| true).await?;
+    drafter.cost = None;
+    let draft = DraftEngine::new(d, drafter);
+    target
+        .caption_speculative_with(b, draft, &warm.image, &req, options, |_| true)
+        .await?;
     let mut plain = Speed::default();
     let (mut spec, mut adapt) = (SpecTotals::default(), SpecTotals::default());
     for i in 0..count as u64 {

@@ -335,7 +335,7 @@ fn sampling_matches_plain_sampling_in_distribution() {
         random_weights_copy("clip-llama-gqa-f32", 11),
         checkpoint_dir("clip-llama-gqa-f32"),
     ] {
-        let s = setup("clip-llama-gqa-f32", draft_dir, 0);
+        let s = setup("clip-llama-gqa-f32", draft_dir.clone(), 0);
         let o = SpecOptions {
             budget: 6,
             depth: 3,
@@ -343,25 +343,39 @@ fn sampling_matches_plain_sampling_in_distribution() {
             threshold: 0.0,
         };
         let n = 1500;
-        let (mut p2, mut s2, mut p3, mut s3) = (vec![], vec![], vec![], vec![]);
+        // Tokens 2..=5 of each caption (the first comes from the prefill alone); a depth-3 tree
+        // decides up to four of them in one round, so the later ones come from deep nodes.
+        let (mut plain_at, mut spec_at) = (vec![vec![]; 4], vec![vec![]; 4]);
+        let mut deepest = 0;
         for seed in 0..n {
             let sampling = SamplingOptions {
                 temperature: 0.1,
                 top_p: 0.95,
                 seed,
             };
-            let a = plain(&s, &[], 3, sampling);
+            let a = plain(&s, &[], 5, sampling);
             let sampling = SamplingOptions {
                 seed: seed + 1_000_000,
                 ..sampling
             };
-            let (b, _) = spec(&s, &[], 3, sampling, o);
-            p2.push(a[1]);
-            s2.push(b.tokens[1]);
-            p3.push(a[2]);
-            s3.push(b.tokens[2]);
+            let (b, statuses) = spec(&s, &[], 5, sampling, o);
+            for i in 0..4 {
+                plain_at[i].push(a[i + 1]);
+                spec_at[i].push(b.tokens[i + 1]);
+            }
+            // Accepted nodes of a round, the root excluded: the depth its path reached.
+            let accepted = statuses.iter().map(|st| st[2] - 1).max().unwrap_or(0);
+            deepest = deepest.max(accepted);
         }
-        for (pa, sa, what) in [(&p2, &s2, "second"), (&p3, &s3, "third")] {
+        if draft_dir == checkpoint_dir("clip-llama-gqa-f32") {
+            assert_eq!(
+                deepest, 3,
+                "the perfect draft's trees should be accepted 3 deep"
+            );
+        }
+        let names = ["second", "third", "fourth", "fifth"];
+        let positions = plain_at.iter().zip(&spec_at).zip(names);
+        for ((pa, sa), what) in positions {
             let (stat, dof) = chi_square(pa, sa);
             let hist = |v: &Vec<u32>| {
                 let mut m = std::collections::BTreeMap::<u32, usize>::new();

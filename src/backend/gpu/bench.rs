@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::quant::{Format, WeightData};
 
 use super::pipelines::Kernel;
-use super::{GpuBackend, GpuWeight, WeightDType};
+use super::{GpuBackend, GpuWeight};
 
 /// Dispatches recorded per timed batch at most (the uniform arena holds 4096 per submit).
 const MAX_BATCH: usize = 2000;
@@ -386,13 +386,7 @@ pub async fn run_suite(gpu: &GpuBackend, suite: &Suite) -> Result<Vec<KernelRow>
     for &format in DTYPES {
         for &(n, k) in &suite.matmul_weights {
             let name = format.map_or("f32", |f| f.name());
-            let dtype_of = |f: Option<Format>| match f {
-                None => WeightDType::F32,
-                Some(Format::F16) => WeightDType::F16,
-                Some(Format::Q8) => WeightDType::Q8,
-                Some(Format::Q4) => WeightDType::Q4,
-            };
-            let kernel = |m: usize| gpu.matmul_shape(m, dtype_of(format)).name();
+            let kernel = |m: usize| gpu.matmul_shape(m).name();
             let shape = |m: usize| format!("m{m} n{n} k{k}");
             let wanted: Vec<usize> = (suite.matmul_rows.iter().copied())
                 .filter(|&m| suite.wants(kernel(m), &shape(m), name))

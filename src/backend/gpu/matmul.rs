@@ -1,10 +1,12 @@
 //! Matmul dispatch: which kernel shape (`matmul_{vec,small,tiled}`) and weight format `linear`
 //! uses for a weight chunk, with its parameters and grid.
 //!
-//! `matmul_vec` (one algorithm, `shaders/matmul_vec.wgsl`, with the weight format as a loader
-//! snippet) serves every batch up to 64 rows and is batch-invariant: what speculative
-//! verification needs to be exact (the same reduction order per output as a one-token pass, the
-//! way batch-invariant kernels make LLM inference deterministic).
+//! The two kernels that serve speculation trees take the weight format as a loader snippet
+//! (`shaders/weights_*.wgsl`) and are batch-invariant: each output is summed in one order whatever
+//! the batch, so a verified node's logits are bit for bit those of a one-token pass (the way
+//! batch-invariant kernels make LLM inference deterministic). GPUs run `matmul_vec` (k split over
+//! 32 lanes, reduced in workgroup memory) up to 64 rows and `matmul_tiled` above (prefill); CPU
+//! drivers run `matmul_small` (a register tile per lane, whole dot products) at every m.
 
 use super::pipelines::Kernel;
 use super::pool::GpuBuf;
@@ -13,20 +15,21 @@ use super::{GpuBackend, GpuTensor, GpuWeight, WeightChunk, WeightDType};
 /// Outputs per workgroup of `matmul_vec` (RPW in the shader).
 const VEC_ROWS_PER_WORKGROUP: usize = 32;
 
-/// Rows of x up to which the batch-invariant `matmul_vec` is used (speculation trees, short
-/// prompts); above, `matmul_small` (f32 on CPU drivers) or `matmul_tiled`.
+/// Rows of x up to which GPUs use `matmul_vec` (speculation trees, short prompts); above,
+/// `matmul_tiled`.
 const VEC_ROWS: usize = 64;
 
 /// Rows of x `matmul_vec` holds in registers per pass over the weights (XR; MAX_XR in the shader).
 const VEC_X_ROWS: usize = 4;
 
-/// Rows of x and weight rows (output columns) per invocation of `matmul_small_f32` (TR, TC).
-const SMALL_F32_TILE: (usize, usize) = (4, 8);
-/// Largest workgroup of `matmul_small_f32` (WG).
-const SMALL_F32_WG: usize = 32;
+/// Rows of x and weight rows (output columns) per invocation of `matmul_small` (MAX_TR, TC).
+const SMALL_TILE: (usize, usize) = (4, 8);
+/// Largest and smallest workgroup of `matmul_small` (WG): lanes of one SIMD thread on a CPU
+/// driver; smaller when there are few columns, so that every core gets a workgroup.
+const SMALL_WG: (usize, usize) = (32, 8);
 
-/// The three matmul kernel shapes (`shaders/matmul_vec.wgsl` with a weight-format snippet,
-/// `shaders/matmul_small_f32.wgsl`, `shaders/matmul_tiled_*.wgsl`).
+/// The three matmul kernel shapes (`shaders/matmul_{vec,small}.wgsl` with a weight-format
+/// snippet, `shaders/matmul_tiled_*.wgsl`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MatmulShape {
     Vec,
@@ -45,19 +48,16 @@ impl MatmulShape {
 }
 
 impl GpuBackend {
-    /// The kernel shape `linear` uses for `m` rows of x against a `dtype` weight.
+    /// The kernel shape `linear` uses for `m` rows of x on this device.
     ///
-    /// Up to 64 rows (every speculation tree) it is the batch-invariant mat-vec, so a verified
-    /// node's logits are bit for bit those of a one-token pass, on every device and weight format
-    /// (exactness first: on lavapipe the f32 batch costs about what `matmul_small` did, see the
-    /// README's kernel table). Prefill-sized batches use the faster GEMMs.
-    pub fn matmul_shape(&self, m: usize, dtype: WeightDType) -> MatmulShape {
-        if m <= VEC_ROWS {
-            MatmulShape::Vec
-        } else if self.dev.cpu && dtype == WeightDType::F32 {
-            // On CPU drivers the lane-per-tile kernel beats the workgroup-memory GEMM at any m
-            // (4x at 75 rows on lavapipe); the grid's z covers the row tiles.
+    /// CPU drivers: `matmul_small` at every m (it beats the workgroup-memory GEMM at any m: 4x
+    /// at 75 rows on lavapipe, and the k-split mat-vec's reduction at small k). GPUs: the
+    /// mat-vec up to 64 rows (every speculation tree), the tiled GEMM above.
+    pub fn matmul_shape(&self, m: usize) -> MatmulShape {
+        if self.dev.cpu {
             MatmulShape::Small
+        } else if m <= VEC_ROWS {
+            MatmulShape::Vec
         } else {
             MatmulShape::Tiled
         }
@@ -74,7 +74,7 @@ fn flag(b: bool) -> f64 {
 
 impl GpuBackend {
     /// `x W^T + b` over one weight chunk, written at its output columns (added to what `out`
-    /// holds there when `accumulate`: the mat-vec only).
+    /// holds there when `accumulate`: `matmul_vec` and `matmul_small` only).
     pub(super) fn linear_chunk(
         &self,
         x: &GpuTensor,
@@ -88,11 +88,12 @@ impl GpuBackend {
         let n = chunk.rows;
         let consts = [("HAS_BIAS", flag(bias.is_some()))];
         let bias = bias.unwrap_or(&self.dummy);
-        let (vec, tiled) = match w.dtype {
-            WeightDType::F32 => (Kernel::MatmulVec, Kernel::MatmulTiled),
-            WeightDType::F16 => (Kernel::MatmulVecF16, Kernel::MatmulTiledF16),
-            WeightDType::Q8 => (Kernel::MatmulVecQ8, Kernel::MatmulTiledQ8),
-            WeightDType::Q4 => (Kernel::MatmulVecQ4, Kernel::MatmulTiledQ4),
+        use Kernel::*;
+        let (vec, small, tiled) = match w.dtype {
+            WeightDType::F32 => (MatmulVec, MatmulSmall, MatmulTiled),
+            WeightDType::F16 => (MatmulVecF16, MatmulSmallF16, MatmulTiledF16),
+            WeightDType::Q8 => (MatmulVecQ8, MatmulSmallQ8, MatmulTiledQ8),
+            WeightDType::Q4 => (MatmulVecQ4, MatmulSmallQ4, MatmulTiledQ4),
         };
         // Quantized kernels bind the chunk's scales after its codes and take the blocks per row
         // as their last parameter; the f32 / f16 GEMMs take neither (the mat-vec binds a dummy).
@@ -106,42 +107,44 @@ impl GpuBackend {
         } else {
             (w.row_stride / 4) as u32
         };
-        let shape = self.matmul_shape(m, w.dtype);
+        let shape = self.matmul_shape(m);
+        let bufs = [x.buffer(), &chunk.buf, scales, bias, out.buffer()];
         if shape == MatmulShape::Vec {
-            let x_rows = m.min(VEC_X_ROWS);
-            // GPUs: every row in one workgroup (weights once from memory); CPU drivers: one
-            // pass of x_rows per workgroup (no loop around the barrier, more parallel work).
-            let chunks = if self.dev.cpu { 1 } else { m.div_ceil(x_rows) };
+            let x_rows = if m == 1 { 1 } else { VEC_X_ROWS };
+            // Every row in one workgroup: the weight block comes from memory once.
+            let chunks = m.div_ceil(x_rows);
             let consts = [
                 consts[0],
                 ("XR", x_rows as f64),
                 ("CHUNKS", chunks as f64),
                 ("ACCUMULATE", flag(accumulate)),
+                ("K_ALIGNED", flag(k.is_multiple_of(4))),
             ];
             let params = [
                 m as u32, n as u32, k as u32, steps, out_stride, col_offset, nb, 0,
             ];
-            let bufs = [x.buffer(), &chunk.buf, scales, bias, out.buffer()];
             let mut grid = self.grid(n.div_ceil(VEC_ROWS_PER_WORKGROUP));
             grid[2] = m.div_ceil(x_rows * chunks) as u32;
             self.run(vec, &consts, &params, &bufs, grid);
-            return;
-        }
-        let mut bufs = vec![x.buffer(), &chunk.buf];
-        if quant {
-            bufs.push(scales);
-        }
-        bufs.extend([bias, out.buffer()]);
-        if shape == MatmulShape::Small {
-            // f32 only: SMALL_F32_WG lanes a workgroup, each a tile of SMALL_F32_TILE rows x
-            // columns.
-            let (tile_rows, tile_cols) = SMALL_F32_TILE;
-            let lanes = n.div_ceil(tile_cols);
-            let wg = SMALL_F32_WG.min(lanes.next_power_of_two().max(8));
-            let consts = [consts[0], ("WG", wg as f64)];
+        } else if shape == MatmulShape::Small {
+            // WG lanes a workgroup, each a tile of tile_rows rows of x by TC columns; fewer lanes
+            // a workgroup when that leaves a core without one.
+            // One row alone, or tiles of 4 (fewer pipelines to compile than one per m).
+            let tile_rows = if m == 1 { 1 } else { SMALL_TILE.0 };
+            let lanes = n.div_ceil(SMALL_TILE.1);
+            let (max_wg, min_wg) = SMALL_WG;
+            let mut wg = max_wg;
+            while wg > min_wg && lanes.div_ceil(wg) < 4 {
+                wg /= 2;
+            }
             let col_groups = lanes.div_ceil(wg);
-            let mut grid = self.grid(col_groups);
-            grid[2] = m.div_ceil(tile_rows) as u32;
+            let consts = [
+                consts[0],
+                ("WG", wg as f64),
+                ("TR", tile_rows as f64),
+                ("ACCUMULATE", flag(accumulate)),
+                ("K_ALIGNED", flag(k.is_multiple_of(4))),
+            ];
             let params = [
                 m as u32,
                 n as u32,
@@ -149,10 +152,18 @@ impl GpuBackend {
                 steps,
                 out_stride,
                 col_offset,
+                nb,
                 col_groups as u32,
             ];
-            self.run(Kernel::MatmulSmall, &consts, &params, &bufs, grid);
+            let mut grid = self.grid(col_groups);
+            grid[2] = m.div_ceil(tile_rows) as u32;
+            self.run(small, &consts, &params, &bufs, grid);
         } else {
+            let mut bufs = vec![x.buffer(), &chunk.buf];
+            if quant {
+                bufs.push(scales);
+            }
+            bufs.extend([bias, out.buffer()]);
             // f32: floats per row; f16: halves per row; q8 / q4: code words per row.
             let mut params = vec![
                 m as u32,

@@ -172,8 +172,9 @@ impl Backend for GpuBackend {
             && w.cols == x.cols
             && b.is_none_or(|b| b.cols == w.rows)
             && (residual.rows, residual.cols) == (x.rows, w.rows);
-        // The mat-vec adds in its epilogue; the GEMMs (prefill-sized batches) do not.
-        if !fits || x.rows == 0 || self.matmul_shape(x.rows, w.dtype) != MatmulShape::Vec {
+        // The batch-invariant kernels add in their epilogue; the tiled GEMM (prefill-sized
+        // batches on GPUs) does not.
+        if !fits || x.rows == 0 || self.matmul_shape(x.rows) == MatmulShape::Tiled {
             return self.add(&residual, &self.linear(x, w, b));
         }
         let bias = b.and_then(GpuWeight::first);

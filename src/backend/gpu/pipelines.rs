@@ -30,6 +30,9 @@ use Access::{Read, Write};
 pub enum Kernel {
     MatmulVec,
     MatmulSmall,
+    MatmulSmallF16,
+    MatmulSmallQ8,
+    MatmulSmallQ4,
     MatmulTiled,
     MatmulVecQ8,
     MatmulTiledQ8,
@@ -65,18 +68,25 @@ const ACTIVATION_FNS: &str = include_str!("../../../shaders/activation_fns_f32.w
 /// The rotary embedding of one element, prepended to the kernels that rotate.
 const ROPE_FNS: &str = include_str!("../../../shaders/rope_fns_f32.wgsl");
 
-/// The batch-invariant mat-vec, and the weight-format snippets appended to it (each defines the
-/// weight bindings and how a step of a weight row is read and dequantized).
+/// The two batch-invariant matmul algorithms (GPUs: `matmul_vec`, k split over a group of lanes;
+/// CPU drivers: `matmul_small`, a register tile per lane), how they read x, and the weight-format
+/// snippets appended to them (each defines the weight bindings and how a step of a weight row is
+/// read and dequantized).
 const MATMUL_VEC: &str = include_str!("../../../shaders/matmul_vec.wgsl");
+const MATMUL_SMALL: &str = include_str!("../../../shaders/matmul_small.wgsl");
+const MATMUL_X: &str = include_str!("../../../shaders/matmul_x.wgsl");
 const WEIGHTS_F32: &str = include_str!("../../../shaders/weights_f32.wgsl");
 const WEIGHTS_F16: &str = include_str!("../../../shaders/weights_f16.wgsl");
 const WEIGHTS_Q8: &str = include_str!("../../../shaders/weights_q8.wgsl");
 const WEIGHTS_Q4: &str = include_str!("../../../shaders/weights_q4.wgsl");
 
 impl Kernel {
-    pub const ALL: [Kernel; 25] = [
+    pub const ALL: [Kernel; 28] = [
         Kernel::MatmulVec,
         Kernel::MatmulSmall,
+        Kernel::MatmulSmallF16,
+        Kernel::MatmulSmallQ8,
+        Kernel::MatmulSmallQ4,
         Kernel::MatmulTiled,
         Kernel::MatmulVecQ8,
         Kernel::MatmulTiledQ8,
@@ -107,6 +117,9 @@ impl Kernel {
         match self {
             Kernel::MatmulVec => "matmul_vec_f32",
             Kernel::MatmulSmall => "matmul_small_f32",
+            Kernel::MatmulSmallF16 => "matmul_small_f16",
+            Kernel::MatmulSmallQ8 => "matmul_small_q8",
+            Kernel::MatmulSmallQ4 => "matmul_small_q4",
             Kernel::MatmulTiled => "matmul_tiled_f32",
             Kernel::MatmulVecQ8 => "matmul_vec_q8",
             Kernel::MatmulTiledQ8 => "matmul_tiled_q8",
@@ -136,14 +149,17 @@ impl Kernel {
     /// The WGSL source.
     pub fn source(self) -> String {
         let own = match self {
-            Kernel::MatmulVec => return format!("{MATMUL_VEC}\n{WEIGHTS_F32}"),
-            Kernel::MatmulSmall => include_str!("../../../shaders/matmul_small_f32.wgsl"),
+            Kernel::MatmulVec => return format!("{MATMUL_VEC}\n{MATMUL_X}\n{WEIGHTS_F32}"),
+            Kernel::MatmulSmall => return format!("{MATMUL_SMALL}\n{MATMUL_X}\n{WEIGHTS_F32}"),
+            Kernel::MatmulSmallF16 => return format!("{MATMUL_SMALL}\n{MATMUL_X}\n{WEIGHTS_F16}"),
+            Kernel::MatmulSmallQ8 => return format!("{MATMUL_SMALL}\n{MATMUL_X}\n{WEIGHTS_Q8}"),
+            Kernel::MatmulSmallQ4 => return format!("{MATMUL_SMALL}\n{MATMUL_X}\n{WEIGHTS_Q4}"),
             Kernel::MatmulTiled => include_str!("../../../shaders/matmul_tiled_f32.wgsl"),
-            Kernel::MatmulVecQ8 => return format!("{MATMUL_VEC}\n{WEIGHTS_Q8}"),
+            Kernel::MatmulVecQ8 => return format!("{MATMUL_VEC}\n{MATMUL_X}\n{WEIGHTS_Q8}"),
             Kernel::MatmulTiledQ8 => include_str!("../../../shaders/matmul_tiled_q8.wgsl"),
-            Kernel::MatmulVecQ4 => return format!("{MATMUL_VEC}\n{WEIGHTS_Q4}"),
+            Kernel::MatmulVecQ4 => return format!("{MATMUL_VEC}\n{MATMUL_X}\n{WEIGHTS_Q4}"),
             Kernel::MatmulTiledQ4 => include_str!("../../../shaders/matmul_tiled_q4.wgsl"),
-            Kernel::MatmulVecF16 => return format!("{MATMUL_VEC}\n{WEIGHTS_F16}"),
+            Kernel::MatmulVecF16 => return format!("{MATMUL_VEC}\n{MATMUL_X}\n{WEIGHTS_F16}"),
             Kernel::MatmulTiledF16 => include_str!("../../../shaders/matmul_tiled_f16.wgsl"),
             Kernel::AttentionTree => include_str!("../../../shaders/attention_tree_f32.wgsl"),
             Kernel::AttentionTreeBlock => {
@@ -174,11 +190,13 @@ impl Kernel {
     /// Storage bindings 1.. in order (binding 0 is the uniform `Params`).
     pub fn bindings(self) -> &'static [Access] {
         match self {
-            Kernel::MatmulSmall | Kernel::MatmulTiled | Kernel::MatmulTiledF16 => {
-                &[Read, Read, Read, Write]
-            }
+            Kernel::MatmulTiled | Kernel::MatmulTiledF16 => &[Read, Read, Read, Write],
             // x, weights (codes), scales (a dummy for f32 / f16), bias, out
             Kernel::MatmulVec
+            | Kernel::MatmulSmall
+            | Kernel::MatmulSmallF16
+            | Kernel::MatmulSmallQ8
+            | Kernel::MatmulSmallQ4
             | Kernel::MatmulVecF16
             | Kernel::MatmulVecQ8
             | Kernel::MatmulVecQ4
