@@ -116,6 +116,14 @@ fn main(
     var a3_6 = 0.0;
     var a3_7 = 0.0;
     for (var q = 0u; q < p.steps; q++) {
+        let ws0 = w_load(wr0, q);
+        let ws1 = w_load(wr1, q);
+        let ws2 = w_load(wr2, q);
+        let ws3 = w_load(wr3, q);
+        let ws4 = w_load(wr4, q);
+        let ws5 = w_load(wr5, q);
+        let ws6 = w_load(wr6, q);
+        let ws7 = w_load(wr7, q);
         for (var s = 0u; s < XS; s++) {
             let v = x_vec(q, s);
             let x0 = x4(xr0, v);
@@ -131,7 +139,7 @@ fn main(
             if TR > 3u {
                 x3 = x4(xr3, v);
             }
-            let w0 = w_step(wr0, q, s);
+            let w0 = w_vec(ws0, s);
             a0_0 = fma4(x0, w0, a0_0);
             if TR > 1u {
                 a1_0 = fma4(x1, w0, a1_0);
@@ -142,7 +150,7 @@ fn main(
                     }
                 }
             }
-            let w1 = w_step(wr1, q, s);
+            let w1 = w_vec(ws1, s);
             a0_1 = fma4(x0, w1, a0_1);
             if TR > 1u {
                 a1_1 = fma4(x1, w1, a1_1);
@@ -153,7 +161,7 @@ fn main(
                     }
                 }
             }
-            let w2 = w_step(wr2, q, s);
+            let w2 = w_vec(ws2, s);
             a0_2 = fma4(x0, w2, a0_2);
             if TR > 1u {
                 a1_2 = fma4(x1, w2, a1_2);
@@ -164,7 +172,7 @@ fn main(
                     }
                 }
             }
-            let w3 = w_step(wr3, q, s);
+            let w3 = w_vec(ws3, s);
             a0_3 = fma4(x0, w3, a0_3);
             if TR > 1u {
                 a1_3 = fma4(x1, w3, a1_3);
@@ -175,7 +183,7 @@ fn main(
                     }
                 }
             }
-            let w4 = w_step(wr4, q, s);
+            let w4 = w_vec(ws4, s);
             a0_4 = fma4(x0, w4, a0_4);
             if TR > 1u {
                 a1_4 = fma4(x1, w4, a1_4);
@@ -186,7 +194,7 @@ fn main(
                     }
                 }
             }
-            let w5 = w_step(wr5, q, s);
+            let w5 = w_vec(ws5, s);
             a0_5 = fma4(x0, w5, a0_5);
             if TR > 1u {
                 a1_5 = fma4(x1, w5, a1_5);
@@ -197,7 +205,7 @@ fn main(
                     }
                 }
             }
-            let w6 = w_step(wr6, q, s);
+            let w6 = w_vec(ws6, s);
             a0_6 = fma4(x0, w6, a0_6);
             if TR > 1u {
                 a1_6 = fma4(x1, w6, a1_6);
@@ -208,7 +216,7 @@ fn main(
                     }
                 }
             }
-            let w7 = w_step(wr7, q, s);
+            let w7 = w_vec(ws7, s);
             a0_7 = fma4(x0, w7, a0_7);
             if TR > 1u {
                 a1_7 = fma4(x1, w7, a1_7);

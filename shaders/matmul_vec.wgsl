@@ -13,12 +13,8 @@
 // Each workgroup computes RPW = GROUPS * RPT weight rows (output columns) for CHUNKS * XR rows
 // of x, XR rows at a time.
 //
-// The snippet provides (see weights_f32.wgsl for the simplest):
-//   binding 2 `w` (and binding 3 `scales` for block formats),
-//   const XS: x vec4s one step covers (1, or 2 for q4),
-//   fn x_vec(q, s) -> u32: which x vec4 (of a row) is the s-th of step q,
-//   fn w_step(row, q, s) -> vec4<f32>: the 4 weights of weight row `row` paired with that x vec4,
-//     dequantized exactly (f16 and block-scaled codes are exact in f32).
+// The snippet's interface is described in weights_f32.wgsl: a step of a weight row (a vec4, or a
+// whole block of 32 for q8 / q4) is loaded once and used in XS parts of 4 weights.
 
 override HAS_BIAS: bool = false;
 // out += x W^T (+ bias): a residual add fused into the epilogue (out holds the residual; the sum
@@ -86,13 +82,17 @@ fn rows_pass(i0: u32, j0: u32, g: u32, t: u32, lid: u32, rows: array<u32, RPT>) 
         }
     }
     for (var q = t; q < p.steps; q += TPR) {
+        var ws: array<WStep, RPT>;
+        for (var r = 0u; r < RPT; r++) {
+            ws[r] = w_load(rows[r], q);
+        }
         for (var s = 0u; s < XS; s++) {
             var xv: array<vec4<f32>, MAX_XR>;
             for (var i = 0u; i < XR; i++) {
                 xv[i] = x4(xi[i], x_vec(q, s));
             }
             for (var r = 0u; r < RPT; r++) {
-                let wv = w_step(rows[r], q, s);
+                let wv = w_vec(ws[r], s);
                 for (var i = 0u; i < XR; i++) {
                     acc[i][r] = fma(xv[i], wv, acc[i][r]);
                 }

@@ -1,15 +1,26 @@
-// Weight format snippet for matmul_vec.wgsl: f32, rows zero-padded to whole vec4s.
+// Weight format snippet for matmul_vec.wgsl and matmul_small.wgsl: f32, rows zero-padded to whole
+// vec4s. A step is one vec4 of a weight row.
+//
+// Every snippet provides: binding 2 `w` (and binding 3 `scales` for block formats); XS, the x
+// vec4s one step covers; `WStep`, a step of one weight row as loaded; `w_load(row, q)`;
+// `x_vec(q, s)`, which x vec4 (of a row of x) part s of step q pairs with; and `w_vec(ws, s)`,
+// the 4 weights of part s, dequantized exactly (f16 and block-scaled codes are exact in f32).
 
 // w: [n, steps] vec4s (this chunk)
 @group(0) @binding(2) var<storage, read> w: array<vec4<f32>>;
 
-// x vec4s per step
 const XS: u32 = 1u;
+
+alias WStep = vec4<f32>;
+
+fn w_load(row: u32, q: u32) -> WStep {
+    return w[row * p.steps + q];
+}
 
 fn x_vec(q: u32, s: u32) -> u32 {
     return q;
 }
 
-fn w_step(row: u32, q: u32, s: u32) -> vec4<f32> {
-    return w[row * p.steps + q];
+fn w_vec(ws: WStep, s: u32) -> vec4<f32> {
+    return ws;
 }

@@ -101,12 +101,9 @@ impl GpuBackend {
         let scales = chunk.scales.as_ref().unwrap_or(&self.dummy);
         let nb = w.cols.div_ceil(crate::quant::GROUP) as u32;
         let (out_stride, col_offset) = (out.cols as u32, chunk.row_start as u32);
-        // Per weight row: f32 vec4s / f16 vec2<u32>s (stride / 4), or q8 / q4 code words.
-        let steps = if quant {
-            w.row_stride as u32
-        } else {
-            (w.row_stride / 4) as u32
-        };
+        // The loader snippets' steps per weight row: f32 vec4s / f16 vec2<u32>s (stride / 4), or
+        // q8 / q4 blocks.
+        let steps = if quant { nb } else { (w.row_stride / 4) as u32 };
         let shape = self.matmul_shape(m);
         let bufs = [x.buffer(), &chunk.buf, scales, bias, out.buffer()];
         if shape == MatmulShape::Vec {
