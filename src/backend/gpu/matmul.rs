@@ -95,8 +95,8 @@ impl GpuBackend {
             WeightDType::Q8 => (MatmulVecQ8, MatmulSmallQ8, MatmulTiledQ8),
             WeightDType::Q4 => (MatmulVecQ4, MatmulSmallQ4, MatmulTiledQ4),
         };
-        // Quantized kernels bind the chunk's scales after its codes and take the blocks per row
-        // as their last parameter; the f32 / f16 GEMMs take neither (the mat-vec binds a dummy).
+        // Quantized kernels bind the chunk's scales after its codes and take the blocks per row;
+        // the f32 / f16 GEMMs take neither (the two batch-invariant kernels bind a dummy).
         let quant = matches!(w.dtype, WeightDType::Q8 | WeightDType::Q4);
         let scales = chunk.scales.as_ref().unwrap_or(&self.dummy);
         let nb = w.cols.div_ceil(crate::quant::GROUP) as u32;
