@@ -120,8 +120,8 @@ impl GpuBackend {
             let params = [
                 m as u32, n as u32, k as u32, steps, out_stride, col_offset, nb, 0,
             ];
-            let mut grid = self.grid(n.div_ceil(VEC_ROWS_PER_WORKGROUP));
-            grid[2] = m.div_ceil(x_rows * chunks) as u32;
+            // One workgroup row (z = 0): the chunks cover every row of x.
+            let grid = self.grid(n.div_ceil(VEC_ROWS_PER_WORKGROUP));
             self.run(vec, &consts, &params, &bufs, grid);
         } else if shape == MatmulShape::Small {
             // WG lanes a workgroup, each a tile of tile_rows rows of x by TC columns; fewer lanes
