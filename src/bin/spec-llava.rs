@@ -633,6 +633,13 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    // The CPU engine's parallel loops are called from this thread: as one of rayon's threads it
+    // runs its share of each loop itself, instead of handing the whole loop to the pool and
+    // sleeping until it ends (two context switches per matmul, a quarter of a decoder pass).
+    // Failing only means a pool already exists, which then serves as before.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .use_current_thread()
+        .build_global();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

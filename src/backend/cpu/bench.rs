@@ -33,7 +33,8 @@ pub fn time(target_s: f64, f: &mut dyn FnMut()) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
-fn values(n: usize, seed: u64) -> Vec<f32> {
+/// `n` pseudo-random values in [-1, 1) (xorshift: the same on every machine).
+pub(crate) fn values(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..n)
         .map(|_| {

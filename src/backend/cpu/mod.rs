@@ -3,20 +3,21 @@
 //!
 //! Numerics follow transformers' eager PyTorch path: norms and softmax in f32, RoPE tables computed
 //! from f32 inverse frequencies, exact erf GELU. Weights stay as the checkpoint stores them
-//! ([`weight`]: f32, f16, q8/q4 blocks); `linear` ([`matmul`]) reads them packed, in register tiles,
-//! in one reduction order whatever the number of rows (verification equals plain decoding bit for
-//! bit). [`bench`] times its kernels for `spec-llava bench-kernels`.
+//! ([`weight`]: f32, f16, q8/q4 blocks); `linear` ([`matmul`]) reads them packed, in register tiles
+//! ([`tile`]: AVX, AVX2+FMA or AVX-512 chosen at run time), in one reduction order whatever the
+//! number of rows (verification equals plain decoding bit for bit); [`attention`] reads the keys
+//! transposed, as the cache keeps them. [`bench`] times its kernels for `spec-llava bench-kernels`.
 
+mod attention;
 pub mod bench;
 mod matmul;
+pub mod tile;
 mod weight;
 
 pub use matmul::linear as matmul;
 pub use weight::{CpuData, CpuWeight};
 
-use matmul::dot;
-
-use crate::backend::math::{rope_inv_freq, softmax_in_place};
+use crate::backend::math::rope_inv_freq;
 use crate::backend::{AttnMask, Backend, Heads, Qkv, Rope};
 use crate::config::Activation;
 use crate::quant::WeightData;
@@ -67,15 +68,37 @@ pub struct CpuCache {
     kv_dim: usize,
     k: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
+    /// The keys again, transposed: `[kv_dim, stride]` per layer, key `j` in column `j`, because
+    /// attention reads a head's keys one dimension at a time ([`attention`]).
+    kt: Vec<Vec<f32>>,
+    stride: usize,
+}
+
+impl CpuCache {
+    /// Make room for `len` keys in the transposed copies (columns kept, stride doubled).
+    fn reserve_columns(&mut self, len: usize) {
+        if len <= self.stride {
+            return;
+        }
+        let stride = len.max(2 * self.stride);
+        for kt in &mut self.kt {
+            let mut wider = vec![0f32; self.kv_dim * stride];
+            for (c, col) in kt.chunks(self.stride.max(1)).enumerate().take(self.kv_dim) {
+                wider[c * stride..c * stride + col.len()].copy_from_slice(col);
+            }
+            *kt = wider;
+        }
+        self.stride = stride;
+    }
 }
 
 /// Work (about one multiply-add per unit) below which an op stays on the calling thread: handing
 /// a job to the thread pool and waiting for it costs more than a small op itself.
-const PARALLEL_WORK: usize = 1 << 16;
+const PARALLEL_WORK: usize = 1 << 18;
 
 /// Run `f(row_index, row)` over the rows of `out` (each `width` long), in parallel natively when
 /// the op does at least [`PARALLEL_WORK`] (`row_cost` units per row).
-fn for_rows(
+pub(super) fn for_rows(
     out: &mut [f32],
     width: usize,
     row_cost: usize,
@@ -116,53 +139,6 @@ impl CpuBackend {
             data: x.data.iter().map(|&v| f(v)).collect(),
             rows: x.rows,
             cols: x.cols,
-        }
-    }
-
-    /// Attention of `n` queries over `keys` rows, where `visible(i, j)` says whether query `i` sees
-    /// key row `j`. q: `[n, q_heads*d]`, keys/values: `[m, kv_heads*d]`.
-    fn attend(
-        &self,
-        q: &CpuTensor,
-        keys: &[f32],
-        values: &[f32],
-        m: usize,
-        heads: Heads,
-        visible: impl Fn(usize, usize) -> bool + Sync + Send,
-    ) -> CpuTensor {
-        let d = heads.head_dim;
-        let group = heads.q_heads / heads.kv_heads;
-        let kv_dim = heads.kv_heads * d;
-        let scale = 1.0 / (d as f32).sqrt();
-        let mut out = vec![0f32; q.rows * heads.q_heads * d];
-        // One output row per (query, head).
-        for_rows(&mut out, d, 2 * m * d, |row, o| {
-            let (i, h) = (row / heads.q_heads, row % heads.q_heads);
-            let kvh = h / group;
-            let qv = &q.data[i * q.cols + h * d..i * q.cols + (h + 1) * d];
-            let mut scores: Vec<f32> = (0..m)
-                .map(|j| {
-                    if visible(i, j) {
-                        dot(qv, &keys[j * kv_dim + kvh * d..j * kv_dim + (kvh + 1) * d]) * scale
-                    } else {
-                        f32::NEG_INFINITY
-                    }
-                })
-                .collect();
-            softmax_in_place(&mut scores);
-            for (j, &p) in scores.iter().enumerate() {
-                if p != 0.0 {
-                    let vv = &values[j * kv_dim + kvh * d..j * kv_dim + (kvh + 1) * d];
-                    for (o, v) in o.iter_mut().zip(vv) {
-                        *o += p * v;
-                    }
-                }
-            }
-        });
-        CpuTensor {
-            data: out,
-            rows: q.rows,
-            cols: heads.q_heads * d,
         }
     }
 }
@@ -411,7 +387,8 @@ impl Backend for CpuBackend {
     }
 
     fn attention(&self, q: &CpuTensor, k: &CpuTensor, v: &CpuTensor, heads: Heads) -> CpuTensor {
-        self.attend(q, &k.data, &v.data, k.rows, heads, |_, _| true)
+        let kt = attention::transpose(&k.data, k.cols, k.rows);
+        attention::attend(q, (&kt, k.rows), &v.data, k.rows, heads, |_, _| true)
     }
 
     fn new_cache(&self, layers: usize, kv_dim: usize, capacity: usize) -> CpuCache {
@@ -423,6 +400,8 @@ impl Backend for CpuBackend {
             v: (0..layers)
                 .map(|_| Vec::with_capacity(capacity * kv_dim))
                 .collect(),
+            kt: (0..layers).map(|_| vec![0f32; capacity * kv_dim]).collect(),
+            stride: capacity,
         }
     }
 
@@ -442,8 +421,16 @@ impl Backend for CpuBackend {
             store.resize((start + n) * kv_dim, 0.0);
             store[start * kv_dim..].copy_from_slice(&new.data);
         }
-        let (keys, values) = (&cache.k[layer], &cache.v[layer]);
-        self.attend(q, keys, values, start + n, heads, |i, slot| {
+        cache.reserve_columns(start + n);
+        let stride = cache.stride;
+        let kt = &mut cache.kt[layer];
+        for (i, key) in k.data.chunks(kv_dim).enumerate() {
+            for (c, &v) in key.iter().enumerate() {
+                kt[c * stride + start + i] = v;
+            }
+        }
+        let (kt, values) = (&cache.kt[layer], &cache.v[layer]);
+        attention::attend(q, (kt, stride), values, start + n, heads, |i, slot| {
             mask.sees(start, i, slot)
         })
     }
@@ -458,6 +445,14 @@ impl Backend for CpuBackend {
                 }
             }
             store.truncate((to_start + from.len()) * d);
+        }
+        let stride = cache.stride;
+        for kt in &mut cache.kt {
+            for col in kt.chunks_mut(stride.max(1)) {
+                for (i, &src) in from.iter().enumerate() {
+                    col[to_start + i] = col[src];
+                }
+            }
         }
     }
 }

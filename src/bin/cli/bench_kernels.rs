@@ -48,6 +48,10 @@ pub struct BenchKernelsArgs {
     /// Print one JSON object on stdout.
     #[arg(long)]
     json: bool,
+    /// Rows of the CPU engine's decoder passes to time instead of 1, 8, 32 (the first is the
+    /// reference of `vs_one_row`).
+    #[arg(long, value_delimiter = ',')]
+    pass_rows: Vec<usize>,
     /// Only this engine; default both, the GPU when one exists.
     #[arg(long, value_enum)]
     backend: Option<BackendChoice>,
@@ -168,9 +172,10 @@ pub fn run(args: BenchKernelsArgs) -> Result<()> {
         }
         report.cpu_kernels = cpu::bench::run_suite(&cpu_suite);
         if args.filter.is_none() {
-            let rows = match args.quick {
-                true => vec![1, 8],
-                false => vec![1, 8, 32],
+            let rows = match (args.quick, args.pass_rows.is_empty()) {
+                (_, false) => args.pass_rows.clone(),
+                (true, true) => vec![1, 8],
+                (false, true) => vec![1, 8, 32],
             };
             let t = suite.target_s * 3.0;
             report.cpu_passes = cpu_passes(Checkpoint::open(&args.model)?, &rows, t)?;
