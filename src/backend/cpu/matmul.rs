@@ -26,8 +26,8 @@ use super::weight::{CpuData, CpuWeight};
 /// on a loaded machine, so a task must be well above that.
 const PER_TASK_WORK: usize = 1 << 18;
 
-/// Rows of x up to which f16 weights are widened in registers rather than into a panel.
-const F16_IN_REGISTERS: usize = 8;
+/// Rows of x up to which packed weights are widened in registers rather than into a panel.
+const FEW_ROWS: usize = 8;
 
 /// `x W^T + b` for `x: [m, k]` (row-major) and `w: [n, k]`; `[m, n]` row-major.
 pub fn linear(x: &[f32], m: usize, w: &CpuWeight, bias: Option<&[f32]>) -> Vec<f32> {
@@ -52,10 +52,15 @@ pub fn linear(x: &[f32], m: usize, w: &CpuWeight, bias: Option<&[f32]>) -> Vec<f
             let jn = out.len() / m;
             match &w.data {
                 CpuData::F32(v) => block(x, m, k, &v[j0 * k..(j0 + jn) * k], jn, out),
-                // Few rows: f16 widened in registers as each chunk is loaded (a panel widened
-                // first would cost more than the products); more rows share one widened panel.
-                CpuData::F16(v) if m <= F16_IN_REGISTERS => {
+                // Few rows: f16 (and, with AVX-512, q8/q4 blocks) widened in registers as each
+                // chunk is loaded (a panel widened first would cost more than the products); more
+                // rows share one widened panel.
+                CpuData::F16(v) if m <= FEW_ROWS => {
                     block(x, m, k, &v[j0 * k..(j0 + jn) * k], jn, out)
+                }
+                #[cfg(target_arch = "x86_64")]
+                CpuData::Quant(q) if m <= FEW_ROWS && super::quant_tile::applies(q) => {
+                    super::quant_tile::block(x, m, q, j0, jn, out)
                 }
                 _ => {
                     buf.resize(jn * k, 0f32);
@@ -195,18 +200,21 @@ mod tests {
 
     #[test]
     fn packed_weights_compute_what_their_widened_copy_and_the_written_out_order_do() {
-        let (n, k, m) = (45, 200, 6);
-        let x = random(m * k, 9);
-        for w in weights(n, k, 5) {
-            let wide = w.values().into_owned();
-            let got = linear(&x, m, &w, None);
-            let widened = linear(&x, m, &CpuWeight::f32(wide.clone(), &[n, k]), None);
-            assert_eq!(bits(&got), bits(&widened));
-            for i in 0..m {
-                for j in 0..n {
-                    let (xi, wj) = (&x[i * k..(i + 1) * k], &wide[j * k..(j + 1) * k]);
-                    let want = written_out(order(), xi, wj) + 0.0;
-                    assert_eq!(got[i * n + j].to_bits(), want.to_bits(), "({i}, {j})");
+        // k = 200: a partial block (widened into a panel); k = 256: whole blocks (q8/q4 decoded
+        // in registers for few rows where the CPU has AVX-512), 3 and 6 rows.
+        for (n, k, m) in [(45, 200, 6), (45, 256, 3), (21, 256, 6)] {
+            let x = random(m * k, 9);
+            for w in weights(n, k, 5) {
+                let wide = w.values().into_owned();
+                let got = linear(&x, m, &w, None);
+                let widened = linear(&x, m, &CpuWeight::f32(wide.clone(), &[n, k]), None);
+                assert_eq!(bits(&got), bits(&widened), "n{n} k{k} m{m} {}", w.stored_bytes());
+                for i in 0..m {
+                    for j in 0..n {
+                        let (xi, wj) = (&x[i * k..(i + 1) * k], &wide[j * k..(j + 1) * k]);
+                        let want = written_out(order(), xi, wj) + 0.0;
+                        assert_eq!(got[i * n + j].to_bits(), want.to_bits(), "({i}, {j})");
+                    }
                 }
             }
         }

@@ -11,6 +11,8 @@
 mod attention;
 pub mod bench;
 mod matmul;
+#[cfg(target_arch = "x86_64")]
+mod quant_tile;
 pub mod tile;
 mod weight;
 

@@ -68,7 +68,10 @@ static ORDER: OnceLock<Order> = OnceLock::new();
 pub fn order() -> Order {
     *ORDER.get_or_init(|| {
         let asked = std::env::var("SPEC_LLAVA_CPU_KERNEL").ok();
-        if let Some(o) = Order::ALL.into_iter().find(|o| asked.as_deref() == Some(o.name())) {
+        if let Some(o) = Order::ALL
+            .into_iter()
+            .find(|o| asked.as_deref() == Some(o.name()))
+        {
             return o;
         }
         [Order::Lanes16Fused, Order::Lanes8Fused]
@@ -173,7 +176,9 @@ pub(super) fn portable_in<const R: usize, const C: usize, W: Elem>(
     k: usize,
 ) -> [[f32; C]; R] {
     match order {
-        Order::Lanes8 => finish::<R, C, 8, false, W>(&portable::<R, C, 8, false, W>(x, w, k), x, w, k),
+        Order::Lanes8 => {
+            finish::<R, C, 8, false, W>(&portable::<R, C, 8, false, W>(x, w, k), x, w, k)
+        }
         Order::Lanes8Fused => {
             finish::<R, C, 8, true, W>(&portable::<R, C, 8, true, W>(x, w, k), x, w, k)
         }
@@ -265,7 +270,7 @@ fn tail<const R: usize, const C: usize, const FUSED: bool, W: Elem>(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(super) mod x86 {
     //! One register per lane accumulator; the weight chunk loaded once serves `R` rows of x.
     //! One generic kernel ([`kernel`]) over the register type of each order ([`Vector`]), each
     //! compiled for its instruction set by a thin `target_feature` wrapper; each computes the
@@ -371,10 +376,19 @@ mod x86 {
         }
         #[inline(always)]
         unsafe fn sum(self) -> f32 {
-            let lo = _mm512_castps512_ps256(self.0);
-            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(self.0), 1));
-            halves8(_mm256_add_ps(lo, hi))
+            sum16(self.0)
         }
+    }
+
+    /// Sixteen lanes summed by halves (`reduce`): 0-7 + 8-15, then as [`halves8`].
+    ///
+    /// # Safety
+    /// AVX-512F must be available.
+    #[inline(always)]
+    pub(in crate::backend::cpu) unsafe fn sum16(a: __m512) -> f32 {
+        let lo = _mm512_castps512_ps256(a);
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1));
+        halves8(_mm256_add_ps(lo, hi))
     }
 
     /// Eight lanes summed by halves (`reduce`): 0-3 + 4-7, then 0-1 + 2-3, then 0 + 1.
@@ -465,7 +479,13 @@ pub(super) mod tests {
             Order::Lanes8Fused => (8, true),
             Order::Lanes16Fused => (16, true),
         };
-        let f = |acc: f32, a: f32, b: f32| if fused { a.mul_add(b, acc) } else { acc + a * b };
+        let f = |acc: f32, a: f32, b: f32| {
+            if fused {
+                a.mul_add(b, acc)
+            } else {
+                acc + a * b
+            }
+        };
         let k = x.len();
         let mut acc = vec![0f32; lanes];
         for e in 0..k / lanes * lanes {
@@ -493,7 +513,10 @@ pub(super) mod tests {
         let k = 77;
         let (x, w) = (random(4 * k, 1), random(8 * k, 2));
         // f16 weights: the same values as f16 bits, read by the f16 kernels.
-        let w16: Vec<u16> = w.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect();
+        let w16: Vec<u16> = w
+            .iter()
+            .map(|&v| half::f16::from_f32(v).to_bits())
+            .collect();
         let wide: Vec<f32> = w16.iter().map(|&h| h.value()).collect();
         fn both<const R: usize, const C: usize>(o: Order, x: &[f32], w: &[f32], k: usize) {
             let a = tile_in::<R, C, f32>(o, x, w, k);
@@ -504,7 +527,11 @@ pub(super) mod tests {
             let k = x.len() / 4;
             let want = tile_in::<R, C, f32>(o, x, wide, k);
             assert_eq!(tile_in::<R, C, u16>(o, x, w, k), want, "f16 {o:?} {R}x{C}");
-            assert_eq!(portable_in::<R, C, u16>(o, x, w, k), want, "f16 {o:?} {R}x{C}");
+            assert_eq!(
+                portable_in::<R, C, u16>(o, x, w, k),
+                want,
+                "f16 {o:?} {R}x{C}"
+            );
         }
         for o in Order::ALL {
             both::<4, 4>(o, &x, &w, k);
@@ -525,12 +552,18 @@ pub(super) mod tests {
         let (x, w) = (random(k, 3), random(k, 4));
         for o in Order::ALL {
             let want = written_out(o, &x, &w);
-            assert_eq!(tile_in::<1, 1, f32>(o, &x, &w, k)[0][0].to_bits(), want.to_bits(), "{o:?}");
+            assert_eq!(
+                tile_in::<1, 1, f32>(o, &x, &w, k)[0][0].to_bits(),
+                want.to_bits(),
+                "{o:?}"
+            );
         }
         // The orders differ: a fused step rounds once (else the choice would not matter).
         let sums: Vec<u32> = Order::ALL
             .iter()
-            .map(|&o| tile_in::<1, 1, f32>(o, &random(4096, 5), &random(4096, 6), 4096)[0][0].to_bits())
+            .map(|&o| {
+                tile_in::<1, 1, f32>(o, &random(4096, 5), &random(4096, 6), 4096)[0][0].to_bits()
+            })
             .collect();
         assert!(sums[0] != sums[1] || sums[1] != sums[2], "{sums:?}");
     }
