@@ -19,7 +19,7 @@
 //! widened to exactly the f32 values [`crate::quant::WeightData::into_f32`] gives, so they compute
 //! what their widened copy would.
 
-use super::tile::{order, tile, Elem, Order};
+use super::tile::{cols, order, Elem, Order};
 use super::weight::{CpuData, CpuWeight};
 
 /// Multiply-adds per task, about: handing a task to a sleeping thread costs tens of microseconds
@@ -118,37 +118,6 @@ fn block<W: Elem>(x: &[f32], m: usize, k: usize, panel: &[W], jn: usize, out: &m
             (_, true) => cols::<4, 4, W>(xs, i, k, panel, jn, m, out),
         }
         i += (m - i).min(4);
-    }
-}
-
-/// Rows `i..i + R` of x against every weight row of the panel, `C` weight rows at a time.
-fn cols<const R: usize, const C: usize, W: Elem>(
-    x: &[f32],
-    i: usize,
-    k: usize,
-    panel: &[W],
-    jn: usize,
-    m: usize,
-    out: &mut [f32],
-) {
-    let mut j = 0;
-    while j < jn {
-        let w = &panel[j * k..];
-        if j + C <= jn {
-            let s = tile::<R, C, W>(x, w, k);
-            for (c, col) in (0..C).map(|c| (c, (j + c) * m + i)) {
-                for (r, row) in s.iter().enumerate() {
-                    out[col + r] = row[c];
-                }
-            }
-            j += C;
-        } else {
-            let s = tile::<R, 1, W>(x, w, k);
-            for (r, row) in s.iter().enumerate() {
-                out[j * m + i + r] = row[0];
-            }
-            j += 1;
-        }
     }
 }
 

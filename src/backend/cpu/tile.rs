@@ -135,18 +135,67 @@ impl Elem for u16 {
     }
 }
 
-/// The `R x C` dot products of rows of `x` and `w` (both stride `k`) in this process's order.
-#[inline]
-pub fn tile<const R: usize, const C: usize, W: Elem>(
+/// Rows `i..i + R` of x (`x` from row `i`, stride `k`) against every weight row of `panel`
+/// (`[jn, k]`), `C` weight rows at a time and then one at a time, into `out[j * m + i + r]`, in
+/// this process's order. One dispatch on the order for the whole walk: a tile of a small model is
+/// a few hundred instructions, and a call and a feature check per tile were a good part of it.
+#[allow(clippy::too_many_arguments)]
+pub fn cols<const R: usize, const C: usize, W: Elem>(
     x: &[f32],
-    w: &[W],
+    i: usize,
     k: usize,
-) -> [[f32; C]; R] {
-    tile_in::<R, C, W>(order(), x, w, k)
+    panel: &[W],
+    jn: usize,
+    m: usize,
+    out: &mut [f32],
+) {
+    let order = order();
+    assert!(x.len() >= R * k && panel.len() >= jn * k && out.len() >= jn * m);
+    #[cfg(target_arch = "x86_64")]
+    if order.has_simd() {
+        // SAFETY: the order's features are present (`has_simd`), and the bounds were checked.
+        unsafe {
+            match order {
+                Order::Lanes8 => x86::walk8::<R, C, W>(x, i, k, panel, jn, m, out),
+                Order::Lanes8Fused => x86::walk8_fma::<R, C, W>(x, i, k, panel, jn, m, out),
+                Order::Lanes16Fused => x86::walk16_fma::<R, C, W>(x, i, k, panel, jn, m, out),
+            }
+        }
+        return;
+    }
+    let full = |w: &[W]| portable_in::<R, C, W>(order, x, w, k);
+    let one = |w: &[W]| portable_in::<R, 1, W>(order, x, w, k);
+    walk::<R, C, W>((i, k, panel, jn, m), out, full, one);
 }
 
-/// [`tile`] in a given order: its SIMD kernel where the CPU has it, else the portable one.
-#[inline]
+/// The walk of [`cols`] with the tile functions of one order.
+#[inline(always)]
+fn walk<const R: usize, const C: usize, W: Elem>(
+    (i, k, panel, jn, m): (usize, usize, &[W], usize, usize),
+    out: &mut [f32],
+    full: impl Fn(&[W]) -> [[f32; C]; R],
+    one: impl Fn(&[W]) -> [[f32; 1]; R],
+) {
+    let mut j = 0;
+    while j + C <= jn {
+        let s = full(&panel[j * k..(j + C) * k]);
+        for c in 0..C {
+            for (r, row) in s.iter().enumerate() {
+                out[(j + c) * m + i + r] = row[c];
+            }
+        }
+        j += C;
+    }
+    for j in j..jn {
+        let s = one(&panel[j * k..(j + 1) * k]);
+        for (r, row) in s.iter().enumerate() {
+            out[j * m + i + r] = row[0];
+        }
+    }
+}
+
+/// One tile in a given order: its SIMD kernel where the CPU has it, else the portable one.
+#[cfg(test)]
 pub(super) fn tile_in<const R: usize, const C: usize, W: Elem>(
     order: Order,
     x: &[f32],
@@ -168,7 +217,7 @@ pub(super) fn tile_in<const R: usize, const C: usize, W: Elem>(
     portable_in::<R, C, W>(order, x, w, k)
 }
 
-/// [`tile`] in a given order by the portable kernel (what a CPU without the SIMD kernel runs).
+/// One tile in a given order by the portable kernel (what a CPU without the SIMD kernel runs).
 pub(super) fn portable_in<const R: usize, const C: usize, W: Elem>(
     order: Order,
     x: &[f32],
@@ -432,6 +481,35 @@ pub(super) mod x86 {
         }
     }
 
+    macro_rules! walker {
+        ($name:ident, $features:literal, $vector:ty) => {
+            /// [`super::cols`] with this instruction set's kernel.
+            ///
+            /// # Safety
+            /// The features must be available; the bounds of `super::cols` must hold.
+            #[target_feature(enable = $features)]
+            #[allow(clippy::too_many_arguments)]
+            pub unsafe fn $name<const R: usize, const C: usize, W: Elem>(
+                x: &[f32],
+                i: usize,
+                k: usize,
+                panel: &[W],
+                jn: usize,
+                m: usize,
+                out: &mut [f32],
+            ) {
+                // SAFETY (both closures): as this function's.
+                let full = |w: &[W]| unsafe { kernel::<$vector, R, C, W>(x, w, k) };
+                let one = |w: &[W]| unsafe { kernel::<$vector, R, 1, W>(x, w, k) };
+                super::walk::<R, C, W>((i, k, panel, jn, m), out, full, one);
+            }
+        };
+    }
+    walker!(walk8, "avx,f16c", Sep8);
+    walker!(walk8_fma, "avx,fma,f16c", Fma8);
+    walker!(walk16_fma, "avx512f", Fma16);
+
+    #[cfg(test)]
     /// # Safety
     /// AVX and F16C must be available; `x` must hold `R` rows and `w` `C` rows of `k` values.
     #[target_feature(enable = "avx,f16c")]
@@ -443,6 +521,7 @@ pub(super) mod x86 {
         kernel::<Sep8, R, C, W>(x, w, k)
     }
 
+    #[cfg(test)]
     /// # Safety
     /// AVX, FMA and F16C must be available; `x` must hold `R` rows and `w` `C` rows of `k` values.
     #[target_feature(enable = "avx,fma,f16c")]
@@ -454,6 +533,7 @@ pub(super) mod x86 {
         kernel::<Fma8, R, C, W>(x, w, k)
     }
 
+    #[cfg(test)]
     /// # Safety
     /// AVX-512F must be available; `x` must hold `R` rows and `w` `C` rows of `k` values.
     #[target_feature(enable = "avx512f")]
