@@ -9,7 +9,9 @@
 //! (a product rounded, then added) and every output dimension over the keys in order, whatever the
 //! number of queries: a batch of queries (a verified tree) gets bit for bit what each query alone
 //! gets. The lanes of a vector hold different keys (or dimensions), never parts of one sum, so the
-//! AVX copy of the loops (chosen at run time) computes exactly what the SSE2 baseline does.
+//! AVX-512 and AVX copies of the loops (chosen at run time) compute exactly what the SSE2
+//! baseline does. Keys after a query's last visible key are not scored at all (a causal prefill
+//! row sees half the keys on average).
 
 use super::{for_rows, CpuTensor};
 use crate::backend::math::softmax_in_place;
@@ -17,6 +19,37 @@ use crate::backend::Heads;
 
 /// Keys per register block of scores.
 const BLOCK: usize = 16;
+
+/// `fn $name(args)` calling `$inner(args)` compiled for the widest vectors the CPU has (AVX-512F,
+/// AVX, else the SSE2 baseline): lanes hold different keys or dimensions, never parts of one sum,
+/// so every width computes the same numbers.
+macro_rules! widest {
+    ($(#[$doc:meta])* fn $name:ident($($a:ident: $t:ty),*) => $inner:ident) => {
+        $(#[$doc])*
+        fn $name($($a: $t),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn avx512($($a: $t),*) {
+                    $inner($($a),*)
+                }
+                #[target_feature(enable = "avx")]
+                unsafe fn avx($($a: $t),*) {
+                    $inner($($a),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: AVX-512F is present.
+                    return unsafe { avx512($($a),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx") {
+                    // SAFETY: AVX is present.
+                    return unsafe { avx($($a),*) };
+                }
+            }
+            $inner($($a),*)
+        }
+    };
+}
 
 /// Keys `[m, kv_dim]` transposed to `[kv_dim, m]`.
 pub(super) fn transpose(keys: &[f32], kv_dim: usize, m: usize) -> Vec<f32> {
@@ -50,7 +83,10 @@ pub(super) fn attend(
         let (i, h) = (row / heads.q_heads, row % heads.q_heads);
         let kvh = h / group;
         let qv = &q.data[i * q.cols + h * d..i * q.cols + (h + 1) * d];
-        let mut scores = vec![0f32; m];
+        // Keys after the last visible one are skipped: they would add exp(-inf) = 0 to the
+        // softmax's sum and nothing to the output, so the result is the same bit for bit.
+        let seen = (0..m).rev().find(|&j| visible(i, j)).map_or(0, |j| j + 1);
+        let mut scores = vec![0f32; seen];
         head_scores(qv, &kt[kvh * d * stride..], stride, &mut scores);
         for (j, s) in scores.iter_mut().enumerate() {
             *s = match visible(i, j) {
@@ -68,35 +104,17 @@ pub(super) fn attend(
     }
 }
 
-/// `scores[j] = q . key_j` for the keys of one head, transposed (`kt: [d, stride]`).
-fn head_scores(q: &[f32], kt: &[f32], stride: usize, scores: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx") {
-        // SAFETY: AVX is present.
-        return unsafe { head_scores_avx(q, kt, stride, scores) };
-    }
-    head_scores_in(q, kt, stride, scores)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx")]
-unsafe fn head_scores_avx(q: &[f32], kt: &[f32], stride: usize, scores: &mut [f32]) {
-    head_scores_in(q, kt, stride, scores)
-}
+widest!(
+    /// `scores[j] = q . key_j` for the keys of one head, transposed (`kt: [d, stride]`).
+    fn head_scores(q: &[f32], kt: &[f32], stride: usize, scores: &mut [f32]) => head_scores_in
+);
 
 #[inline(always)]
 fn head_scores_in(q: &[f32], kt: &[f32], m: usize, scores: &mut [f32]) {
-    let mut j = 0;
-    while j + BLOCK <= scores.len() {
-        let mut acc = [0f32; BLOCK];
-        for (e, &qe) in q.iter().enumerate() {
-            for (a, &k) in acc.iter_mut().zip(&kt[e * m + j..][..BLOCK]) {
-                *a += qe * k;
-            }
-        }
-        scores[j..j + BLOCK].copy_from_slice(&acc);
-        j += BLOCK;
-    }
+    // Wide blocks first (independent sums in flight while each waits for its adds), then
+    // narrower ones, then key by key: each key's sum is the same chain of steps in every case.
+    let j = score_blocks::<{ 4 * BLOCK }>(q, kt, m, scores, 0);
+    let j = score_blocks::<BLOCK>(q, kt, m, scores, j);
     for (jj, s) in scores.iter_mut().enumerate().skip(j) {
         let mut a = 0f32;
         for (e, &qe) in q.iter().enumerate() {
@@ -106,22 +124,33 @@ fn head_scores_in(q: &[f32], kt: &[f32], m: usize, scores: &mut [f32]) {
     }
 }
 
-/// `o += p_j * value_j` over the keys in order (`values` from the head's first value, rows
-/// `stride` apart); keys of probability 0 (masked) are skipped, which adds nothing anyway.
-fn weighted_values(p: &[f32], values: &[f32], stride: usize, o: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx") {
-        // SAFETY: AVX is present.
-        return unsafe { weighted_values_avx(p, values, stride, o) };
+/// Scores of keys `j..` in blocks of `B` held in registers; returns the first key not done.
+#[inline(always)]
+fn score_blocks<const B: usize>(
+    q: &[f32],
+    kt: &[f32],
+    m: usize,
+    scores: &mut [f32],
+    mut j: usize,
+) -> usize {
+    while j + B <= scores.len() {
+        let mut acc = [0f32; B];
+        for (e, &qe) in q.iter().enumerate() {
+            for (a, &k) in acc.iter_mut().zip(&kt[e * m + j..][..B]) {
+                *a += qe * k;
+            }
+        }
+        scores[j..j + B].copy_from_slice(&acc);
+        j += B;
     }
-    weighted_values_in(p, values, stride, o)
+    j
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx")]
-unsafe fn weighted_values_avx(p: &[f32], values: &[f32], stride: usize, o: &mut [f32]) {
-    weighted_values_in(p, values, stride, o)
-}
+widest!(
+    /// `o += p_j * value_j` over the keys in order (`values` from the head's first value, rows
+    /// `stride` apart); keys of probability 0 (masked) are skipped, which adds nothing anyway.
+    fn weighted_values(p: &[f32], values: &[f32], stride: usize, o: &mut [f32]) => weighted_values_in
+);
 
 #[inline(always)]
 fn weighted_values_in(p: &[f32], values: &[f32], stride: usize, o: &mut [f32]) {
