@@ -28,7 +28,10 @@ pub fn build(root: &Path) -> Result<(), String> {
             .args(["rustc", "--package", "spec-llava", "--lib", "--target"])
             .arg(prereq::WASM_TARGET)
             .args(["--profile", PROFILE, "--target-dir", TARGET_DIR])
-            .args(["--crate-type", "cdylib"]),
+            .args(["--crate-type", "cdylib"])
+            // 128-bit SIMD (every current browser runs it): the CPU engine's tiles and attention
+            // loops vectorise four lanes at a time, computing the same numbers.
+            .args(["--", "-C", "target-feature=+simd128"]),
     )?;
     let wasm = wasm_path(root);
     let out = root.join(PKG_DIR);
@@ -52,6 +55,7 @@ pub fn build(root: &Path) -> Result<(), String> {
             Command::new(opt)
                 .args([
                     "-O2",
+                    "--enable-simd",
                     "--enable-bulk-memory",
                     "--enable-nontrapping-float-to-int",
                 ])
