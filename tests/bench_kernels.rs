@@ -123,9 +123,15 @@ fn cpu_only_bench_measures_cpu_kernels_passes_and_tokens() {
         .collect();
     for row in rows.iter().filter(|r| r["kernel"] == "cpu_linear") {
         let copy = row["copy_gb_s"].as_f64().unwrap();
-        assert!(copies.contains(&copy), "{row} against none of the copies {copies:?}");
+        assert!(
+            copies.contains(&copy),
+            "{row} against none of the copies {copies:?}"
+        );
         let ratio = row["gb_s"].as_f64().unwrap() / copy;
-        assert!((ratio / row["ratio"].as_f64().unwrap() - 1.0).abs() < 1e-9, "{row}");
+        assert!(
+            (ratio / row["ratio"].as_f64().unwrap() - 1.0).abs() < 1e-9,
+            "{row}"
+        );
     }
     let passes = r["cpu_passes"].as_array().expect("cpu_passes: an array");
     assert_eq!(passes[0]["rows"], 1, "{r}");

@@ -177,7 +177,12 @@ mod tests {
                 let wide = w.values().into_owned();
                 let got = linear(&x, m, &w, None);
                 let widened = linear(&x, m, &CpuWeight::f32(wide.clone(), &[n, k]), None);
-                assert_eq!(bits(&got), bits(&widened), "n{n} k{k} m{m} {}", w.stored_bytes());
+                assert_eq!(
+                    bits(&got),
+                    bits(&widened),
+                    "n{n} k{k} m{m} {}",
+                    w.stored_bytes()
+                );
                 for i in 0..m {
                     for j in 0..n {
                         let (xi, wj) = (&x[i * k..(i + 1) * k], &wide[j * k..(j + 1) * k]);

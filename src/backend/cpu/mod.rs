@@ -475,3 +475,108 @@ async fn yield_to_event_loop() {
     });
     let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::bench::values;
+    use super::*;
+
+    const HEADS: Heads = Heads {
+        q_heads: 4,
+        kv_heads: 2,
+        head_dim: 16,
+    };
+
+    fn tensor(rows: usize, cols: usize, seed: u64) -> CpuTensor {
+        CpuTensor {
+            data: values(rows * cols, seed),
+            rows,
+            cols,
+        }
+    }
+
+    /// Three steps of 5, 1 and 3 tokens into a cache made for `capacity` tokens; every output.
+    fn steps(capacity: usize) -> Vec<Vec<u32>> {
+        let b = CpuBackend;
+        let kv = HEADS.kv_heads * HEADS.head_dim;
+        let mut cache = b.new_cache(1, kv, capacity);
+        let mut start = 0;
+        let mut outs = Vec::new();
+        for (s, n) in [5usize, 1, 3].into_iter().enumerate() {
+            let q = tensor(n, HEADS.q_heads * HEADS.head_dim, 10 + s as u64);
+            let (k, v) = (tensor(n, kv, 20 + s as u64), tensor(n, kv, 30 + s as u64));
+            let qkv = Qkv {
+                q: &q,
+                k: &k,
+                v: &v,
+            };
+            let out = b.cached_attention(&mut cache, 0, start, qkv, &AttnMask::Causal, HEADS);
+            outs.push(out.data.iter().map(|x| x.to_bits()).collect());
+            start += n;
+        }
+        // Keep slots 1, 4 and 7 (as after accepting a path), then one more token sees them.
+        b.compact_cache(&mut cache, &[1, 4, 7], 1);
+        let q = tensor(1, HEADS.q_heads * HEADS.head_dim, 40);
+        let (k, v) = (tensor(1, kv, 41), tensor(1, kv, 42));
+        let qkv = Qkv {
+            q: &q,
+            k: &k,
+            v: &v,
+        };
+        let out = b.cached_attention(&mut cache, 0, 4, qkv, &AttnMask::Causal, HEADS);
+        outs.push(out.data.iter().map(|x| x.to_bits()).collect());
+        outs
+    }
+
+    #[test]
+    fn the_transposed_keys_grow_and_compact_with_the_cache() {
+        // A cache made too small grows its transposed keys; the results are those of a cache
+        // made big enough, step for step, also after compaction.
+        assert_eq!(steps(0), steps(16));
+        assert_eq!(steps(2), steps(16));
+        // And compaction keeps what it should: the last step equals attending over the kept
+        // slots written afresh.
+        let b = CpuBackend;
+        let kv = HEADS.kv_heads * HEADS.head_dim;
+        let mut fresh = b.new_cache(1, kv, 8);
+        let pick = |t: &[(usize, u64)]| -> (CpuTensor, CpuTensor) {
+            let (mut k, mut v) = (Vec::new(), Vec::new());
+            for &(row, seed) in t {
+                k.extend_from_slice(&tensor(5, kv, 20 + seed).data[row * kv..(row + 1) * kv]);
+                v.extend_from_slice(&tensor(5, kv, 30 + seed).data[row * kv..(row + 1) * kv]);
+            }
+            let n = t.len();
+            (
+                CpuTensor {
+                    data: k,
+                    rows: n,
+                    cols: kv,
+                },
+                CpuTensor {
+                    data: v,
+                    rows: n,
+                    cols: kv,
+                },
+            )
+        };
+        // Slot 0: step 0 row 0; kept slots 1 (step 0 row 1), 4 (step 0 row 4), 7 (step 2 row 1).
+        let (k, v) = pick(&[(0, 0), (1, 0), (4, 0), (1, 2)]);
+        let q = tensor(4, HEADS.q_heads * HEADS.head_dim, 99);
+        let qkv = Qkv {
+            q: &q,
+            k: &k,
+            v: &v,
+        };
+        b.cached_attention(&mut fresh, 0, 0, qkv, &AttnMask::Causal, HEADS);
+        let q = tensor(1, HEADS.q_heads * HEADS.head_dim, 40);
+        let (k, v) = (tensor(1, kv, 41), tensor(1, kv, 42));
+        let qkv = Qkv {
+            q: &q,
+            k: &k,
+            v: &v,
+        };
+        let out = b.cached_attention(&mut fresh, 0, 4, qkv, &AttnMask::Causal, HEADS);
+        let want: Vec<u32> = out.data.iter().map(|x| x.to_bits()).collect();
+        assert_eq!(steps(16).last(), Some(&want));
+    }
+}
