@@ -516,6 +516,13 @@ mod tests {
         }
         // Keep slots 1, 4 and 7 (as after accepting a path), then one more token sees them.
         b.compact_cache(&mut cache, &[1, 4, 7], 1);
+        outs.push(one_more(&mut cache));
+        outs
+    }
+
+    /// One token at slot 4 (after four kept slots); its output's bits.
+    fn one_more(cache: &mut CpuCache) -> Vec<u32> {
+        let kv = HEADS.kv_heads * HEADS.head_dim;
         let q = tensor(1, HEADS.q_heads * HEADS.head_dim, 40);
         let (k, v) = (tensor(1, kv, 41), tensor(1, kv, 42));
         let qkv = Qkv {
@@ -523,9 +530,8 @@ mod tests {
             k: &k,
             v: &v,
         };
-        let out = b.cached_attention(&mut cache, 0, 4, qkv, &AttnMask::Causal, HEADS);
-        outs.push(out.data.iter().map(|x| x.to_bits()).collect());
-        outs
+        let out = CpuBackend.cached_attention(cache, 0, 4, qkv, &AttnMask::Causal, HEADS);
+        out.data.iter().map(|x| x.to_bits()).collect()
     }
 
     #[test]
@@ -568,15 +574,6 @@ mod tests {
             v: &v,
         };
         b.cached_attention(&mut fresh, 0, 0, qkv, &AttnMask::Causal, HEADS);
-        let q = tensor(1, HEADS.q_heads * HEADS.head_dim, 40);
-        let (k, v) = (tensor(1, kv, 41), tensor(1, kv, 42));
-        let qkv = Qkv {
-            q: &q,
-            k: &k,
-            v: &v,
-        };
-        let out = b.cached_attention(&mut fresh, 0, 4, qkv, &AttnMask::Causal, HEADS);
-        let want: Vec<u32> = out.data.iter().map(|x| x.to_bits()).collect();
-        assert_eq!(steps(16).last(), Some(&want));
+        assert_eq!(steps(16).last(), Some(&one_more(&mut fresh)));
     }
 }
