@@ -67,7 +67,10 @@ impl<'a, B: Backend> Weights<'a, B> {
     }
 
     fn upload(&self, full_name: &str, shape: &[usize]) -> Result<B::Weight> {
-        let data = self.store.weight_data(full_name, shape)?;
+        let keep_f16 = self.backend.reads_f16();
+        let data = self
+            .store
+            .weight_data_keeping_f16(full_name, shape, keep_f16)?;
         Ok(self.backend.weight_data(data, shape))
     }
 }

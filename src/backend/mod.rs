@@ -135,6 +135,12 @@ pub trait Backend {
     fn weight_data(&self, data: WeightData, shape: &[usize]) -> Self::Weight {
         self.weight(data.into_f32(), shape)
     }
+    /// Whether a matrix the checkpoint stores as f16 should arrive as f16 bits even when nothing
+    /// asked to keep it so: the engine reads f16 as fast as f32, from half the memory, and
+    /// computes with exactly the widened values. Default: no (it arrives as f32).
+    fn reads_f16(&self) -> bool {
+        false
+    }
     /// Upload activations from the host.
     fn tensor(&self, data: Vec<f32>, rows: usize, cols: usize) -> Self::Tensor;
     /// `(rows, cols)` of a tensor.

@@ -218,6 +218,17 @@ impl WeightStore {
     /// stores it so (or `set_quantize_on_load` asks for it), else f32; shape checked as in
     /// [`Self::f32`].
     pub fn weight_data(&self, name: &str, shape: &[usize]) -> Result<WeightData> {
+        self.weight_data_keeping_f16(name, shape, false)
+    }
+
+    /// [`Self::weight_data`], and with `keep_f16` a big linear weight stored as f16 arrives as
+    /// its f16 bits even when nothing asked for f16 (for an engine that reads them as fast).
+    pub fn weight_data_keeping_f16(
+        &self,
+        name: &str,
+        shape: &[usize],
+        keep_f16: bool,
+    ) -> Result<WeightData> {
         if let Some((codes_name, scheme)) = self.quantized_name(name) {
             return self
                 .quantized(name, &codes_name, scheme, shape)
@@ -228,16 +239,17 @@ impl WeightStore {
             None => self.quantize_on_load,
         };
         let cols: usize = shape.iter().skip(1).product();
+        if keep_f16 && want.is_none() && quant::quantizable(name, shape) {
+            let raw = self.raw(name)?;
+            if raw.dtype == DType::F16 && raw.shape == shape {
+                return Ok(WeightData::F16(f16_bits(&raw.bytes)));
+            }
+        }
         match want {
             Some(format) if quant::quantizable(name, shape) => {
                 let raw = self.raw(name)?;
                 if format == Format::F16 && raw.dtype == DType::F16 && raw.shape == shape {
-                    let bits = raw
-                        .bytes
-                        .chunks_exact(2)
-                        .map(|c| u16::from_le_bytes([c[0], c[1]]))
-                        .collect();
-                    return Ok(WeightData::F16(bits));
+                    return Ok(WeightData::F16(f16_bits(&raw.bytes)));
                 }
                 if self.format.is_some() && format != Format::F16 {
                     // A q4/q8 checkpoint stores every quantizable weight quantized.
@@ -631,6 +643,14 @@ impl NameStyle {
             lm_head: lm_head.into(),
         }
     }
+}
+
+/// Little-endian f16 bytes as f16 bits.
+fn f16_bits(bytes: &[u8]) -> Vec<u16> {
+    bytes
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect()
 }
 
 #[cfg(test)]

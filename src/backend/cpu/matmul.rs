@@ -19,7 +19,7 @@
 //! widened to exactly the f32 values [`crate::quant::WeightData::into_f32`] gives, so they compute
 //! what their widened copy would.
 
-use super::tile::{cols, order, Elem, Order};
+use super::tile::{cols, f16_in_registers, order, Elem, Order};
 use super::weight::{CpuData, CpuWeight};
 
 /// Multiply-adds per task, about: handing a task to a sleeping thread costs tens of microseconds
@@ -55,7 +55,7 @@ pub fn linear(x: &[f32], m: usize, w: &CpuWeight, bias: Option<&[f32]>) -> Vec<f
                 // Few rows: f16 (and, with AVX-512, q8/q4 blocks) widened in registers as each
                 // chunk is loaded (a panel widened first would cost more than the products); more
                 // rows share one widened panel.
-                CpuData::F16(v) if m <= FEW_ROWS => {
+                CpuData::F16(v) if m <= FEW_ROWS && f16_in_registers() => {
                     block(x, m, k, &v[j0 * k..(j0 + jn) * k], jn, out)
                 }
                 #[cfg(target_arch = "x86_64")]

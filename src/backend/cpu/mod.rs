@@ -159,6 +159,12 @@ impl Backend for CpuBackend {
         CpuWeight::from_data(data, shape)
     }
 
+    /// Where the tiles widen f16 in registers (x86 with F16C or AVX-512): an f16 checkpoint then
+    /// takes half the memory and a one-token pass reads half the bytes.
+    fn reads_f16(&self) -> bool {
+        tile::f16_in_registers()
+    }
+
     fn tensor(&self, data: Vec<f32>, rows: usize, cols: usize) -> CpuTensor {
         debug_assert_eq!(data.len(), rows * cols);
         CpuTensor { data, rows, cols }

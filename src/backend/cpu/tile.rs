@@ -135,6 +135,12 @@ impl Elem for u16 {
     }
 }
 
+/// Whether this process's tiles read f16 weights with SIMD (F16C or AVX-512 conversions);
+/// elsewhere an f16 weight is better widened a panel at a time.
+pub fn f16_in_registers() -> bool {
+    cfg!(target_arch = "x86_64") && order().has_simd()
+}
+
 /// Rows `i..i + R` of x (`x` from row `i`, stride `k`) against every weight row of `panel`
 /// (`[jn, k]`), `C` weight rows at a time and then one at a time, into `out[j * m + i + r]`, in
 /// this process's order. One dispatch on the order for the whole walk: a tile of a small model is
