@@ -4,8 +4,8 @@
 //!
 //! The keys come transposed (`[kv_heads * d, stride]`: the decoder's cache keeps them so, the
 //! vision tower transposes them per call), so a query's scores are one multiply and one add per
-//! dimension across a block of 16 keys held in registers, instead of a
-//! dot product and its horizontal sum per key. Every score is summed over the dimensions in order
+//! dimension across a block of 64 (then 16) keys held in registers, instead of a dot product and
+//! its horizontal sum per key. Every score is summed over the dimensions in order
 //! (a product rounded, then added) and every output dimension over the keys in order, whatever the
 //! number of queries: a batch of queries (a verified tree) gets bit for bit what each query alone
 //! gets. The lanes of a vector hold different keys (or dimensions), never parts of one sum, so the
