@@ -64,13 +64,12 @@ pub fn with_linear_hook<R>(hook: LinearHook, f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// Per layer: keys and values, `[slots, kv_dim]` each, grown on demand.
+/// Per layer: values `[slots, kv_dim]`, grown on demand, and keys transposed.
 #[derive(Debug, Clone)]
 pub struct CpuCache {
     kv_dim: usize,
-    k: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
-    /// The keys again, transposed: `[kv_dim, stride]` per layer, key `j` in column `j`, because
+    /// The keys transposed: `[kv_dim, stride]` per layer, key `j` in column `j`, because
     /// attention reads a head's keys one dimension at a time ([`attention`]).
     kt: Vec<Vec<f32>>,
     stride: usize,
@@ -402,9 +401,6 @@ impl Backend for CpuBackend {
     fn new_cache(&self, layers: usize, kv_dim: usize, capacity: usize) -> CpuCache {
         CpuCache {
             kv_dim,
-            k: (0..layers)
-                .map(|_| Vec::with_capacity(capacity * kv_dim))
-                .collect(),
             v: (0..layers)
                 .map(|_| Vec::with_capacity(capacity * kv_dim))
                 .collect(),
@@ -425,10 +421,9 @@ impl Backend for CpuBackend {
         let Qkv { q, k, v } = qkv;
         let kv_dim = cache.kv_dim;
         let n = k.rows;
-        for (store, new) in [(&mut cache.k[layer], k), (&mut cache.v[layer], v)] {
-            store.resize((start + n) * kv_dim, 0.0);
-            store[start * kv_dim..].copy_from_slice(&new.data);
-        }
+        let values = &mut cache.v[layer];
+        values.resize((start + n) * kv_dim, 0.0);
+        values[start * kv_dim..].copy_from_slice(&v.data);
         cache.reserve_columns(start + n);
         let stride = cache.stride;
         let kt = &mut cache.kt[layer];
@@ -445,7 +440,7 @@ impl Backend for CpuBackend {
 
     fn compact_cache(&self, cache: &mut CpuCache, from: &[usize], to_start: usize) {
         let d = cache.kv_dim;
-        for store in cache.k.iter_mut().chain(cache.v.iter_mut()) {
+        for store in &mut cache.v {
             for (i, &src) in from.iter().enumerate() {
                 let dst = to_start + i;
                 if src != dst {
