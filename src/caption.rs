@@ -69,6 +69,8 @@ pub struct SpecSummary {
     pub tau_without_bonus: f64,
     pub accepted_per_round: Vec<usize>,
     pub draft_passes: usize,
+    /// Rows over all draft passes (a pass runs one row per frontier node it expands).
+    pub draft_rows: usize,
     /// Mean draft nodes verified per round.
     pub mean_tree_nodes: f64,
     /// Whether the draft reused the target's vision features (byte-identical towers).
@@ -85,6 +87,7 @@ impl SpecSummary {
             tau_without_bonus: accepted as f64 / rounds,
             accepted_per_round: r.accepted_per_round.clone(),
             draft_passes: r.draft_passes,
+            draft_rows: r.draft_rows,
             mean_tree_nodes: r.verified_per_round.iter().sum::<usize>() as f64 / rounds,
             shared_vision,
         }

@@ -160,6 +160,8 @@ pub struct AdaptiveReport {
     pub decode_speedup: f64,
     pub tau: f64,
     pub mean_tree_nodes: f64,
+    /// Mean rows of a draft pass: the frontier width the costs chose (and catch-up passes).
+    pub draft_rows_per_pass: f64,
     pub identical: usize,
     pub cost: CostModel,
 }
@@ -182,6 +184,7 @@ struct SpecTotals {
     accepted: usize,
     verified: usize,
     draft_passes: usize,
+    draft_rows: usize,
     identical: usize,
 }
 
@@ -195,6 +198,7 @@ impl SpecTotals {
             self.accepted += st.accepted_per_round.iter().sum::<usize>();
             self.verified += (st.mean_tree_nodes * st.rounds as f64).round() as usize;
             self.draft_passes += st.draft_passes;
+            self.draft_rows += st.draft_rows;
         }
         self.identical += usize::from(c.tokens == plain);
     }
@@ -331,6 +335,7 @@ pub async fn bench_with<B: Backend, D: Backend>(
             decode_speedup: decode_speedup(&adapt),
             tau: 1.0 + adapt.per_round(adapt.accepted),
             mean_tree_nodes: adapt.per_round(adapt.verified),
+            draft_rows_per_pass: adapt.draft_rows as f64 / adapt.draft_passes.max(1) as f64,
             identical: adapt.identical,
             spec: adapt.speed.clone(),
             cost,

@@ -477,7 +477,7 @@ fn adaptive_tree_sizes_stay_lossless_and_follow_the_costs() {
     for verify_slope in [0.01, 100.0] {
         let cost = CostModel {
             verify_ms: vec![(1, 10.0), (33, 10.0 + 32.0 * verify_slope)],
-            draft_pass_ms: 0.5,
+            draft_ms: vec![(1, 0.5)],
         };
         COST.with(|c| *c.borrow_mut() = Some(cost));
         let (got, _) = spec(&s, &eos, 16, GREEDY, o);
@@ -490,5 +490,23 @@ fn adaptive_tree_sizes_stay_lossless_and_follow_the_costs() {
     assert!(
         mean_nodes[0] > 2.0 * mean_nodes[1].max(0.5),
         "{mean_nodes:?}"
+    );
+    // A draft pass whose cost grows with its rows (a CPU): the frontier narrows; a flat one (a
+    // GPU) expands it whole. The output stays the target's.
+    let mut rows_per_pass = Vec::new();
+    for one_row_ms in [0.5, 0.05] {
+        let cost = CostModel {
+            verify_ms: vec![(1, 10.0), (33, 10.32)],
+            draft_ms: vec![(1, one_row_ms), (4, 0.5)],
+        };
+        COST.with(|c| *c.borrow_mut() = Some(cost));
+        let (got, _) = spec(&s, &eos, 16, GREEDY, o);
+        COST.with(|c| *c.borrow_mut() = None);
+        assert_eq!(got.tokens, want, "one row {one_row_ms} ms");
+        rows_per_pass.push(got.draft_rows as f64 / got.draft_passes as f64);
+    }
+    assert!(
+        rows_per_pass[0] > 1.5 * rows_per_pass[1],
+        "{rows_per_pass:?}"
     );
 }

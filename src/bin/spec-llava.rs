@@ -556,7 +556,7 @@ impl Job for BenchJob {
         );
         if let Some(a) = &r.adaptive {
             println!(
-                "adaptive:    {:>8.1} tokens/s | {:>8.1} tokens/s  speedup {:.2}x | {:.2}x; tau {:.2}; mean tree {:.1} nodes (fixed: {:.1}); identical {}/{}",
+                "adaptive:    {:>8.1} tokens/s | {:>8.1} tokens/s  speedup {:.2}x | {:.2}x; tau {:.2}; mean tree {:.1} nodes (fixed: {:.1}); {:.1} rows per draft pass; identical {}/{}",
                 a.spec.tokens_per_s,
                 a.spec.decode_tokens_per_s,
                 a.speedup,
@@ -564,6 +564,7 @@ impl Job for BenchJob {
                 a.tau,
                 a.mean_tree_nodes,
                 r.mean_tree_nodes,
+                a.draft_rows_per_pass,
                 a.identical,
                 r.total
             );

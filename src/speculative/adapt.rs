@@ -18,32 +18,21 @@ use crate::text::decoder::{LogitRows, Step};
 pub struct CostModel {
     /// (tokens in the pass, target pass time) in increasing token order.
     pub verify_ms: Vec<(usize, f64)>,
-    /// One batched draft pass over a frontier.
-    pub draft_pass_ms: f64,
+    /// (frontier rows, time of one batched draft pass over them) in increasing row order: a pass
+    /// over one row costs well under a full frontier's on a CPU, so the frontier's width is a
+    /// cost too (see `Round::draft`).
+    pub draft_ms: Vec<(usize, f64)>,
 }
 
 impl CostModel {
     /// Target pass time for `n` tokens (piecewise-linear between measured sizes).
     pub fn verify(&self, n: usize) -> f64 {
-        let pts = &self.verify_ms;
-        let Some(&(n0, t0)) = pts.first() else {
-            return 0.0;
-        };
-        if n <= n0 {
-            return t0;
-        }
-        for w in pts.windows(2) {
-            let ((a, ta), (b, tb)) = (w[0], w[1]);
-            if n <= b {
-                return ta + (tb - ta) * (n - a) as f64 / (b - a) as f64;
-            }
-        }
-        let (a, ta) = pts[pts.len().saturating_sub(2)];
-        let (b, tb) = pts[pts.len() - 1];
-        if b == a {
-            return tb;
-        }
-        tb + (tb - ta) / (b - a) as f64 * (n - b) as f64
+        along(&self.verify_ms, n)
+    }
+
+    /// One draft pass over `rows` frontier nodes (piecewise-linear between measured widths).
+    pub fn draft(&self, rows: usize) -> f64 {
+        along(&self.draft_ms, rows)
     }
 
     /// Expected tokens per millisecond of a round whose tree keeps the best `n` of `scores`
@@ -83,12 +72,38 @@ impl CostModel {
         for &n in &sizes {
             verify_ms.push((n, time_pass(b, target, prefix, n, 1).await));
         }
-        let draft_pass_ms = draft_pass_ms(d, draft, prefix, top_k).await;
+        let mut draft_ms = vec![(1, time_pass(d, draft, prefix, 1, top_k).await)];
+        if top_k > 1 {
+            draft_ms.push((top_k, draft_pass_ms(d, draft, prefix, top_k).await));
+        }
         CostModel {
             verify_ms,
-            draft_pass_ms,
+            draft_ms,
         }
     }
+}
+
+/// The time at `n` on a measured curve: piecewise-linear between its points, the first point's
+/// time below it, the last segment's slope beyond it (a lone point: its time everywhere).
+fn along(pts: &[(usize, f64)], n: usize) -> f64 {
+    let Some(&(n0, t0)) = pts.first() else {
+        return 0.0;
+    };
+    if n <= n0 {
+        return t0;
+    }
+    for w in pts.windows(2) {
+        let ((a, ta), (b, tb)) = (w[0], w[1]);
+        if n <= b {
+            return ta + (tb - ta) * (n - a) as f64 / (b - a) as f64;
+        }
+    }
+    let (a, ta) = pts[pts.len().saturating_sub(2)];
+    let (b, tb) = pts[pts.len() - 1];
+    if b == a {
+        return tb;
+    }
+    tb + (tb - ta) / (b - a) as f64 * (n - b) as f64
 }
 
 /// A measured [`CostModel`] kept true while decoding runs: every round's measured verify and
@@ -124,7 +139,12 @@ impl LiveCost {
                 .iter()
                 .map(|&(n, t)| (n, t * self.verify_scale))
                 .collect(),
-            draft_pass_ms: self.measured.draft_pass_ms * self.draft_scale,
+            draft_ms: self
+                .measured
+                .draft_ms
+                .iter()
+                .map(|&(n, t)| (n, t * self.draft_scale))
+                .collect(),
         }
     }
 
@@ -141,12 +161,13 @@ impl LiveCost {
         }
     }
 
-    /// `passes` draft passes took `ms` in all.
-    pub fn observe_draft(&mut self, passes: usize, ms: f64) {
-        if passes == 0 {
+    /// Draft passes over `rows` frontier nodes each took `ms` in all.
+    pub fn observe_draft(&mut self, rows: &[usize], ms: f64) {
+        if rows.is_empty() {
             return;
         }
-        if let Some(r) = ratio(ms / passes as f64, self.measured.draft_pass_ms) {
+        let predicted: f64 = rows.iter().map(|&r| self.measured.draft(r)).sum();
+        if let Some(r) = ratio(ms, predicted) {
             self.draft_scale += NEWEST * (r - self.draft_scale);
         }
     }
@@ -227,30 +248,39 @@ mod tests {
     fn verify_cost_interpolates_and_extrapolates() {
         let c = CostModel {
             verify_ms: vec![(1, 10.0), (2, 12.0), (4, 16.0)],
-            draft_pass_ms: 1.0,
+            draft_ms: vec![(1, 1.0), (4, 2.5)],
         };
         assert_eq!(c.verify(1), 10.0);
         assert_eq!(c.verify(3), 14.0);
         assert_eq!(c.verify(6), 20.0);
+        assert_eq!(c.draft(1), 1.0);
+        assert_eq!(c.draft(2), 1.5);
+        assert_eq!(c.draft(4), 2.5);
+        let lone = CostModel {
+            verify_ms: vec![(1, 10.0)],
+            draft_ms: vec![(4, 2.0)],
+        };
+        assert_eq!((lone.verify(9), lone.draft(1), lone.draft(8)), (10.0, 2.0, 2.0));
     }
 
     #[test]
     fn live_costs_follow_the_measured_rounds() {
         let measured = CostModel {
             verify_ms: vec![(1, 10.0), (65, 20.0)],
-            draft_pass_ms: 2.0,
+            draft_ms: vec![(1, 1.0), (4, 2.0)],
         };
         let mut live = LiveCost::new(measured.clone());
         assert_eq!(live.model(), measured);
         // Verify passes now take three times what was measured (a longer context), drafts half.
         for _ in 0..30 {
             live.observe_verify(33, 45.0);
-            live.observe_draft(4, 4.0);
+            // Two passes, one row and four: 3 ms predicted.
+            live.observe_draft(&[1, 4], 1.5);
         }
         let (v, d) = live.scales();
         assert!((v - 3.0).abs() < 1e-3 && (d - 0.5).abs() < 1e-3, "{v} {d}");
         assert!((live.model().verify(33) - 45.0).abs() < 0.05);
-        assert!((live.model().draft_pass_ms - 1.0).abs() < 0.01);
+        assert!((live.model().draft(4) - 1.0).abs() < 0.01);
         // Dearer verification, cheaper drafting: a tree of unsure nodes gets smaller.
         let unsure: Vec<f32> = (0..32).map(|i| -1.0 - 0.2 * i as f32).collect();
         let before = measured.best_budget(&unsure, 32, 4.0).0;
@@ -260,7 +290,7 @@ mod tests {
         let kept = live.clone();
         live.observe_verify(33, f64::NAN);
         live.observe_verify(33, -1.0);
-        live.observe_draft(0, 5.0);
+        live.observe_draft(&[], 5.0);
         assert_eq!(live, kept);
         live.observe_verify(33, 1e9);
         assert!(live.scales().0 <= 3.0 + NEWEST * (10.0 - 3.0) + 1e-9);
@@ -270,11 +300,11 @@ mod tests {
     fn budget_grows_with_confidence_and_shrinks_with_cost() {
         let flat = CostModel {
             verify_ms: vec![(1, 10.0), (65, 10.5)],
-            draft_pass_ms: 1.0,
+            draft_ms: vec![(4, 1.0)],
         };
         let steep = CostModel {
             verify_ms: vec![(1, 10.0), (65, 300.0)],
-            draft_pass_ms: 1.0,
+            draft_ms: vec![(4, 1.0)],
         };
         let confident: Vec<f32> = (0..32).map(|i| -0.05 * i as f32).collect();
         let unsure: Vec<f32> = (0..32).map(|i| -3.0 - 0.5 * i as f32).collect();

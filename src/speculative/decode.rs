@@ -27,6 +27,9 @@ pub struct SpecResult {
     pub rounds: usize,
     /// Draft forward passes (prefill excluded).
     pub draft_passes: usize,
+    /// Rows over all those draft passes (each round's catch-up pass, then one per expanded
+    /// frontier node).
+    pub draft_rows: usize,
     pub accepted_per_round: Vec<usize>,
     /// Draft nodes verified per round (the tree size actually used).
     pub verified_per_round: Vec<usize>,
@@ -277,8 +280,12 @@ impl Round {
         tree.nodes[0].draft_slot = Some(root_slot);
         // Deeper than the tokens still allowed is wasted work: the bonus covers the last one.
         let max_depth = opts.depth.min(remaining - 1);
+        // Best first, as `expand` returns each next frontier.
         let mut frontier = match rows.first() {
-            Some(best) if max_depth > 0 => tree.add_children_top(0, best),
+            Some(best) if max_depth > 0 => {
+                let children = tree.add_children_top(0, best);
+                tree.best(&children, children.len())
+            }
             _ => Vec::new(),
         };
         let mut round = Round {
@@ -294,18 +301,23 @@ impl Round {
         let mut next_slot = root_slot + 1;
         // The costs as the last round left them.
         let cost = run.cost.as_ref().map(LiveCost::model);
+        // Rows of every draft pass this round, for the cost model.
+        let mut widths = vec![run.pending.len()];
         for _depth in 2..=max_depth {
-            if !round.worth_deepening(&frontier, cost.as_ref(), opts) {
+            let width = round.expand_width(&frontier, cost.as_ref(), opts);
+            if width == 0 {
                 break;
             }
-            let ran = frontier.len();
-            frontier = round.expand(run, &frontier, next_slot).await;
-            next_slot += ran;
+            frontier = round.expand(run, &frontier[..width], next_slot).await;
+            next_slot += width;
+            widths.push(width);
         }
         round.order = round.tree.select(round.chosen_budget(cost.as_ref()));
         round.timings.draft_ms = round.elapsed_ms();
+        run.out.draft_rows += widths.iter().sum::<usize>();
         if let Some(cost) = &mut run.cost {
-            cost.observe_draft(run.out.draft_passes - passes_before, round.timings.draft_ms);
+            debug_assert_eq!(widths.len(), run.out.draft_passes - passes_before);
+            cost.observe_draft(&widths, round.timings.draft_ms);
         }
         round
     }
@@ -336,33 +348,44 @@ impl Round {
         self.started.elapsed().as_secs_f64() * 1e3
     }
 
-    /// Whether to draft one more level below `frontier`: the best path must stay above the
-    /// threshold and, with a cost model, even an optimistic next level (top-k nodes as likely as
-    /// the best frontier path) must beat the best tree we already have.
-    fn worth_deepening(
+    /// How many of `frontier` (best first) to draft one more level below; 0 stops drafting. The
+    /// best path must stay above the threshold. Without a cost model the whole frontier goes on
+    /// (EAGLE-2's top-k expansion). With one, each width is scored by hoping every expanded node
+    /// has a child as likely as itself (optimistic: a child is never likelier than its parent),
+    /// and the width with the best expected tokens per millisecond wins if it beats the tree we
+    /// already have, the draft pass it costs included: where a pass over one row costs much less
+    /// than over four (a CPU), a confident draft grows a narrow, deep tree.
+    fn expand_width(
         &self,
         frontier: &[usize],
         cost: Option<&CostModel>,
         opts: SpecOptions,
-    ) -> bool {
+    ) -> usize {
         let best = frontier
             .iter()
             .map(|&f| self.tree.nodes[f].score)
             .fold(f32::NEG_INFINITY, f32::max);
         if frontier.is_empty() || best.exp() < opts.threshold {
-            return false;
+            return 0;
         }
         let Some(cost) = cost else {
-            return true;
+            return frontier.len();
         };
         let scores = candidate_scores(&self.tree);
         let spent = self.elapsed_ms();
         let (_, now) = cost.best_budget(&scores, self.budget, spent);
+        let (mut width, mut rate) = (0, now);
         let mut hoped = scores;
-        hoped.extend(std::iter::repeat_n(best, opts.top_k));
-        hoped.sort_by(|a, b| b.total_cmp(a));
-        let (_, next) = cost.best_budget(&hoped, self.budget, spent + cost.draft_pass_ms);
-        next > now
+        for (w, &f) in frontier.iter().enumerate() {
+            let score = self.tree.nodes[f].score;
+            let at = hoped.partition_point(|&s| s >= score);
+            hoped.insert(at, score);
+            let (_, next) = cost.best_budget(&hoped, self.budget, spent + cost.draft(w + 1));
+            if next > rate {
+                (width, rate) = (w + 1, next);
+            }
+        }
+        width
     }
 
     /// One batched draft pass over `frontier` (written at draft slots `slot..`; each node sees its

@@ -628,6 +628,8 @@ pub(super) mod tests {
             both::<3, 2>(o, &x, &w, k);
             both::<2, 4>(o, &x, &w, k);
             both::<1, 8>(o, &x, &w, k);
+            both::<2, 8>(o, &x, &w, k);
+            both::<3, 4>(o, &x, &w, k);
             both::<1, 1>(o, &x, &w, k);
             f16::<4, 4>(o, &x, &w16, &wide);
             f16::<1, 8>(o, &x, &w16, &wide);

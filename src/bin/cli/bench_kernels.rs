@@ -171,7 +171,8 @@ pub fn run(args: BenchKernelsArgs) -> Result<()> {
             cpu_suite.matmul_rows = vec![1, 8, 32];
         }
         report.cpu_kernels = cpu::bench::run_suite(&cpu_suite);
-        if args.filter.is_none() {
+        // Asked-for pass rows are timed even when a filter narrows the kernels.
+        if args.filter.is_none() || !args.pass_rows.is_empty() {
             let rows = match (args.quick, args.pass_rows.is_empty()) {
                 (_, false) => args.pass_rows.clone(),
                 (true, true) => vec![1, 8],

@@ -309,7 +309,7 @@ fn project(
     let passes = r.draft_passes as f64 / rounds;
     let curve = CostModel {
         verify_ms: verify.iter().map(|v| (v.nodes, v.ms)).collect(),
-        draft_pass_ms: draft_ms,
+        draft_ms: vec![(1, draft_ms)],
     };
     let round_ms = curve.verify(nodes.round() as usize) + passes * draft_ms;
     Ok(Projection {
