@@ -27,6 +27,9 @@ pub struct SpecResult {
     pub rounds: usize,
     /// Draft forward passes (prefill excluded).
     pub draft_passes: usize,
+    /// Rounds in which the target ran the root alone, without drafting (the caption's last
+    /// token, or a plain round because speculating did not pay).
+    pub plain_rounds: usize,
     /// Rows over all those draft passes (each round's catch-up pass, then one per expanded
     /// frontier node).
     pub draft_rows: usize,
@@ -146,6 +149,7 @@ pub async fn decode_speculative<B: Backend, D: Backend>(
         let mut round = Round::draft(&mut run).await;
         let verdict = round.verify(&mut run).await?;
         let stopped = round.commit(&mut run, &verdict);
+        run.judge(&round);
         let event = RoundEvent::new(
             run.out.rounds,
             &round.tree,
@@ -184,7 +188,18 @@ struct Speculation<'a, B: Backend, D: Backend> {
     reported: usize,
     /// The cost model given in the inputs, corrected by every round's measured times.
     cost: Option<LiveCost>,
+    /// Running average of the tokens per millisecond speculative rounds delivered (with a cost
+    /// model only).
+    spec_rate: Option<f64>,
+    /// Plain rounds still to run before speculating again (see [`PLAIN_ROUNDS`]).
+    plain_left: usize,
 }
+
+/// With a cost model, when speculative rounds deliver fewer tokens per millisecond than a plain
+/// target step would (a draft that keeps guessing wrong, a device where verifying costs too
+/// much), this many rounds run the target alone on the root (no drafting); then one speculative
+/// round measures again. The draft catches up on the tokens it missed in one causal pass.
+const PLAIN_ROUNDS: usize = 8;
 
 impl<'a, B: Backend, D: Backend> Speculation<'a, B, D> {
     /// Check the options, prefill both models and pick the first token from the target.
@@ -233,11 +248,40 @@ impl<'a, B: Backend, D: Backend> Speculation<'a, B, D> {
             out,
             reported: 0,
             cost: inp_cost.map(|c| LiveCost::new(c.clone())),
+            spec_rate: None,
+            plain_left: 0,
         })
     }
 
     fn finished(&self) -> bool {
         self.out.hit_eos || self.out.tokens.len() >= self.inp.max_new_tokens
+    }
+
+    /// After a round: with a cost model, fold a speculative round's tokens per millisecond into
+    /// the running average and, when that falls below a plain step's rate (one token per
+    /// one-token target pass, as the live costs stand), run [`PLAIN_ROUNDS`] plain rounds next.
+    fn judge(&mut self, round: &Round) {
+        let Some(cost) = &self.cost else {
+            return;
+        };
+        if !round.drafted {
+            self.plain_left = self.plain_left.saturating_sub(1);
+            return;
+        }
+        let t = &round.timings;
+        let ms = t.draft_ms + t.verify_ms + t.bookkeeping_ms;
+        if !(ms > 0.0 && ms.is_finite()) {
+            return;
+        }
+        let rate = round.emitted.len() as f64 / ms;
+        let avg = match self.spec_rate {
+            Some(avg) => avg + 0.5 * (rate - avg),
+            None => rate,
+        };
+        self.spec_rate = Some(avg);
+        if avg * cost.model().verify(1) < 1.0 {
+            self.plain_left = PLAIN_ROUNDS;
+        }
     }
 }
 
@@ -255,6 +299,8 @@ struct Round {
     emitted: Vec<u32>,
     timings: RoundTimings,
     started: web_time::Instant,
+    /// Whether the draft ran this round (false: the target alone on the root).
+    drafted: bool,
 }
 
 impl Round {
@@ -265,8 +311,10 @@ impl Round {
         let passes_before = run.out.draft_passes;
         let (d, opts) = (run.d, run.inp.options);
         let remaining = run.inp.max_new_tokens - run.out.tokens.len();
-        if remaining == 1 {
-            // The target's bonus token after the root is the last one allowed: nothing to draft.
+        if remaining == 1 || run.plain_left > 0 {
+            // The target's bonus token after the root is the last one allowed, or speculating
+            // does not pay now: the target runs the root alone.
+            run.out.plain_rounds += 1;
             return Round::root_only(run, started);
         }
         run.pending.push(run.root);
@@ -297,6 +345,7 @@ impl Round {
             emitted: Vec::new(),
             timings: RoundTimings::default(),
             started,
+            drafted: true,
         };
         let mut next_slot = root_slot + 1;
         // The costs as the last round left them.
@@ -322,7 +371,8 @@ impl Round {
         round
     }
 
-    /// A round that verifies the root alone (its bonus token ends the caption).
+    /// A round that verifies the root alone: the caption's last token, or a plain round. The
+    /// draft does not run; the root joins its `pending` tokens.
     fn root_only<B: Backend, D: Backend>(
         run: &Speculation<'_, B, D>,
         started: web_time::Instant,
@@ -341,6 +391,7 @@ impl Round {
                 ..RoundTimings::default()
             },
             started,
+            drafted: false,
         }
     }
 
@@ -533,6 +584,12 @@ impl Round {
     /// Keep the root and the accepted path in both caches; the accepted nodes the draft has not
     /// run yet become `pending`.
     fn compact<B: Backend, D: Backend>(&self, run: &mut Speculation<'_, B, D>, verdict: &Verdict) {
+        if !self.drafted {
+            // The target kept the root (its slot is the cache's end); the draft never saw it.
+            run.target.len = self.target_start + 1;
+            run.pending.push(self.tree.nodes[0].token);
+            return;
+        }
         let l = self.target_start;
         let slots: Vec<usize> = std::iter::once(l)
             .chain(
