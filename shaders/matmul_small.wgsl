@@ -19,37 +19,11 @@ override WG: u32 = 32u;
 // rows of x per invocation (1..=MAX_TR)
 override TR: u32 = 4u;
 
-struct Params {
-    // rows of x (and of out)
-    m: u32,
-    // weight rows in this chunk
-    n: u32,
-    // input features
-    k: u32,
-    // steps per weight row (the loader's unit), also the weight row stride in those units
-    steps: u32,
-    // floats per output row
-    out_stride: u32,
-    // first output column written by this dispatch
-    col_offset: u32,
-    // blocks (scales) per weight row: ceil(k / 32) (block formats only)
-    nb: u32,
-    // workgroups along the weight rows (grid.x * grid.y covers them; grid.z covers row tiles)
-    col_groups: u32,
-}
-
 const MAX_TR: u32 = 4u;
 // weight rows (output columns) per invocation
 const TC: u32 = 8u;
 
-@group(0) @binding(0) var<uniform> p: Params;
-// x: [m, k] (as vec4s; read through x4)
-@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
-// binding 2: w, binding 3: scales (the loader snippet)
-// bias: [out_stride] (read only when HAS_BIAS)
-@group(0) @binding(4) var<storage, read> bias: array<f32>;
-// out: [m, out_stride]
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+// Params and bindings 0, 1, 4, 5: matmul_io.wgsl; bindings 2, 3: the weight-format snippet.
 
 // acc + dot(a, b) as one fma chain in a fixed order (a dot builtin may be lowered differently).
 fn fma4(a: vec4<f32>, b: vec4<f32>, acc: f32) -> f32 {

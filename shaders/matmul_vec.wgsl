@@ -27,25 +27,6 @@ override XR: u32 = 1u;
 // one pass (their caches are shared by all workgroups alike).
 override CHUNKS: u32 = 1u;
 
-struct Params {
-    // rows of x (and of out)
-    m: u32,
-    // weight rows in this chunk (outputs written per row of x)
-    n: u32,
-    // input features
-    k: u32,
-    // steps per weight row (the loader's unit: f32 vec4s, f16 vec2<u32>s, q8 / q4 code words);
-    // also the weight row stride in those units
-    steps: u32,
-    // floats per output row
-    out_stride: u32,
-    // first output column written by this dispatch (the chunk's first weight row)
-    col_offset: u32,
-    // blocks (scales) per weight row: ceil(k / 32) (block formats only)
-    nb: u32,
-    _pad: u32,
-}
-
 const WG: u32 = 256u;
 // invocations per group (sharing the k axis)
 const TPR: u32 = 32u;
@@ -57,14 +38,7 @@ const RPT: u32 = 4u;
 const RPW: u32 = 32u;
 const MAX_XR: u32 = 4u;
 
-@group(0) @binding(0) var<uniform> p: Params;
-// x: [m, k] (as vec4s; read through x4, matmul_x.wgsl)
-@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
-// binding 2: w, binding 3: scales (the loader snippet)
-// bias: [out_stride] (read only when HAS_BIAS)
-@group(0) @binding(4) var<storage, read> bias: array<f32>;
-// out: [m, out_stride]
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+// Params and bindings 0, 1, 4, 5: matmul_io.wgsl; bindings 2, 3: the weight-format snippet.
 
 // Partial sums: [MAX_XR x rows][RPT][WG invocations] (16 KiB, WebGPU's guaranteed minimum).
 var<workgroup> red: array<f32, 4096>;

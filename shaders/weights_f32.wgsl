@@ -1,5 +1,5 @@
-// Weight format snippet for matmul_vec.wgsl and matmul_small.wgsl: f32, rows zero-padded to whole
-// vec4s. A step is one vec4 of a weight row.
+// Weight format snippet for matmul_vec.wgsl, matmul_small.wgsl and matmul_tiled.wgsl: f32, rows
+// zero-padded to whole vec4s. A step is one vec4 of a weight row.
 //
 // Every snippet provides: binding 2 `w` (and binding 3 `scales` for block formats); XS, the x
 // vec4s one step covers; `WStep`, a step of one weight row as loaded; `w_load(row, q)`;

@@ -1,5 +1,5 @@
 //! The q8 / q4 / f16 matmul kernels (`shaders/matmul_vec.wgsl` with `weights_{q8,q4,f16}.wgsl`,
-//! `shaders/matmul_tiled_{q8,q4,f16}.wgsl`) against
+//! `shaders/matmul_tiled.wgsl`) against
 //! the CPU reference, which computes with the same weights dequantized to f32 (so the two see
 //! identical weight values and differ only in the order and grouping of the sums).
 //!

@@ -188,7 +188,10 @@ fn a_cpu_draft_for_a_gpu_target_is_lossless() {
     assert_eq!(a.identical, 2);
     // The draft measured over one frontier row and over a full frontier.
     let rows: Vec<usize> = a.cost.draft_ms.iter().map(|&(n, _)| n).collect();
-    assert!(rows.len() == 2 && rows[0] == 1 && a.cost.draft(1) > 0.0, "{rows:?}");
+    assert!(
+        rows.len() == 2 && rows[0] == 1 && a.cost.draft(1) > 0.0,
+        "{rows:?}"
+    );
     assert!(r.plain.decode_tokens_per_s > 0.0 && r.spec.decode_tokens_per_s > 0.0);
     // The GPU target's decoding pass is counted in dispatches (embed, 4 layers, norm, head,
     // top-k); the CPU draft dispatches none.

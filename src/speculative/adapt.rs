@@ -260,7 +260,10 @@ mod tests {
             verify_ms: vec![(1, 10.0)],
             draft_ms: vec![(4, 2.0)],
         };
-        assert_eq!((lone.verify(9), lone.draft(1), lone.draft(8)), (10.0, 2.0, 2.0));
+        assert_eq!(
+            (lone.verify(9), lone.draft(1), lone.draft(8)),
+            (10.0, 2.0, 2.0)
+        );
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Matmul dispatch: which kernel shape (`matmul_{vec,small,tiled}`) and weight format `linear`
 //! uses for a weight chunk, with its parameters and grid.
 //!
-//! The two kernels that serve speculation trees take the weight format as a loader snippet
-//! (`shaders/weights_*.wgsl`) and are batch-invariant: each output is summed in one order whatever
+//! Every matmul algorithm takes the weight format as a loader snippet (`shaders/weights_*.wgsl`).
+//! The two that serve speculation trees are batch-invariant: each output is summed in one order whatever
 //! the batch, so a verified node's logits are bit for bit those of a one-token pass (the way
 //! batch-invariant kernels make LLM inference deterministic). GPUs run `matmul_vec` (k split over
 //! 32 lanes, reduced in workgroup memory) up to 64 rows and `matmul_tiled` above (prefill); CPU
@@ -28,8 +28,8 @@ const SMALL_TILE: (usize, usize) = (4, 8);
 /// driver; smaller when there are few columns, so that every core gets a workgroup.
 const SMALL_WG: (usize, usize) = (32, 8);
 
-/// The three matmul kernel shapes (`shaders/matmul_{vec,small}.wgsl` with a weight-format
-/// snippet, `shaders/matmul_tiled_*.wgsl`).
+/// The three matmul kernel shapes (`shaders/matmul_{vec,small,tiled}.wgsl`, each with a
+/// weight-format snippet).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MatmulShape {
     Vec,
@@ -95,8 +95,8 @@ impl GpuBackend {
             WeightDType::Q8 => (MatmulVecQ8, MatmulSmallQ8, MatmulTiledQ8),
             WeightDType::Q4 => (MatmulVecQ4, MatmulSmallQ4, MatmulTiledQ4),
         };
-        // Quantized kernels bind the chunk's scales after its codes and take the blocks per row;
-        // the f32 / f16 GEMMs take neither (the two batch-invariant kernels bind a dummy).
+        // Block formats bind the chunk's scales after its codes and take the blocks per row; f32
+        // and f16 bind a dummy there.
         let quant = matches!(w.dtype, WeightDType::Q8 | WeightDType::Q4);
         let scales = chunk.scales.as_ref().unwrap_or(&self.dummy);
         let nb = w.cols.div_ceil(crate::quant::GROUP) as u32;
@@ -156,23 +156,10 @@ impl GpuBackend {
             grid[2] = m.div_ceil(tile_rows) as u32;
             self.run(small, &consts, &params, &bufs, grid);
         } else {
-            let mut bufs = vec![x.buffer(), &chunk.buf];
-            if quant {
-                bufs.push(scales);
-            }
-            bufs.extend([bias, out.buffer()]);
-            // f32: floats per row; f16: halves per row; q8 / q4: code words per row.
-            let mut params = vec![
-                m as u32,
-                n as u32,
-                k as u32,
-                w.row_stride as u32,
-                out_stride,
-                col_offset,
+            let consts = [consts[0], ("K_ALIGNED", flag(k.is_multiple_of(4)))];
+            let params = [
+                m as u32, n as u32, k as u32, steps, out_stride, col_offset, nb, 0,
             ];
-            if quant {
-                params.push(nb);
-            }
             let grid = [n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1];
             self.run(tiled, &consts, &params, &bufs, grid);
         }

@@ -73,8 +73,12 @@ const ROPE_FNS: &str = include_str!("../../../shaders/rope_fns_f32.wgsl");
 /// snippets appended to them (each defines the weight bindings and how a step of a weight row is
 /// read and dequantized).
 const MATMUL_VEC: &str = include_str!("../../../shaders/matmul_vec.wgsl");
+/// The tiled GEMM for prefill-sized batches (above 64 rows), with the same snippets.
+const MATMUL_TILED: &str = include_str!("../../../shaders/matmul_tiled.wgsl");
 const MATMUL_SMALL: &str = include_str!("../../../shaders/matmul_small.wgsl");
 const MATMUL_X: &str = include_str!("../../../shaders/matmul_x.wgsl");
+/// Their shared parameters and x / bias / out bindings.
+const MATMUL_IO: &str = include_str!("../../../shaders/matmul_io.wgsl");
 const WEIGHTS_F32: &str = include_str!("../../../shaders/weights_f32.wgsl");
 const WEIGHTS_F16: &str = include_str!("../../../shaders/weights_f16.wgsl");
 const WEIGHTS_Q8: &str = include_str!("../../../shaders/weights_q8.wgsl");
@@ -149,18 +153,18 @@ impl Kernel {
     /// The WGSL source.
     pub fn source(self) -> String {
         let own = match self {
-            Kernel::MatmulVec => return format!("{MATMUL_VEC}\n{MATMUL_X}\n{WEIGHTS_F32}"),
-            Kernel::MatmulSmall => return format!("{MATMUL_SMALL}\n{MATMUL_X}\n{WEIGHTS_F32}"),
-            Kernel::MatmulSmallF16 => return format!("{MATMUL_SMALL}\n{MATMUL_X}\n{WEIGHTS_F16}"),
-            Kernel::MatmulSmallQ8 => return format!("{MATMUL_SMALL}\n{MATMUL_X}\n{WEIGHTS_Q8}"),
-            Kernel::MatmulSmallQ4 => return format!("{MATMUL_SMALL}\n{MATMUL_X}\n{WEIGHTS_Q4}"),
-            Kernel::MatmulTiled => include_str!("../../../shaders/matmul_tiled_f32.wgsl"),
-            Kernel::MatmulVecQ8 => return format!("{MATMUL_VEC}\n{MATMUL_X}\n{WEIGHTS_Q8}"),
-            Kernel::MatmulTiledQ8 => include_str!("../../../shaders/matmul_tiled_q8.wgsl"),
-            Kernel::MatmulVecQ4 => return format!("{MATMUL_VEC}\n{MATMUL_X}\n{WEIGHTS_Q4}"),
-            Kernel::MatmulTiledQ4 => include_str!("../../../shaders/matmul_tiled_q4.wgsl"),
-            Kernel::MatmulVecF16 => return format!("{MATMUL_VEC}\n{MATMUL_X}\n{WEIGHTS_F16}"),
-            Kernel::MatmulTiledF16 => include_str!("../../../shaders/matmul_tiled_f16.wgsl"),
+            Kernel::MatmulVec => return matmul(MATMUL_VEC, WEIGHTS_F32),
+            Kernel::MatmulSmall => return matmul(MATMUL_SMALL, WEIGHTS_F32),
+            Kernel::MatmulSmallF16 => return matmul(MATMUL_SMALL, WEIGHTS_F16),
+            Kernel::MatmulSmallQ8 => return matmul(MATMUL_SMALL, WEIGHTS_Q8),
+            Kernel::MatmulSmallQ4 => return matmul(MATMUL_SMALL, WEIGHTS_Q4),
+            Kernel::MatmulTiled => return matmul(MATMUL_TILED, WEIGHTS_F32),
+            Kernel::MatmulVecQ8 => return matmul(MATMUL_VEC, WEIGHTS_Q8),
+            Kernel::MatmulTiledQ8 => return matmul(MATMUL_TILED, WEIGHTS_Q8),
+            Kernel::MatmulVecQ4 => return matmul(MATMUL_VEC, WEIGHTS_Q4),
+            Kernel::MatmulTiledQ4 => return matmul(MATMUL_TILED, WEIGHTS_Q4),
+            Kernel::MatmulVecF16 => return matmul(MATMUL_VEC, WEIGHTS_F16),
+            Kernel::MatmulTiledF16 => return matmul(MATMUL_TILED, WEIGHTS_F16),
             Kernel::AttentionTree => include_str!("../../../shaders/attention_tree_f32.wgsl"),
             Kernel::AttentionTreeBlock => {
                 include_str!("../../../shaders/attention_treeblock_f32.wgsl")
@@ -190,9 +194,10 @@ impl Kernel {
     /// Storage bindings 1.. in order (binding 0 is the uniform `Params`).
     pub fn bindings(self) -> &'static [Access] {
         match self {
-            Kernel::MatmulTiled | Kernel::MatmulTiledF16 => &[Read, Read, Read, Write],
             // x, weights (codes), scales (a dummy for f32 / f16), bias, out
-            Kernel::MatmulVec
+            Kernel::MatmulTiled
+            | Kernel::MatmulTiledF16
+            | Kernel::MatmulVec
             | Kernel::MatmulSmall
             | Kernel::MatmulSmallF16
             | Kernel::MatmulSmallQ8
@@ -215,6 +220,12 @@ impl Kernel {
             Kernel::KvCompact => &[Read, Read, Read, Write],
         }
     }
+}
+
+/// A matmul kernel's source: the shared parameters and bindings, the algorithm, how it reads x,
+/// and the weight-format snippet.
+fn matmul(algorithm: &str, weights: &str) -> String {
+    format!("{MATMUL_IO}\n{algorithm}\n{MATMUL_X}\n{weights}")
 }
 
 /// A pipeline-overridable constant and its value (WGSL bools take 0.0 / 1.0).

@@ -1,41 +1,31 @@
 // out[i, col_offset + j] = dot(x[i, :], w[j, :]) + bias[col_offset + j] for many rows of x
-// (prefill, the vision tower): a classic workgroup-memory tiled GEMM. Each workgroup computes a
-// BM x BN output tile in BK-wide steps over k; each of its 256 invocations owns a 4x4 block.
+// (prefill, the vision tower): a classic workgroup-memory tiled GEMM, with the weight format
+// supplied by a loader snippet (shaders/weights_{f32,f16,q8,q4}.wgsl, appended when the pipeline
+// is built; x is read through x4, matmul_x.wgsl). Each workgroup computes a BM x BN output tile
+// in BK-wide steps over k; each of its 256 invocations owns a 4x4 block. Weights are dequantized
+// as the tile is loaded into workgroup memory, so each is used BM times.
+//
+// Not batch-invariant (an output's sum order follows the tiles): it runs only above 64 rows of x,
+// never for a speculation tree, whose rows take matmul_vec / matmul_small.
 
 override HAS_BIAS: bool = false;
-
-struct Params {
-    // rows of x
-    m: u32,
-    // weight rows in this chunk
-    n: u32,
-    // input features
-    k: u32,
-    // floats per weight row (k rounded up to a multiple of 4, zero-padded)
-    k_stride: u32,
-    // floats per output row
-    out_stride: u32,
-    // first output column written by this dispatch
-    col_offset: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
 
 const BM: u32 = 64u;
 const BN: u32 = 64u;
 const BK: u32 = 16u;
 
-@group(0) @binding(0) var<uniform> p: Params;
-// x: [m, k]
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-// w: [n, k_stride] (this chunk)
-@group(0) @binding(2) var<storage, read> w: array<f32>;
-// bias: [out_stride] (read only when HAS_BIAS)
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-// out: [m, out_stride]
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+// Params and bindings 0, 1, 4, 5: matmul_io.wgsl; bindings 2, 3: the weight-format snippet.
 
-// Tiles stored k-major so the inner loop reads consecutive rows/columns.
+// Weight row j, elements 4v..4v + 4: zero past k (rows are padded only to the loader's step, and
+// 0 * NaN is NaN) and past n.
+fn w4(j: u32, v: u32) -> vec4<f32> {
+    if j >= p.n || v * 4u >= p.k {
+        return vec4<f32>(0.0);
+    }
+    return w_vec(w_load(j, v / XS), v % XS);
+}
+
+// Tiles stored k-major so the inner loop reads consecutive rows / columns.
 var<workgroup> xs: array<f32, 1024>; // [BK][BM]
 var<workgroup> ws: array<f32, 1024>; // [BK][BN]
 
@@ -53,24 +43,20 @@ fn main(
     for (var a = 0u; a < 4u; a++) {
         acc[a] = vec4<f32>(0.0);
     }
+    // Each invocation loads one vec4 of each tile per step: row r of the tile, k part `part`.
+    let r = lid / 4u;
+    let part = lid % 4u;
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
-        // 256 invocations load 1024 values of each tile: 4 each.
-        for (var e = lid; e < BM * BK; e += 256u) {
-            let r = e / BK;
-            let kk = e - r * BK;
-            let gi = row0 + r;
-            let gk = k0 + kk;
-            var xv = 0.0;
-            if gi < p.m && gk < p.k {
-                xv = x[gi * p.k + gk];
-            }
-            xs[kk * BM + r] = xv;
-            let gj = col0 + r;
-            var wv = 0.0;
-            if gj < p.n && gk < p.k {
-                wv = w[gj * p.k_stride + gk];
-            }
-            ws[kk * BN + r] = wv;
+        let v = k0 / 4u + part;
+        let gi = row0 + r;
+        var xl = vec4<f32>(0.0);
+        if gi < p.m {
+            xl = x4(gi, v);
+        }
+        let wl = w4(col0 + r, v);
+        for (var c = 0u; c < 4u; c++) {
+            xs[(part * 4u + c) * BM + r] = xl[c];
+            ws[(part * 4u + c) * BN + r] = wl[c];
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
