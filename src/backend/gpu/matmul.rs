@@ -2,8 +2,8 @@
 //! uses for a weight chunk, with its parameters and grid.
 //!
 //! Every matmul algorithm takes the weight format as a loader snippet (`shaders/weights_*.wgsl`).
-//! The two that serve speculation trees are batch-invariant: each output is summed in one order whatever
-//! the batch, so a verified node's logits are bit for bit those of a one-token pass (the way
+//! The two that serve speculation trees are batch-invariant: each output is summed in one order
+//! whatever the batch, so a verified node's logits are bit for bit those of a one-token pass (the way
 //! batch-invariant kernels make LLM inference deterministic). GPUs run `matmul_vec` (k split over
 //! 32 lanes, reduced in workgroup memory) up to 64 rows and `matmul_tiled` above (prefill); CPU
 //! drivers run `matmul_small` (a register tile per lane, whole dot products) at every m.
@@ -104,6 +104,12 @@ impl GpuBackend {
         // The loader snippets' steps per weight row: f32 vec4s / f16 vec2<u32>s (stride / 4), or
         // q8 / q4 blocks.
         let steps = if quant { nb } else { (w.row_stride / 4) as u32 };
+        // Params of every algorithm (`shaders/matmul_io.wgsl`); the last is matmul_small's.
+        let params = |col_groups: u32| {
+            let (m, n, k) = (m as u32, n as u32, k as u32);
+            [m, n, k, steps, out_stride, col_offset, nb, col_groups]
+        };
+        let aligned = ("K_ALIGNED", flag(k.is_multiple_of(4)));
         let shape = self.matmul_shape(m);
         let bufs = [x.buffer(), &chunk.buf, scales, bias, out.buffer()];
         if shape == MatmulShape::Vec {
@@ -115,14 +121,11 @@ impl GpuBackend {
                 ("XR", x_rows as f64),
                 ("CHUNKS", chunks as f64),
                 ("ACCUMULATE", flag(accumulate)),
-                ("K_ALIGNED", flag(k.is_multiple_of(4))),
-            ];
-            let params = [
-                m as u32, n as u32, k as u32, steps, out_stride, col_offset, nb, 0,
+                aligned,
             ];
             // One workgroup row (z = 0): the chunks cover every row of x.
             let grid = self.grid(n.div_ceil(VEC_ROWS_PER_WORKGROUP));
-            self.run(vec, &consts, &params, &bufs, grid);
+            self.run(vec, &consts, &params(0), &bufs, grid);
         } else if shape == MatmulShape::Small {
             // WG lanes a workgroup, each a tile of tile_rows rows of x by TC columns; fewer lanes
             // a workgroup when that leaves a core without one.
@@ -140,28 +143,15 @@ impl GpuBackend {
                 ("WG", wg as f64),
                 ("TR", tile_rows as f64),
                 ("ACCUMULATE", flag(accumulate)),
-                ("K_ALIGNED", flag(k.is_multiple_of(4))),
-            ];
-            let params = [
-                m as u32,
-                n as u32,
-                k as u32,
-                steps,
-                out_stride,
-                col_offset,
-                nb,
-                col_groups as u32,
+                aligned,
             ];
             let mut grid = self.grid(col_groups);
             grid[2] = m.div_ceil(tile_rows) as u32;
-            self.run(small, &consts, &params, &bufs, grid);
+            self.run(small, &consts, &params(col_groups as u32), &bufs, grid);
         } else {
-            let consts = [consts[0], ("K_ALIGNED", flag(k.is_multiple_of(4)))];
-            let params = [
-                m as u32, n as u32, k as u32, steps, out_stride, col_offset, nb, 0,
-            ];
+            let consts = [consts[0], aligned];
             let grid = [n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1];
-            self.run(tiled, &consts, &params, &bufs, grid);
+            self.run(tiled, &consts, &params(0), &bufs, grid);
         }
     }
 }
