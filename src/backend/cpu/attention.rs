@@ -13,7 +13,7 @@
 //! baseline does. Keys after a query's last visible key are not scored at all (a causal prefill
 //! row sees half the keys on average).
 
-use super::{for_rows, CpuTensor};
+use super::CpuTensor;
 use crate::backend::math::softmax_in_place;
 use crate::backend::Heads;
 
@@ -29,7 +29,7 @@ macro_rules! widest {
         fn $name($($a: $t),*) {
             #[cfg(target_arch = "x86_64")]
             {
-                #[target_feature(enable = "avx512f")]
+                #[target_feature(enable = "avx512f,avx512vl")]
                 unsafe fn avx512($($a: $t),*) {
                     $inner($($a),*)
                 }
@@ -37,8 +37,10 @@ macro_rules! widest {
                 unsafe fn avx($($a: $t),*) {
                     $inner($($a),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: AVX-512F is present.
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                {
+                    // SAFETY: AVX-512F and VL are present.
                     return unsafe { avx512($($a),*) };
                 }
                 if std::arch::is_x86_feature_detected!("avx") {
@@ -62,6 +64,11 @@ pub(super) fn transpose(keys: &[f32], kv_dim: usize, m: usize) -> Vec<f32> {
     kt
 }
 
+/// Queries attended together per task: the rows of their heads that share a key/value head
+/// take each value row loaded once, and their output sums (independent of each other) overlap
+/// instead of each waiting on its own previous add: one query's head alone is bound by that wait.
+const QUERIES: usize = 4;
+
 /// Attention of `n` queries over `m` keys, where `visible(i, j)` says whether query `i` sees key
 /// `j`. q: `[n, q_heads*d]`; kt: the keys transposed, `[kv_heads*d, stride]` (key `j` in column
 /// `j`); values: `[m, kv_heads*d]`.
@@ -76,31 +83,62 @@ pub(super) fn attend(
     let d = heads.head_dim;
     let group = heads.q_heads / heads.kv_heads;
     let kv_dim = heads.kv_heads * d;
+    let width = heads.q_heads * d;
     let scale = 1.0 / (d as f32).sqrt();
-    let mut out = vec![0f32; q.rows * heads.q_heads * d];
-    // One output row per (query, head).
-    for_rows(&mut out, d, 2 * m * d, |row, o| {
-        let (i, h) = (row / heads.q_heads, row % heads.q_heads);
-        let kvh = h / group;
-        let qv = &q.data[i * q.cols + h * d..i * q.cols + (h + 1) * d];
-        // Keys after the last visible one are skipped: they would add exp(-inf) = 0 to the
-        // softmax's sum and nothing to the output, so the result is the same bit for bit.
-        let seen = (0..m).rev().find(|&j| visible(i, j)).map_or(0, |j| j + 1);
-        let mut scores = vec![0f32; seen];
-        head_scores(qv, &kt[kvh * d * stride..], stride, &mut scores);
-        for (j, s) in scores.iter_mut().enumerate() {
-            *s = match visible(i, j) {
-                true => *s * scale,
-                false => f32::NEG_INFINITY,
-            };
+    // One task per block of QUERIES queries and key/value head: its `rows` are (query, head)
+    // pairs, each row's probabilities padded with zeros to the block's longest (`seen`).
+    let task = |block: usize, kvh: usize| -> Vec<f32> {
+        let queries = block * QUERIES..((block + 1) * QUERIES).min(q.rows);
+        let rows: Vec<(usize, usize)> = queries
+            .flat_map(|i| (kvh * group..(kvh + 1) * group).map(move |h| (i, h)))
+            .collect();
+        // Keys after a query's last visible one are skipped: they would add exp(-inf) = 0 to
+        // the softmax's sum and nothing to the output, so the result is the same bit for bit.
+        let seen = |i: usize| (0..m).rev().find(|&j| visible(i, j)).map_or(0, |j| j + 1);
+        let longest = rows.iter().map(|&(i, _)| seen(i)).max().unwrap_or(0);
+        let mut probs = vec![0f32; rows.len() * longest];
+        for (&(i, h), p) in rows.iter().zip(probs.chunks_mut(longest.max(1))) {
+            let scores = &mut p[..seen(i)];
+            let qv = &q.data[i * q.cols + h * d..i * q.cols + (h + 1) * d];
+            head_scores(qv, &kt[kvh * d * stride..], stride, scores);
+            for (j, s) in scores.iter_mut().enumerate() {
+                *s = match visible(i, j) {
+                    true => *s * scale,
+                    false => f32::NEG_INFINITY,
+                };
+            }
+            softmax_in_place(scores);
         }
-        softmax_in_place(&mut scores);
-        weighted_values(&scores, &values[kvh * d..], kv_dim, o);
-    });
+        let mut o = vec![0f32; rows.len() * d];
+        weighted_values(&probs, longest, &values[kvh * d..], kv_dim, &mut o);
+        o
+    };
+    let blocks = q.rows.div_ceil(QUERIES);
+    let units: Vec<(usize, usize)> = (0..blocks)
+        .flat_map(|b| (0..heads.kv_heads).map(move |kvh| (b, kvh)))
+        .collect();
+    let run = |&(b, kvh): &(usize, usize)| task(b, kvh);
+    #[cfg(not(target_arch = "wasm32"))]
+    let results: Vec<Vec<f32>> = if q.rows * heads.q_heads * 2 * m * d >= super::PARALLEL_WORK {
+        use rayon::prelude::*;
+        units.par_iter().map(run).collect()
+    } else {
+        units.iter().map(run).collect()
+    };
+    #[cfg(target_arch = "wasm32")]
+    let results: Vec<Vec<f32>> = units.iter().map(run).collect();
+    let mut out = vec![0f32; q.rows * width];
+    for (&(b, kvh), o) in units.iter().zip(&results) {
+        // The task's rows, query by query: each query's `group` heads are adjacent in `out`.
+        for (qi, heads_out) in o.chunks(group * d).enumerate() {
+            let at = (b * QUERIES + qi) * width + kvh * group * d;
+            out[at..at + group * d].copy_from_slice(heads_out);
+        }
+    }
     CpuTensor {
         data: out,
         rows: q.rows,
-        cols: heads.q_heads * d,
+        cols: width,
     }
 }
 
@@ -147,19 +185,118 @@ fn score_blocks<const B: usize>(
 }
 
 widest!(
-    /// `o += p_j * value_j` over the keys in order (`values` from the head's first value, rows
-    /// `stride` apart); keys of probability 0 (masked) are skipped, which adds nothing anyway.
-    fn weighted_values(p: &[f32], values: &[f32], stride: usize, o: &mut [f32]) => weighted_values_in
+    /// For each row `r` (`p`: rows of `m` probabilities; `o`: rows of `d`), `o_r += p_rj *
+    /// value_j` over the keys in order (`values` from the head's first value, rows `stride`
+    /// apart); keys of probability 0 (masked, or past the row's last visible key) are skipped,
+    /// which adds nothing anyway. Rows are independent: each gets what it would alone.
+    fn weighted_values(p: &[f32], m: usize, values: &[f32], stride: usize, o: &mut [f32]) => weighted_values_in
 );
 
 #[inline(always)]
-fn weighted_values_in(p: &[f32], values: &[f32], stride: usize, o: &mut [f32]) {
-    let d = o.len();
-    for (j, &p) in p.iter().enumerate() {
-        if p != 0.0 {
-            for (o, v) in o.iter_mut().zip(&values[j * stride..j * stride + d]) {
-                *o += p * v;
+fn weighted_values_in(p: &[f32], m: usize, values: &[f32], stride: usize, o: &mut [f32]) {
+    if m == 0 {
+        return;
+    }
+    let rows = p.len() / m;
+    let d = o.len() / rows.max(1);
+    for j in 0..m {
+        let v = &values[j * stride..j * stride + d];
+        // Key j for every row before key j + 1 for any: the rows' sums overlap.
+        for (r, o) in o.chunks_mut(d).enumerate() {
+            let p = p[r * m + j];
+            if p != 0.0 {
+                for (o, v) in o.iter_mut().zip(v) {
+                    *o += p * v;
+                }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::bench::values as random;
+
+    /// Attention written out element by element in the order the module docs give.
+    fn written_out(
+        q: &CpuTensor,
+        k: &[f32],
+        v: &[f32],
+        m: usize,
+        heads: Heads,
+        visible: &dyn Fn(usize, usize) -> bool,
+    ) -> Vec<f32> {
+        let d = heads.head_dim;
+        let (group, kv_dim) = (heads.q_heads / heads.kv_heads, heads.kv_heads * d);
+        let mut out = vec![0f32; q.rows * heads.q_heads * d];
+        for i in 0..q.rows {
+            for h in 0..heads.q_heads {
+                let kvh = h / group;
+                let seen = (0..m).rev().find(|&j| visible(i, j)).map_or(0, |j| j + 1);
+                let mut p: Vec<f32> = (0..seen)
+                    .map(|j| {
+                        let mut a = 0f32;
+                        for e in 0..d {
+                            a += q.data[i * q.cols + h * d + e] * k[j * kv_dim + kvh * d + e];
+                        }
+                        match visible(i, j) {
+                            true => a * (1.0 / (d as f32).sqrt()),
+                            false => f32::NEG_INFINITY,
+                        }
+                    })
+                    .collect();
+                softmax_in_place(&mut p);
+                let o = &mut out[(i * heads.q_heads + h) * d..][..d];
+                for (j, &p) in p.iter().enumerate() {
+                    if p != 0.0 {
+                        for e in 0..d {
+                            o[e] += p * v[j * kv_dim + kvh * d + e];
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn queries_together_get_what_each_gets_alone_and_the_written_out_order_gives() {
+        // d = 20: not a whole vector; 7 queries: a partial block; 150 keys: all score blocks.
+        let heads = Heads {
+            q_heads: 6,
+            kv_heads: 2,
+            head_dim: 20,
+        };
+        let (n, m, kv_dim) = (7, 150, 40);
+        let q = CpuTensor {
+            data: random(n * 120, 1),
+            rows: n,
+            cols: 120,
+        };
+        let (k, v) = (random(m * kv_dim, 2), random(m * kv_dim, 3));
+        let kt = transpose(&k, kv_dim, m);
+        // A tree-like mask: query 3 sees nothing, the others a scattered prefix.
+        let visible = |i: usize, j: usize| i != 3 && j <= 100 + 7 * i && (j * (i + 1)) % 5 != 1;
+        let all = attend(&q, (&kt, m), &v, m, heads, visible);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            bits(&all.data),
+            bits(&written_out(&q, &k, &v, m, heads, &visible))
+        );
+        for i in 0..n {
+            let one = CpuTensor {
+                data: q.data[i * 120..(i + 1) * 120].to_vec(),
+                rows: 1,
+                cols: 120,
+            };
+            let alone = attend(&one, (&kt, m), &v, m, heads, |_, j| visible(i, j));
+            assert_eq!(
+                bits(&alone.data),
+                bits(&all.data[i * 120..(i + 1) * 120]),
+                "query {i}"
+            );
+        }
+        assert!(all.data[3 * 120..4 * 120].iter().all(|&x| x == 0.0));
     }
 }

@@ -67,7 +67,7 @@ fn cols<const R: usize, const C: usize, const Q4: bool>(
 ) {
     let mut j = 0;
     while j + C <= jn {
-        // SAFETY: AVX-512F is present and rows are whole blocks (`applies`, asserted in `block`);
+        // SAFETY: AVX-512F and VL are present and rows are whole blocks (`applies`, asserted in `block`);
         // x holds R rows and q the rows j0 + j .. + C (asserted in `block`).
         let s = unsafe { avx512::tile::<R, C, Q4>(x, q, j0 + j) };
         for (r, row) in s.iter().enumerate() {
@@ -97,9 +97,9 @@ mod avx512 {
     /// blocks, else q8), 16 lanes fused, lanes summed by halves (the order of `tile`).
     ///
     /// # Safety
-    /// AVX-512F must be available; x must hold `R` rows of `q.cols`, and `q` the weight rows,
+    /// AVX-512F and VL must be available; x must hold `R` rows of `q.cols`, and `q` the weight rows,
     /// of whole blocks.
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512vl,f16c")]
     pub unsafe fn tile<const R: usize, const C: usize, const Q4: bool>(
         x: &[f32],
         q: &QuantMatrix,

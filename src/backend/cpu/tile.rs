@@ -54,7 +54,9 @@ impl Order {
                 // F16C: the kernels also read f16 weights (every CPU with AVX2 has it).
                 Order::Lanes8 => has!("avx") && has!("f16c"),
                 Order::Lanes8Fused => has!("avx") && has!("fma") && has!("f16c"),
-                Order::Lanes16Fused => has!("avx512f"),
+                // VL: 128/256-bit instructions (loads of f16 halves, the lane sums) may then use
+                // all 32 vector registers; without it a 4x4 tile's accumulators spilled to memory.
+                Order::Lanes16Fused => has!("avx512f") && has!("avx512vl") && has!("f16c"),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -516,7 +518,7 @@ pub(super) mod x86 {
     }
     walker!(walk8, "avx,f16c", Sep8);
     walker!(walk8_fma, "avx,fma,f16c", Fma8);
-    walker!(walk16_fma, "avx512f", Fma16);
+    walker!(walk16_fma, "avx512f,avx512vl,f16c", Fma16);
 
     #[cfg(test)]
     /// # Safety
@@ -544,8 +546,8 @@ pub(super) mod x86 {
 
     #[cfg(test)]
     /// # Safety
-    /// AVX-512F must be available; `x` must hold `R` rows and `w` `C` rows of `k` values.
-    #[target_feature(enable = "avx512f")]
+    /// AVX-512F and VL must be available; `x` must hold `R` rows and `w` `C` rows of `k` values.
+    #[target_feature(enable = "avx512f,avx512vl,f16c")]
     pub unsafe fn lanes16_fma<const R: usize, const C: usize, W: Elem>(
         x: &[f32],
         w: &[W],
