@@ -199,18 +199,67 @@ fn weighted_values_in(p: &[f32], m: usize, values: &[f32], stride: usize, o: &mu
     }
     let rows = p.len() / m;
     let d = o.len() / rows.max(1);
+    // Whole chunks of LANES dimensions with the sums in registers, 8 (then fewer) rows at once.
+    let mut r = 0;
+    while r < rows {
+        let at = (p, m, values, stride, d, r);
+        r += match rows - r {
+            8.. => in_registers::<8>(at, o),
+            4..=7 => in_registers::<4>(at, o),
+            2..=3 => in_registers::<2>(at, o),
+            _ => in_registers::<1>(at, o),
+        };
+    }
+    // The dimensions after the last whole chunk: key j for every row before key j + 1 for any.
+    let tail = d / LANES * LANES..d;
+    if tail.is_empty() {
+        return;
+    }
     for j in 0..m {
-        let v = &values[j * stride..j * stride + d];
-        // Key j for every row before key j + 1 for any: the rows' sums overlap.
+        let v = &values[j * stride + tail.start..j * stride + tail.end];
         for (r, o) in o.chunks_mut(d).enumerate() {
             let p = p[r * m + j];
             if p != 0.0 {
-                for (o, v) in o.iter_mut().zip(v) {
+                for (o, v) in o[tail.clone()].iter_mut().zip(v) {
                     *o += p * v;
                 }
             }
         }
     }
+}
+
+/// Dimensions summed in registers by [`weighted_values_in`]: a chunk per accumulator.
+const LANES: usize = 16;
+
+/// Rows `r0..r0 + R` of [`weighted_values_in`] over its whole chunks of [`LANES`] dimensions,
+/// each chunk's `R` sums held in registers across all keys (in memory, each row's sum would wait
+/// on its own store of the key before). Returns `R`.
+#[inline(always)]
+fn in_registers<const R: usize>(
+    (p, m, values, stride, d, r0): (&[f32], usize, &[f32], usize, usize, usize),
+    o: &mut [f32],
+) -> usize {
+    for c in (0..d / LANES).map(|c| c * LANES) {
+        let mut acc = [[0f32; LANES]; R];
+        for (a, r) in acc.iter_mut().zip(r0..) {
+            a.copy_from_slice(&o[r * d + c..r * d + c + LANES]);
+        }
+        for j in 0..m {
+            let v = &values[j * stride + c..j * stride + c + LANES];
+            for (a, r) in acc.iter_mut().zip(r0..) {
+                let p = p[r * m + j];
+                if p != 0.0 {
+                    for (a, v) in a.iter_mut().zip(v) {
+                        *a += p * v;
+                    }
+                }
+            }
+        }
+        for (a, r) in acc.iter().zip(r0..) {
+            o[r * d + c..r * d + c + LANES].copy_from_slice(a);
+        }
+    }
+    R
 }
 
 #[cfg(test)]
