@@ -185,3 +185,40 @@ fn verified_nodes_equal_plain_decoding_bit_for_bit_on_the_gpu_engine() {
         }
     }
 }
+
+#[test]
+fn a_prompt_pass_cut_to_its_last_row_gives_that_row_and_the_next_step_bit_for_bit() {
+    // With only the last row's logits asked for, the last layer's o_proj and MLP run on that
+    // row alone (`text::decoder`): its logits, and the cache it leaves, must not change.
+    let b = CpuBackend;
+    let rgb = image_io::load_rgb(&image(), image_io::DEFAULT_MAX_PIXELS).unwrap();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for (label, dir, quant) in models() {
+        let c = Captioner::new(&b, open(&dir, quant)).unwrap();
+        let m = &c.model;
+        let (pixels, ids) = c.prepare(&rgb, &CaptionRequest::default()).unwrap();
+        let features = m.encode_image(&b, &pixels).unwrap();
+        let len = ids.len();
+        let pos: Vec<u32> = (0..len as u32).collect();
+        let next = 11 % m.config.text.vocab_size as u32;
+        let pass = |rows: LogitRows| {
+            let mut cache = m.text.new_cache(&b, len + 2);
+            let x = m.embed_prompt(&b, &ids, Some(&features)).unwrap();
+            let mut step = Step::causal(0, &pos);
+            step.rows = rows;
+            let logits = read(&b, &m.forward(&b, &mut cache, x, &step));
+            let x = m.text.embed(&b, &[next]);
+            let after = m.forward(&b, &mut cache, x, &Step::causal(len, &[len as u32]));
+            (logits, read(&b, &after))
+        };
+        let (last, after_cut) = pass(LogitRows::Last);
+        let (all, after_full) = pass(LogitRows::All);
+        assert_eq!(all.len(), last.len() * len, "{label}");
+        assert_eq!(bits(&last), bits(&all[all.len() - last.len()..]), "{label}");
+        assert_eq!(
+            bits(&after_cut),
+            bits(&after_full),
+            "{label}: the next step"
+        );
+    }
+}

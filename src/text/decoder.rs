@@ -176,7 +176,16 @@ impl<B: Backend> Decoder<B> {
                 },
                 heads,
             );
-            h = layer.o.forward_add(b, &a, h);
+            // After the last layer's attention, only the rows whose logits are asked for matter
+            // (its keys and values, for the cache, are written): with the last row asked for (a
+            // prompt), o_proj and the MLP run on that row alone. Every op from here is row by
+            // row, so the row gets bit for bit what it got among the others; a prompt's pass
+            // costs ~80% of a layer less (the layer's o_proj and MLP for all but one row).
+            let (a, h_in) = match i + 1 == self.layers.len() && step.rows == LogitRows::Last {
+                true => (last_row(b, a), last_row(b, h)),
+                false => (a, h),
+            };
+            h = layer.o.forward_add(b, &a, h_in);
             let x = layer.post_norm.forward(b, &h);
             let m = b.gated(
                 &layer.gate.forward(b, &x),
@@ -185,9 +194,8 @@ impl<B: Backend> Decoder<B> {
             );
             h = layer.down.forward_add(b, &m, h);
         }
-        let n = b.dims(&h).0;
-        if step.rows == LogitRows::Last && n > 1 {
-            h = b.slice_rows(&h, n - 1, n);
+        if step.rows == LogitRows::Last {
+            h = last_row(b, h);
         }
         let h = self.norm.forward(b, &h);
         b.linear(
@@ -195,5 +203,13 @@ impl<B: Backend> Decoder<B> {
             self.lm_head.as_ref().unwrap_or(&self.embed_tokens),
             None,
         )
+    }
+}
+
+/// The last row of `x` (`x` itself when it has one row).
+fn last_row<B: Backend>(b: &B, x: B::Tensor) -> B::Tensor {
+    match b.dims(&x).0 {
+        n if n > 1 => b.slice_rows(&x, n - 1, n),
+        _ => x,
     }
 }
