@@ -18,6 +18,7 @@ pub struct Rope {
 /// dependent steps. The sum runs in order: a masked entry (`-inf`, so 0 after `exp`) then adds
 /// nothing, so a tree row that sees the keys plain decoding sees, with masked slots between them,
 /// sums bit for bit what plain decoding sums (in lanes, the gaps would move entries across lanes).
+#[inline(always)]
 pub fn softmax_in_place(xs: &mut [f32]) {
     const LANES: usize = 8;
     let mut top = [f32::NEG_INFINITY; LANES];

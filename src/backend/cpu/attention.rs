@@ -107,7 +107,7 @@ pub(super) fn attend(
                     false => f32::NEG_INFINITY,
                 };
             }
-            softmax_in_place(scores);
+            softmax(scores);
         }
         let mut o = vec![0f32; rows.len() * d];
         weighted_values(&probs, longest, &values[kvh * d..], kv_dim, &mut o);
@@ -141,6 +141,11 @@ pub(super) fn attend(
         cols: width,
     }
 }
+
+widest!(
+    /// [`softmax_in_place`] compiled for the widest vectors (its exponentials vectorize).
+    fn softmax(scores: &mut [f32]) => softmax_in_place
+);
 
 widest!(
     /// `scores[j] = q . key_j` for the keys of one head, transposed (`kt: [d, stride]`).
