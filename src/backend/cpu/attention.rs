@@ -20,7 +20,7 @@ use crate::backend::Heads;
 /// Keys per register block of scores.
 const BLOCK: usize = 16;
 
-/// `fn $name(args)` calling `$inner(args)` compiled for the widest vectors the CPU has (AVX-512F,
+/// `fn $name(args)` calling `$inner(args)` compiled for the widest vectors the CPU has (AVX-512F with VL,
 /// AVX, else the SSE2 baseline): lanes hold different keys or dimensions, never parts of one sum,
 /// so every width computes the same numbers.
 macro_rules! widest {

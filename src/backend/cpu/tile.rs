@@ -10,7 +10,7 @@
 //! sum in registers); then the `k % L` leftover products are taken one by one the same way.
 //!
 //! [`Order`] names the three orders: 8 lanes separate (any CPU: AVX, or the vectors the compiler
-//! makes, e.g. wasm `simd128`), 8 lanes fused (AVX2 + FMA) and 16 lanes fused (AVX-512F).
+//! makes, e.g. wasm `simd128`), 8 lanes fused (AVX2 + FMA) and 16 lanes fused (AVX-512F with VL).
 //! [`order`] picks the fastest the CPU runs, once per process, and every tile of the process uses
 //! it, whatever the number of rows: a batch equals its rows one by one bit for bit (tree
 //! verification computes what plain decoding would). The SIMD kernel of an order and its portable
@@ -29,7 +29,7 @@ pub enum Order {
     Lanes8,
     /// 8 lanes of fused multiply-adds: AVX2 with FMA.
     Lanes8Fused,
-    /// 16 lanes of fused multiply-adds: AVX-512F.
+    /// 16 lanes of fused multiply-adds: AVX-512F with VL.
     Lanes16Fused,
 }
 
