@@ -20,9 +20,9 @@ use crate::backend::Heads;
 /// Keys per register block of scores.
 const BLOCK: usize = 16;
 
-/// `fn $name(args)` calling `$inner(args)` compiled for the widest vectors the CPU has (AVX-512F with VL,
-/// AVX, else the SSE2 baseline): lanes hold different keys or dimensions, never parts of one sum,
-/// so every width computes the same numbers.
+/// `fn $name(args)` calling `$inner(args)` compiled for the widest vectors the CPU has (AVX-512F
+/// with VL, AVX, else the SSE2 baseline): lanes hold different keys or dimensions, never parts of
+/// one sum, so every width computes the same numbers.
 macro_rules! widest {
     ($(#[$doc:meta])* fn $name:ident($($a:ident: $t:ty),*) => $inner:ident) => {
         $(#[$doc])*
@@ -194,7 +194,8 @@ widest!(
     /// value_j` over the keys in order (`values` from the head's first value, rows `stride`
     /// apart); keys of probability 0 (masked, or past the row's last visible key) are skipped,
     /// which adds nothing anyway. Rows are independent: each gets what it would alone.
-    fn weighted_values(p: &[f32], m: usize, values: &[f32], stride: usize, o: &mut [f32]) => weighted_values_in
+    fn weighted_values(p: &[f32], m: usize, values: &[f32], stride: usize, o: &mut [f32])
+        => weighted_values_in
 );
 
 #[inline(always)]
