@@ -20,39 +20,6 @@ use crate::backend::Heads;
 /// Keys per register block of scores.
 const BLOCK: usize = 16;
 
-/// `fn $name(args)` calling `$inner(args)` compiled for the widest vectors the CPU has (AVX-512F
-/// with VL, AVX, else the SSE2 baseline): lanes hold different keys or dimensions, never parts of
-/// one sum, so every width computes the same numbers.
-macro_rules! widest {
-    ($(#[$doc:meta])* fn $name:ident($($a:ident: $t:ty),*) => $inner:ident) => {
-        $(#[$doc])*
-        fn $name($($a: $t),*) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f,avx512vl")]
-                unsafe fn avx512($($a: $t),*) {
-                    $inner($($a),*)
-                }
-                #[target_feature(enable = "avx")]
-                unsafe fn avx($($a: $t),*) {
-                    $inner($($a),*)
-                }
-                if std::arch::is_x86_feature_detected!("avx512f")
-                    && std::arch::is_x86_feature_detected!("avx512vl")
-                {
-                    // SAFETY: AVX-512F and VL are present.
-                    return unsafe { avx512($($a),*) };
-                }
-                if std::arch::is_x86_feature_detected!("avx") {
-                    // SAFETY: AVX is present.
-                    return unsafe { avx($($a),*) };
-                }
-            }
-            $inner($($a),*)
-        }
-    };
-}
-
 /// Keys `[m, kv_dim]` transposed to `[kv_dim, m]`.
 pub(super) fn transpose(keys: &[f32], kv_dim: usize, m: usize) -> Vec<f32> {
     let mut kt = vec![0f32; kv_dim * m];

@@ -8,6 +8,39 @@
 //! number of rows (verification equals plain decoding bit for bit); [`attention`] reads the keys
 //! transposed, as the cache keeps them. [`bench`] times its kernels for `spec-llava bench-kernels`.
 
+/// `fn $name(args)` calling `$inner(args)` compiled for the widest vectors the CPU has (AVX-512F
+/// with VL, AVX, else the SSE2 baseline): lanes hold different keys or dimensions, never parts of
+/// one sum (or elements: an activation), so every width computes the same numbers.
+macro_rules! widest {
+    ($(#[$doc:meta])* fn $name:ident($($a:ident: $t:ty),*) => $inner:ident) => {
+        $(#[$doc])*
+        fn $name($($a: $t),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl")]
+                unsafe fn avx512($($a: $t),*) {
+                    $inner($($a),*)
+                }
+                #[target_feature(enable = "avx")]
+                unsafe fn avx($($a: $t),*) {
+                    $inner($($a),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                {
+                    // SAFETY: AVX-512F and VL are present.
+                    return unsafe { avx512($($a),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx") {
+                    // SAFETY: AVX is present.
+                    return unsafe { avx($($a),*) };
+                }
+            }
+            $inner($($a),*)
+        }
+    };
+}
+
 mod attention;
 pub mod bench;
 mod matmul;
@@ -119,6 +152,18 @@ pub(super) fn for_rows(
     #[cfg(target_arch = "wasm32")]
     let _ = (row_cost, PARALLEL_WORK);
     out.chunks_mut(width).enumerate().for_each(|(i, r)| f(i, r));
+}
+
+widest!(
+    /// `out_i = silu(gate_i) * up_i`.
+    fn silu_gated(gate: &[f32], up: &[f32], out: &mut [f32]) => silu_gated_in
+);
+
+#[inline(always)]
+fn silu_gated_in(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *o = activation(g, Activation::Silu) * u;
+    }
 }
 
 /// `f(a_i, b_i)` for each pair.
@@ -284,11 +329,14 @@ impl Backend for CpuBackend {
     }
 
     fn gated(&self, gate: &CpuTensor, up: &CpuTensor, act: Activation) -> CpuTensor {
-        // Llama's silu gets a loop of its own, the match outside it, so that the loop vectorizes.
+        // Llama's silu gets a loop of its own, the match outside it, compiled for the widest
+        // vectors: its exponentials vectorize.
         let data = match act {
-            Activation::Silu => zip_map(&gate.data, &up.data, |g, u| {
-                activation(g, Activation::Silu) * u
-            }),
+            Activation::Silu => {
+                let mut out = vec![0f32; gate.data.len()];
+                silu_gated(&gate.data, &up.data, &mut out);
+                out
+            }
             _ => zip_map(&gate.data, &up.data, |g, u| activation(g, act) * u),
         };
         CpuTensor {
@@ -499,6 +547,21 @@ mod tests {
         kv_heads: 2,
         head_dim: 16,
     };
+
+    #[test]
+    fn the_vectorized_silu_gate_equals_the_activation_element_by_element() {
+        // Wide values: both tails of exp (0 and inf) and the polynomial's whole range.
+        let (g, u) = (tensor(7, 301, 1), tensor(7, 301, 2));
+        let gate = CpuTensor {
+            data: g.data.iter().map(|x| x * 120.0).collect(),
+            ..g
+        };
+        let got = CpuBackend.gated(&gate, &u, Activation::Silu);
+        for ((&out, &g), &u) in got.data.iter().zip(&gate.data).zip(&u.data) {
+            let want = activation(std::hint::black_box(g), Activation::Silu) * u;
+            assert_eq!(out.to_bits(), want.to_bits(), "silu({g}) * {u}");
+        }
+    }
 
     fn tensor(rows: usize, cols: usize, seed: u64) -> CpuTensor {
         CpuTensor {
