@@ -57,15 +57,20 @@ pub(super) fn attend(
     let task = |block: usize, kvh: usize| -> Vec<f32> {
         let queries = block * QUERIES..((block + 1) * QUERIES).min(q.rows);
         let rows: Vec<(usize, usize)> = queries
+            .clone()
             .flat_map(|i| (kvh * group..(kvh + 1) * group).map(move |h| (i, h)))
             .collect();
         // Keys after a query's last visible one are skipped: they would add exp(-inf) = 0 to
         // the softmax's sum and nothing to the output, so the result is the same bit for bit.
-        let seen = |i: usize| (0..m).rev().find(|&j| visible(i, j)).map_or(0, |j| j + 1);
-        let longest = rows.iter().map(|&(i, _)| seen(i)).max().unwrap_or(0);
+        // Once per query (its heads share it), not per head and again per row.
+        let seen: Vec<usize> = queries
+            .clone()
+            .map(|i| (0..m).rev().find(|&j| visible(i, j)).map_or(0, |j| j + 1))
+            .collect();
+        let longest = seen.iter().copied().max().unwrap_or(0);
         let mut probs = vec![0f32; rows.len() * longest];
         for (&(i, h), p) in rows.iter().zip(probs.chunks_mut(longest.max(1))) {
-            let scores = &mut p[..seen(i)];
+            let scores = &mut p[..seen[i - queries.start]];
             let qv = &q.data[i * q.cols + h * d..i * q.cols + (h + 1) * d];
             head_scores(qv, &kt[kvh * d * stride..], stride, scores);
             for (j, s) in scores.iter_mut().enumerate() {

@@ -166,12 +166,6 @@ fn silu_gated_in(gate: &[f32], up: &[f32], out: &mut [f32]) {
     }
 }
 
-/// `f(a_i, b_i)` for each pair.
-#[inline(always)]
-fn zip_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> Vec<f32> {
-    a.iter().zip(b).map(|(&a, &b)| f(a, b)).collect()
-}
-
 #[inline(always)]
 pub fn activation(x: f32, act: Activation) -> f32 {
     match act {
@@ -337,7 +331,12 @@ impl Backend for CpuBackend {
                 silu_gated(&gate.data, &up.data, &mut out);
                 out
             }
-            _ => zip_map(&gate.data, &up.data, |g, u| activation(g, act) * u),
+            _ => gate
+                .data
+                .iter()
+                .zip(&up.data)
+                .map(|(&g, &u)| activation(g, act) * u)
+                .collect(),
         };
         CpuTensor {
             data,
