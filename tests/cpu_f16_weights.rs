@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use spec_llava::backend::cpu::{tile, CpuBackend, CpuData};
+use spec_llava::backend::cpu::{tile, CpuBackend};
 use spec_llava::checkpoint::Checkpoint;
 use spec_llava::nn::Weights;
 
@@ -24,7 +24,7 @@ fn an_f16_checkpoints_matrices_stay_f16_on_the_cpu_engine_with_the_stored_values
             .expect("its stored values");
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&got.values()), bits(&stored), "{name}");
-        let kept_f16 = matches!(got.data, CpuData::F16(_));
+        let kept_f16 = got.keeps_f16();
         let matrix = shape.len() == 2;
         assert_eq!(kept_f16, matrix && tile::f16_in_registers(), "{name}");
         if kept_f16 {

@@ -129,7 +129,17 @@ fn head_scores_in(q: &[f32], kt: &[f32], m: usize, scores: &mut [f32]) {
     // Wide blocks first (independent sums in flight while each waits for its adds), then
     // narrower ones, then key by key: each key's sum is the same chain of steps in every case.
     let j = score_blocks::<{ 4 * BLOCK }>(q, kt, m, scores, 0);
-    let j = score_blocks::<BLOCK>(q, kt, m, scores, j);
+    let mut j = score_blocks::<BLOCK>(q, kt, m, scores, j);
+    // The last keys (fewer than a block) as a whole block where the columns after them exist
+    // (stale or unused slots of the cache, scored and dropped): one key by one, with its stride
+    // through memory, cost more than all the blocks before it.
+    let left = scores.len() - j;
+    if left > 0 && j + BLOCK <= m {
+        let mut block = [0f32; BLOCK];
+        score_blocks::<BLOCK>(q, &kt[j..], m, &mut block, 0);
+        scores[j..].copy_from_slice(&block[..left]);
+        j = scores.len();
+    }
     for (jj, s) in scores.iter_mut().enumerate().skip(j) {
         let mut a = 0f32;
         for (e, &qe) in q.iter().enumerate() {
@@ -303,8 +313,11 @@ mod tests {
         };
         let (k, v) = (random(m * kv_dim, 2), random(m * kv_dim, 3));
         let kt = transpose(&k, kv_dim, m);
-        // A tree-like mask: query 3 sees nothing, the others a scattered prefix.
-        let visible = |i: usize, j: usize| i != 3 && j <= 100 + 7 * i && (j * (i + 1)) % 5 != 1;
+        // A tree-like mask: query 3 sees nothing, the others a scattered prefix; their last keys
+        // are scored as a block over the columns after them, except query 6's, which sees the
+        // last key (no columns after it: key by key).
+        let visible =
+            |i: usize, j: usize| i != 3 && (j <= 100 + 7 * i || i == 6) && (j * (i + 1)) % 5 != 1;
         let all = attend(&q, (&kt, m), &v, m, heads, visible);
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(

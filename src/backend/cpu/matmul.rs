@@ -1,6 +1,9 @@
 //! `linear` (`x W^T + b`) on the CPU: register tiles that reuse each weight load across rows of x,
 //! weights read straight from their packed storage, and one fixed reduction order.
 //!
+//! Matrices stored as column panels (f32/f16 where the CPU has AVX-512) go to [`super::panel`];
+//! this module runs the row-major layout: q8/q4 blocks, and every matrix on other CPUs.
+//!
 //! # Method
 //!
 //! The output `[m, n]` is split into blocks of weight rows (output columns), one task each (rayon
@@ -39,6 +42,9 @@ pub fn linear(x: &[f32], m: usize, w: &CpuWeight, bias: Option<&[f32]>) -> Vec<f
     debug_assert_eq!(x.len(), m * k);
     if m == 0 || n == 0 {
         return Vec::new();
+    }
+    if let CpuData::Panels(p) = &w.data {
+        return super::panel::linear(x, m, p, bias);
     }
     // Weight rows per task: a multiple of 8 (the one-row tile), about PER_TASK_WORK or more.
     let per_task = (PER_TASK_WORK / (m * k).max(1))
@@ -79,17 +85,7 @@ pub fn linear(x: &[f32], m: usize, w: &CpuWeight, bias: Option<&[f32]>) -> Vec<f
             }
         }
     };
-    #[cfg(not(target_arch = "wasm32"))]
-    if n > per_task {
-        use rayon::prelude::*;
-        t.par_chunks_mut(per_task * m)
-            .enumerate()
-            .for_each(|(bi, out)| task(bi, out));
-    } else {
-        task(0, &mut t);
-    }
-    #[cfg(target_arch = "wasm32")]
-    task(0, &mut t);
+    for_blocks(&mut t, per_task * m, task);
     if m == 1 {
         return t;
     }
@@ -100,6 +96,20 @@ pub fn linear(x: &[f32], m: usize, w: &CpuWeight, bias: Option<&[f32]>) -> Vec<f
         }
     }
     data
+}
+
+/// `task(b, block)` for the blocks of `size` elements of `out` (the last may be shorter): on
+/// rayon's threads natively when there are several.
+pub(super) fn for_blocks(out: &mut [f32], size: usize, task: impl Fn(usize, &mut [f32]) + Sync) {
+    #[cfg(not(target_arch = "wasm32"))]
+    if out.len() > size {
+        use rayon::prelude::*;
+        out.par_chunks_mut(size)
+            .enumerate()
+            .for_each(|(b, block)| task(b, block));
+        return;
+    }
+    task(0, out)
 }
 
 /// `out[j * m + i] = x_i . w_j` (no bias) for the `jn` weight rows of `panel` (`[jn, k]`).
@@ -180,7 +190,14 @@ mod tests {
             for w in weights(n, k, 5) {
                 let wide = w.values().into_owned();
                 let got = linear(&x, m, &w, None);
-                let widened = linear(&x, m, &CpuWeight::f32(wide.clone(), &[n, k]), None);
+                // The widened copy in the same layout (panels where f32/f16 matrices are panels;
+                // q8/q4 blocks keep rows and the lanes order).
+                let panels = matches!(w.data, CpuData::Panels(_));
+                let copy = match panels {
+                    true => CpuWeight::f32(wide.clone(), &[n, k]),
+                    false => CpuWeight::f32_rows(wide.clone(), &[n, k]),
+                };
+                let widened = linear(&x, m, &copy, None);
                 assert_eq!(
                     bits(&got),
                     bits(&widened),
@@ -190,7 +207,10 @@ mod tests {
                 for i in 0..m {
                     for j in 0..n {
                         let (xi, wj) = (&x[i * k..(i + 1) * k], &wide[j * k..(j + 1) * k]);
-                        let want = written_out(order(), xi, wj) + 0.0;
+                        let want = match panels {
+                            true => xi.iter().zip(wj).fold(0f32, |a, (x, w)| x.mul_add(*w, a)),
+                            false => written_out(order(), xi, wj),
+                        } + 0.0;
                         assert_eq!(got[i * n + j].to_bits(), want.to_bits(), "({i}, {j})");
                     }
                 }

@@ -3,9 +3,10 @@
 //!
 //! Numerics follow transformers' eager PyTorch path: norms and softmax in f32, RoPE tables computed
 //! from f32 inverse frequencies, exact erf GELU. Weights stay as the checkpoint stores them
-//! ([`weight`]: f32, f16, q8/q4 blocks); `linear` ([`matmul`]) reads them packed, in register tiles
-//! ([`tile`]: AVX, AVX2+FMA or AVX-512 chosen at run time), in one reduction order whatever the
-//! number of rows (verification equals plain decoding bit for bit); [`attention`] reads the keys
+//! ([`weight`]: f32, f16, q8/q4 blocks; f32/f16 matrices as column panels where the CPU has
+//! AVX-512, [`panel`]); `linear` ([`matmul`]) reads them packed, in register tiles ([`tile`]: AVX,
+//! AVX2+FMA or AVX-512 chosen at run time; [`panel`]'s broadcast tiles), in one reduction order
+//! per matrix whatever the number of rows (verification equals plain decoding bit for bit); [`attention`] reads the keys
 //! transposed, as the cache keeps them. [`bench`] times its kernels for `spec-llava bench-kernels`.
 
 /// `fn $name(args)` calling `$inner(args)` compiled for the widest vectors the CPU has (AVX-512F
@@ -44,6 +45,7 @@ macro_rules! widest {
 mod attention;
 pub mod bench;
 mod matmul;
+mod panel;
 #[cfg(target_arch = "x86_64")]
 mod quant_tile;
 pub mod tile;
@@ -370,11 +372,9 @@ impl Backend for CpuBackend {
 
     fn embed(&self, table: &CpuWeight, ids: &[u32]) -> CpuTensor {
         let dim = table.shape[1];
-        let table = table.values();
-        let mut data = Vec::with_capacity(ids.len() * dim);
-        for &id in ids {
-            let id = id as usize;
-            data.extend_from_slice(&table[id * dim..(id + 1) * dim]);
+        let mut data = vec![0f32; ids.len() * dim];
+        for (&id, row) in ids.iter().zip(data.chunks_mut(dim)) {
+            table.row_into(id as usize, row);
         }
         CpuTensor {
             data,

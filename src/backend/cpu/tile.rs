@@ -9,6 +9,10 @@
 //! first; by halves, `l` with `l + L/2` down to one, for the fused orders, so that the SIMD kernels
 //! sum in registers); then the `k % L` leftover products are taken one by one the same way.
 //!
+//! These orders are those of row-major matrices; f32/f16 matrices stored as column panels (where
+//! the CPU has AVX-512) have an order of their own, [`super::panel`]'s. A matrix's storage fixes
+//! its order for the process, so each matrix stays batch-invariant.
+//!
 //! [`Order`] names the three orders: 8 lanes separate (any CPU: AVX, or the vectors the compiler
 //! makes, e.g. wasm `simd128`), 8 lanes fused (AVX2 + FMA) and 16 lanes fused (AVX-512F with VL).
 //! [`order`] picks the fastest the CPU runs, once per process, and every tile of the process uses

@@ -3,13 +3,17 @@
 //! Matrices stay packed (a 7B q4 checkpoint stays ~4 GB instead of ~28 GB widened); `linear`
 //! ([`super::matmul`]) widens a panel of rows at a time into a small per-task buffer, with exactly
 //! the values [`WeightData::into_f32`] would give (`d * q` for a block, the f16 value widened), so
-//! a packed matrix computes the same numbers as its widened copy. Vectors (norms, biases) and
-//! embedding tables arrive as f32 (only [`crate::quant::quantizable`] matrices are packed).
+//! a packed matrix computes the same numbers as its widened copy. Where the CPU has AVX-512, f32
+//! and f16 matrices are stored as column panels instead ([`super::panel`]), which their kernel
+//! reads as one stream; an embedding lookup reads one row of any layout ([`CpuWeight::row_into`]).
+//! Vectors (norms, biases) and embedding tables arrive as f32 (only [`crate::quant::quantizable`]
+//! matrices are packed).
 
 use std::borrow::Cow;
 
 use half::f16;
 
+use super::panel::{self, PanelData, Panels};
 use crate::quant::{QuantMatrix, Scheme, WeightData, GROUP};
 
 /// How a [`CpuWeight`] holds its values.
@@ -20,6 +24,8 @@ pub enum CpuData {
     F16(Vec<u16>),
     /// q8 / q4 blocks, planar as in the checkpoint.
     Quant(QuantMatrix),
+    /// An f32 or f16 matrix as column panels, where the CPU has their kernel ([`super::panel`]).
+    Panels(Panels),
 }
 
 #[derive(Debug, Clone)]
@@ -29,7 +35,21 @@ pub struct CpuWeight {
 }
 
 impl CpuWeight {
+    /// f32 values; a matrix as panels where the CPU has their kernel.
     pub fn f32(data: Vec<f32>, shape: &[usize]) -> Self {
+        let data = match shape {
+            [n, k] if panel::applies() => CpuData::Panels(Panels::f32(&data, *n, *k)),
+            _ => CpuData::F32(data),
+        };
+        CpuWeight {
+            data,
+            shape: shape.to_vec(),
+        }
+    }
+
+    /// f32 values, row-major whatever the CPU (to compare the layouts' orders).
+    #[cfg(test)]
+    pub(super) fn f32_rows(data: Vec<f32>, shape: &[usize]) -> Self {
         CpuWeight {
             data: CpuData::F32(data),
             shape: shape.to_vec(),
@@ -39,7 +59,10 @@ impl CpuWeight {
     /// Keep matrices packed; anything else (vectors) is widened.
     pub fn from_data(data: WeightData, shape: &[usize]) -> Self {
         let data = match data {
-            WeightData::F32(v) => CpuData::F32(v),
+            WeightData::F32(v) => return CpuWeight::f32(v, shape),
+            WeightData::F16(v) if shape.len() == 2 && panel::applies() => {
+                CpuData::Panels(Panels::f16(&v, shape[0], shape[1]))
+            }
             WeightData::F16(v) if shape.len() == 2 => CpuData::F16(v),
             WeightData::Quant(q) if shape.len() == 2 && q.rows == shape[0] => CpuData::Quant(q),
             other => CpuData::F32(other.into_f32()),
@@ -56,6 +79,17 @@ impl CpuWeight {
             CpuData::F32(v) => Cow::Borrowed(v),
             CpuData::F16(v) => Cow::Owned(v.iter().map(|&h| f16::from_bits(h).to_f32()).collect()),
             CpuData::Quant(q) => Cow::Owned(q.dequantize()),
+            CpuData::Panels(p) => Cow::Owned(p.values()),
+        }
+    }
+
+    /// Row `j` of a matrix `[n, k]` (`dst.len() == k`), exactly as [`Self::values`] has it: an
+    /// embedding lookup reads one row, whatever the layout, without widening the table.
+    pub fn row_into(&self, j: usize, dst: &mut [f32]) {
+        let k = dst.len();
+        match &self.data {
+            CpuData::Panels(p) => p.row(j, dst),
+            _ => self.widen_rows(j..j + 1, k, dst),
         }
     }
 
@@ -67,12 +101,25 @@ impl CpuWeight {
         }
     }
 
+    /// Whether the values are kept as f16 bits (row-major or as panels).
+    pub fn keeps_f16(&self) -> bool {
+        matches!(
+            &self.data,
+            CpuData::F16(_)
+                | CpuData::Panels(Panels {
+                    data: PanelData::F16(_),
+                    ..
+                })
+        )
+    }
+
     /// Address of the stored values: stable while the weight lives (identifies it).
     pub fn address(&self) -> usize {
         match &self.data {
             CpuData::F32(v) => v.as_ptr() as usize,
             CpuData::F16(v) => v.as_ptr() as usize,
             CpuData::Quant(q) => q.qs.as_ptr() as usize,
+            CpuData::Panels(p) => p.address(),
         }
     }
 
@@ -82,6 +129,7 @@ impl CpuWeight {
             CpuData::F32(v) => v.len() * 4,
             CpuData::F16(v) => v.len() * 2,
             CpuData::Quant(q) => q.qs.len() + q.scales.len() * 2,
+            CpuData::Panels(p) => p.stored_bytes(),
         }
     }
 
@@ -93,6 +141,11 @@ impl CpuWeight {
             CpuData::Quant(q) => {
                 for (i, r) in rows.enumerate() {
                     dequantize_row(q, r, &mut dst[i * k..(i + 1) * k]);
+                }
+            }
+            CpuData::Panels(p) => {
+                for (i, r) in rows.enumerate() {
+                    p.row(r, &mut dst[i * k..(i + 1) * k]);
                 }
             }
         }
