@@ -152,6 +152,9 @@ pub trait Backend {
     fn dispatches(&self) -> Option<u64> {
         None
     }
+    /// Start the work recorded so far without waiting for it (a device backend submits its
+    /// commands; the CPU engine computed them already): host work done next overlaps the device's.
+    fn submit(&self) {}
 
     /// The `k` (1..=[`MAX_TOP_K`]) largest entries of every row of `logits` `[rows, vocab]` (ties:
     /// the lower index first) and the row's log-sum-exp, as `[rows, 2k + 1]`: values, indices (as

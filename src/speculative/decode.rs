@@ -219,14 +219,17 @@ impl<'a, B: Backend, D: Backend> Speculation<'a, B, D> {
             inp.max_new_tokens + tree_room,
         )
         .await?;
+        // The draft's prefill before the target's logits are read: it does not need the root
+        // (its prompt logits are not needed: its first pass in each round re-runs the root), so a
+        // GPU target's prefill runs on the device while a CPU-engine draft prefills on the host.
+        b.submit();
+        let draft_room = inp.max_new_tokens + opts.depth * opts.top_k + 2;
+        let (draft, _) =
+            Stream::prefill(d, inp.draft, inp.draft_ids, inp.draft_features, draft_room).await?;
         let root = sampler
             .pick_from(b, &logits)
             .await
             .ok_or(Error::NonFinite { token: 0 })?;
-        let draft_room = inp.max_new_tokens + opts.depth * opts.top_k + 2;
-        // The draft's prompt logits are not needed: its first pass in each round re-runs the root.
-        let (draft, _) =
-            Stream::prefill(d, inp.draft, inp.draft_ids, inp.draft_features, draft_room).await?;
         let mut out = SpecResult {
             prefill_ms: t0.elapsed().as_secs_f64() * 1e3,
             ..Default::default()

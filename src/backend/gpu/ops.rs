@@ -81,6 +81,10 @@ impl Backend for GpuBackend {
         Some(self.dispatch_count())
     }
 
+    fn submit(&self) {
+        self.rec.borrow_mut().flush();
+    }
+
     async fn read(&self, x: &GpuTensor) -> Vec<f32> {
         let len = x.len();
         self.bytes_read.set(self.bytes_read.get() + 4 * len as u64);
