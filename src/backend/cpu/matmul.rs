@@ -1,8 +1,9 @@
 //! `linear` (`x W^T + b`) on the CPU: register tiles that reuse each weight load across rows of x,
 //! weights read straight from their packed storage, and one fixed reduction order.
 //!
-//! Matrices stored as column panels (f32/f16 where the CPU has AVX-512) go to [`super::panel`];
-//! this module runs the row-major layout: q8/q4 blocks, and every matrix on other CPUs.
+//! Matrices stored as column panels (where the CPU has AVX-512) go to [`super::panel`]; this
+//! module runs the row-major layout: every matrix on other CPUs (or with panels turned off), and
+//! q8/q4 matrices whose rows end in a partial block.
 //!
 //! # Method
 //!
@@ -190,8 +191,8 @@ mod tests {
             for w in weights(n, k, 5) {
                 let wide = w.values().into_owned();
                 let got = linear(&x, m, &w, None);
-                // The widened copy in the same layout (panels where f32/f16 matrices are panels;
-                // q8/q4 blocks keep rows and the lanes order).
+                // The widened copy in the same layout (panels where the matrix is panels; rows
+                // and the lanes order for q8/q4 rows that end in a partial block).
                 let panels = matches!(w.data, CpuData::Panels(_));
                 let copy = match panels {
                     true => CpuWeight::f32(wide.clone(), &[n, k]),

@@ -3,11 +3,12 @@
 //!
 //! Numerics follow transformers' eager PyTorch path: norms and softmax in f32, RoPE tables computed
 //! from f32 inverse frequencies, exact erf GELU. Weights stay as the checkpoint stores them
-//! ([`weight`]: f32, f16, q8/q4 blocks; f32/f16 matrices as column panels where the CPU has
-//! AVX-512, [`panel`]); `linear` ([`matmul`]) reads them packed, in register tiles ([`tile`]: AVX,
-//! AVX2+FMA or AVX-512 chosen at run time; [`panel`]'s broadcast tiles), in one reduction order
-//! per matrix whatever the number of rows (verification equals plain decoding bit for bit); [`attention`] reads the keys
-//! transposed, as the cache keeps them. [`bench`] times its kernels for `spec-llava bench-kernels`.
+//! ([`weight`]: f32, f16, q8/q4 blocks; matrices as column panels where the CPU has AVX-512,
+//! [`panel`]); `linear` ([`matmul`]) reads them packed, in register tiles ([`tile`]: AVX, AVX2+FMA
+//! or AVX-512 chosen at run time; [`panel`]'s broadcast tiles), in one reduction order per matrix
+//! whatever the number of rows (verification equals plain decoding bit for bit); [`attention`]
+//! reads the keys transposed, as the cache keeps them. [`bench`] times its kernels for
+//! `spec-llava bench-kernels`.
 
 /// `fn $name(args)` calling `$inner(args)` compiled for the widest vectors the CPU has (AVX-512F
 /// with VL, AVX, else the SSE2 baseline): lanes hold different keys or dimensions, never parts of

@@ -9,7 +9,7 @@
 //! first; by halves, `l` with `l + L/2` down to one, for the fused orders, so that the SIMD kernels
 //! sum in registers); then the `k % L` leftover products are taken one by one the same way.
 //!
-//! These orders are those of row-major matrices; f32/f16 matrices stored as column panels (where
+//! These orders are those of row-major matrices; matrices stored as column panels (where
 //! the CPU has AVX-512) have an order of their own, [`super::panel`]'s. A matrix's storage fixes
 //! its order for the process, so each matrix stays batch-invariant.
 //!

@@ -3,8 +3,8 @@
 //! Matrices stay packed (a 7B q4 checkpoint stays ~4 GB instead of ~28 GB widened); `linear`
 //! ([`super::matmul`]) widens a panel of rows at a time into a small per-task buffer, with exactly
 //! the values [`WeightData::into_f32`] would give (`d * q` for a block, the f16 value widened), so
-//! a packed matrix computes the same numbers as its widened copy. Where the CPU has AVX-512, f32
-//! and f16 matrices are stored as column panels instead ([`super::panel`]), which their kernel
+//! a packed matrix computes the same numbers as its widened copy. Where the CPU has AVX-512,
+//! matrices are stored as column panels instead ([`super::panel`]), which their kernel
 //! reads as one stream; an embedding lookup reads one row of any layout ([`CpuWeight::row_into`]).
 //! Vectors (norms, biases) and embedding tables arrive as f32 (only [`crate::quant::quantizable`]
 //! matrices are packed).
@@ -64,6 +64,11 @@ impl CpuWeight {
                 CpuData::Panels(Panels::f16(&v, shape[0], shape[1]))
             }
             WeightData::F16(v) if shape.len() == 2 => CpuData::F16(v),
+            WeightData::Quant(q)
+                if shape.len() == 2 && q.rows == shape[0] && panel::applies_to(&q) =>
+            {
+                CpuData::Panels(Panels::quant(&q))
+            }
             WeightData::Quant(q) if shape.len() == 2 && q.rows == shape[0] => CpuData::Quant(q),
             other => CpuData::F32(other.into_f32()),
         };
