@@ -96,6 +96,16 @@ pub fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models")
 }
 
+/// A directory of its own under the temporary directory for each call: tests of one binary run
+/// on threads side by side (the CPU and GPU variants of a test), and two copying into the same
+/// directory read each other's half-written files.
+fn temp_dir(stem: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("{stem}-{}-{n}", std::process::id()))
+}
+
 fn copy_files(src: &Path, dst: &Path) {
     std::fs::create_dir_all(dst).unwrap();
     for entry in std::fs::read_dir(src).unwrap() {
@@ -118,8 +128,7 @@ pub fn checkpoint_dir(name: &str) -> PathBuf {
     if src.join("tokenizer.json").exists() {
         return src;
     }
-    let dst =
-        std::env::temp_dir().join(format!("spec-llava-fixture-{name}-{}", std::process::id()));
+    let dst = temp_dir(&format!("spec-llava-fixture-{name}"));
     copy_files(&src, &dst);
     std::fs::copy(
         llama2_tokenizer_dir().join("tokenizer.json"),
@@ -133,10 +142,9 @@ pub fn checkpoint_dir(name: &str) -> PathBuf {
 /// `value` (e.g. NaN in the final norm: a model whose logits are NaN).
 pub fn poisoned_copy(name: &str, suffix: &str, value: f32) -> PathBuf {
     let src = checkpoint_dir(name);
-    let dst = std::env::temp_dir().join(format!(
-        "spec-llava-poisoned-{name}-{}-{}",
-        suffix.replace('.', "_"),
-        std::process::id()
+    let dst = temp_dir(&format!(
+        "spec-llava-poisoned-{name}-{}",
+        suffix.replace('.', "_")
     ));
     copy_files(&src, &dst);
     rewrite_tensors(&dst, |tensor, n, dtype| {
@@ -207,10 +215,7 @@ fn rewrite_tensors(
 /// dtypes (tokenizer and configs unchanged).
 pub fn random_weights_copy(name: &str, seed: u64) -> PathBuf {
     let src = checkpoint_dir(name);
-    let dst = std::env::temp_dir().join(format!(
-        "spec-llava-random-{name}-{seed}-{}",
-        std::process::id()
-    ));
+    let dst = temp_dir(&format!("spec-llava-random-{name}-{seed}"));
     copy_files(&src, &dst);
     let mut state = seed
         .wrapping_mul(6364136223846793005)
