@@ -110,6 +110,8 @@ pub(super) fn for_blocks(out: &mut [f32], size: usize, task: impl Fn(usize, &mut
             .for_each(|(b, block)| task(b, block));
         return;
     }
+    #[cfg(target_arch = "wasm32")]
+    let _ = size;
     task(0, out)
 }
 
