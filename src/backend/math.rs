@@ -36,12 +36,11 @@ pub fn softmax_in_place(xs: &mut [f32]) {
         .fold(f32::NEG_INFINITY, |a, &b| a.max(b));
     // A fold, not `any`: without the early exit the loop vectorizes.
     let masked = xs.iter().fold(false, |m, &x| m | (x == f32::NEG_INFINITY));
-    // Only a row with masked slots (a tree row) gathers its visible entries first.
-    let kept: Vec<f32> = match masked {
-        true => xs
-            .iter()
-            .filter(|&&x| x != f32::NEG_INFINITY)
-            .map(|&x| exp(x - max))
+    // Only a row with masked slots (a tree row) notes where its visible entries are, to sum them
+    // gathered once their exponentials are taken.
+    let visible: Vec<usize> = match masked {
+        true => (0..xs.len())
+            .filter(|&i| xs[i] != f32::NEG_INFINITY)
             .collect(),
         false => Vec::new(),
     };
@@ -49,7 +48,10 @@ pub fn softmax_in_place(xs: &mut [f32]) {
     for x in xs.iter_mut() {
         *x = exp(*x - max);
     }
-    let sum = lanes_sum(if masked { &kept } else { xs });
+    let sum = match masked {
+        true => lanes_sum(&visible.iter().map(|&i| xs[i]).collect::<Vec<_>>()),
+        false => lanes_sum(xs),
+    };
     for x in xs.iter_mut() {
         *x /= sum;
     }

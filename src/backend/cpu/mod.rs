@@ -375,7 +375,7 @@ impl Backend for CpuBackend {
         let dim = table.shape[1];
         let mut data = vec![0f32; ids.len() * dim];
         for (&id, row) in ids.iter().zip(data.chunks_mut(dim)) {
-            table.row_into(id as usize, row);
+            table.widen_rows(id as usize..id as usize + 1, dim, row);
         }
         CpuTensor {
             data,

@@ -4,8 +4,8 @@
 //! ([`super::matmul`]) widens a panel of rows at a time into a small per-task buffer, with exactly
 //! the values [`WeightData::into_f32`] would give (`d * q` for a block, the f16 value widened), so
 //! a packed matrix computes the same numbers as its widened copy. Where the CPU has AVX-512,
-//! matrices are stored as column panels instead ([`super::panel`]), which their kernel
-//! reads as one stream; an embedding lookup reads one row of any layout ([`CpuWeight::row_into`]).
+//! matrices are stored as column panels instead ([`super::panel`]), which their kernel reads as
+//! one stream; an embedding lookup widens one row of any layout ([`CpuWeight::widen_rows`]).
 //! Vectors (norms, biases) and embedding tables arrive as f32 (only [`crate::quant::quantizable`]
 //! matrices are packed).
 
@@ -24,7 +24,8 @@ pub enum CpuData {
     F16(Vec<u16>),
     /// q8 / q4 blocks, planar as in the checkpoint.
     Quant(QuantMatrix),
-    /// An f32 or f16 matrix as column panels, where the CPU has their kernel ([`super::panel`]).
+    /// A matrix (f32, f16, or q8/q4 of whole blocks) as column panels, where the CPU has their
+    /// kernel ([`super::panel`]).
     Panels(Panels),
 }
 
@@ -85,16 +86,6 @@ impl CpuWeight {
             CpuData::F16(v) => Cow::Owned(v.iter().map(|&h| f16::from_bits(h).to_f32()).collect()),
             CpuData::Quant(q) => Cow::Owned(q.dequantize()),
             CpuData::Panels(p) => Cow::Owned(p.values()),
-        }
-    }
-
-    /// Row `j` of a matrix `[n, k]` (`dst.len() == k`), exactly as [`Self::values`] has it: an
-    /// embedding lookup reads one row, whatever the layout, without widening the table.
-    pub fn row_into(&self, j: usize, dst: &mut [f32]) {
-        let k = dst.len();
-        match &self.data {
-            CpuData::Panels(p) => p.row(j, dst),
-            _ => self.widen_rows(j..j + 1, k, dst),
         }
     }
 
