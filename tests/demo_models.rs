@@ -54,18 +54,25 @@ fn target_captions_held_out_scenes_grammatically() {
     // Seeds below 1,000,000 were never trained on.
     let report = pollster::block_on(evaluate(&B, &t, 20, 500)).unwrap();
     println!("{report:?}");
-    // The demo pair is under-trained (the goal, 0.95, is not met yet): these floors check
-    // that what loads is the trained model — grammatical captions, right backgrounds and colours.
+    // Floors a few scenes below what the committed target measures on these 20 scenes (80% exact,
+    // 92.6% of attributes, shape 97%; on 500 scenes 86.0% / 95.6%, README): a regression in the
+    // engine or a worse checkpoint fails here; one caption flipping by a rounding does not.
     let p = &report.per_attribute;
     assert_eq!(
         p["parsed"], 1.0,
         "every caption should follow the scene grammar"
     );
-    assert!(p["background"] >= 0.9 && p["colour"] >= 0.75, "{p:?}");
+    assert!(p["background"] >= 0.95 && p["colour"] >= 0.9, "{p:?}");
+    assert!(p["shape"] >= 0.9 && p["size"] >= 0.9, "{p:?}");
     assert!(
-        report.attribute_accuracy >= 0.5,
+        report.attribute_accuracy >= 0.88,
         "attribute accuracy {}",
         report.attribute_accuracy
+    );
+    assert!(
+        report.exact_match >= 0.7,
+        "exact match {}",
+        report.exact_match
     );
 }
 

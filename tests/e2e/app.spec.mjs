@@ -172,6 +172,8 @@ try {
   check(s0 === 'done', 'the first caption finishes');
   const got0 = (await page.getByTestId('caption').textContent()).trim();
   check(got0 === scenes[0].expected, `page caption equals the CLI's: ${JSON.stringify(got0)}`);
+  // The finished caption beside its tree (the README's screenshot is this one).
+  await page.screenshot({ path: join(ARTIFACTS, 'done.png'), fullPage: true });
 
   // 3. Responsiveness: no main-thread task over 200 ms while generating.
   const longTasks = await page.evaluate((from) => window.__longTasks === null ? null : window.__longTasks.slice(from), longTasksBefore);

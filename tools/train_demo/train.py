@@ -325,32 +325,52 @@ def decoder_params(model):
     return sum(p.numel() for n, p in lm.named_parameters() if "embed_tokens" not in n)
 
 
-class AuxHead(torch.nn.Module):
-    """Training-only probe on the vision features: per 3x3-grid cell (mean of the patches whose
-    centres lie in the cell) predict shape-or-empty, colour, size; globally the background."""
+# Patch centres at 4, 12, ..., 60 px; cells span 64/3 px: the cell each of the 64 patches lies in.
+_CELL_OF = [int((8 * p + 4) // (64 / 3)) for p in range(8)]
+PATCH_CELL = torch.tensor([_CELL_OF[py] * 3 + _CELL_OF[px] for py in range(8) for px in range(8)])
+
+
+class PatchHead(torch.nn.Module):
+    """Training-only probe on the vision features (dropped at export): every patch predicts, with
+    one linear map, the shape-or-empty, colour and size of the object in its 3x3-grid cell, and the
+    mean of the patches predicts the background. Dense supervision (64 labels an image) pushes
+    each image token to carry its cell's object in a linearly readable form, which is what the
+    projector and decoder then read."""
 
     def __init__(self, hidden):
         super().__init__()
-        self.cell = torch.nn.Linear(hidden, 9 + 9 + 3)
+        self.patch = torch.nn.Linear(hidden, 9 + 9 + 3)
         self.bg = torch.nn.Linear(hidden, 4 + 4)
-        # Patch centres at 4, 12, ..., 60 px; cells span 64/3 px.
-        cell_of = [int((8 * p + 4) // (64 / 3)) for p in range(8)]
         pool = torch.zeros(9, 64)
-        for py in range(8):
-            for px in range(8):
-                pool[cell_of[py] * 3 + cell_of[px], py * 8 + px] = 1
+        pool[PATCH_CELL, torch.arange(64)] = 1
         self.register_buffer("pool", pool / pool.sum(1, keepdim=True), persistent=False)
 
     def forward(self, feats, cell_labels, bg_labels):
-        cells = self.cell(torch.einsum("cp,bph->bch", self.pool, feats)).float()
+        logits = self.patch(feats).float()
+        lab = cell_labels[:, PATCH_CELL.to(cell_labels.device)]
+        loss = F.cross_entropy(logits[..., :9].reshape(-1, 9), lab[..., 0].reshape(-1))
+        loss = loss + F.cross_entropy(logits[..., 9:18].reshape(-1, 9), lab[..., 1].reshape(-1),
+                                      ignore_index=-100)
+        loss = loss + F.cross_entropy(logits[..., 18:].reshape(-1, 3), lab[..., 2].reshape(-1),
+                                      ignore_index=-100)
         bg = self.bg(feats.mean(1)).float()
-        loss = F.cross_entropy(cells[..., :9].reshape(-1, 9), cell_labels[..., 0].reshape(-1))
-        loss = loss + F.cross_entropy(cells[..., 9:18].reshape(-1, 9), cell_labels[..., 1].reshape(-1),
-                                      ignore_index=-100)
-        loss = loss + F.cross_entropy(cells[..., 18:].reshape(-1, 3), cell_labels[..., 2].reshape(-1),
-                                      ignore_index=-100)
         loss = loss + F.cross_entropy(bg[:, :4], bg_labels[:, 0]) + F.cross_entropy(bg[:, 4:], bg_labels[:, 1])
         return loss
+
+    @torch.no_grad()
+    def accuracy(self, feats, cell_labels, bg_labels):
+        """Per-cell accuracy (patch logits averaged over the cell): shape on occupied cells,
+        'empty' on empty ones, colour and size on occupied ones, background pattern+colour."""
+        cells = torch.einsum("cp,bpk->bck", self.pool, self.patch(feats).float())
+        occ = cell_labels[..., 0] > 0
+        hit = lambda lo, hi, k: cells[..., lo:hi].argmax(-1) == cell_labels[..., k]
+        bg = self.bg(feats.mean(1)).float()
+        bg_ok = (bg[:, :4].argmax(-1) == bg_labels[:, 0]) & (bg[:, 4:].argmax(-1) == bg_labels[:, 1])
+        return {"shape": hit(0, 9, 0)[occ].float().mean().item(),
+                "empty": hit(0, 9, 0)[~occ].float().mean().item(),
+                "colour": hit(9, 18, 1)[occ].float().mean().item(),
+                "size": hit(18, 21, 2)[occ].float().mean().item(),
+                "background": bg_ok.float().mean().item()}
 
 
 def vision_features(model, pixels):
@@ -485,7 +505,13 @@ class Ctx:
 
 def stage_tokenizer(ctx):
     _, captions = ctx.train_data()
-    tok = build_tokenizer(captions, ctx.args.vocab_size)
+    if ctx.args.tokenizer_from:
+        # Same ids as the committed pair, so a retrained model is a drop-in replacement.
+        from transformers import LlavaProcessor
+        tok = LlavaProcessor.from_pretrained(ctx.args.tokenizer_from).tokenizer
+        log(f"tokenizer from {ctx.args.tokenizer_from}")
+    else:
+        tok = build_tokenizer(captions, ctx.args.vocab_size)
     processor = build_processor(tok)
     save_processor(processor, ctx.tok_dir)
     tok = ctx.processor().tokenizer
@@ -515,7 +541,102 @@ def draft_config(ctx, vocab):
     return llava_config(a, vocab, a.draft_hidden, a.draft_layers, a.draft_heads, a.draft_kv, a.draft_inter)
 
 
+def stage_vision(ctx):
+    """The CLIP tower alone, supervised per patch (`PatchHead`) on labels parsed from the captions:
+    ~5x cheaper a sample than LLaVA training (no decoder), so it can afford the many samples that
+    shape recognition needs. Resumable: `work/vision.pt` holds tower, head, optimizer and counters;
+    each run adds `--vision-minutes` of cosine schedule (a warm restart) to what is there."""
+    a = ctx.args
+    tok = ctx.processor().tokenizer
+    images, captions = ctx.train_data()
+    cell_labels, bg_labels = aux_labels(captions)
+    eval_images, eval_caps, _ = ctx.eval_data()
+    eval_cells, eval_bg = aux_labels(eval_caps)
+    dev = ctx.dev
+    model = new_model(target_config(ctx, len(tok)))
+    tower = model.model.vision_tower
+    head = PatchHead(a.vision_hidden)
+    params = list(tower.parameters()) + list(head.parameters())
+    opt = make_optimizer(params, a.vision_lr, a.wd)
+    path = os.path.join(a.work, "vision.pt")
+    done = {"step": 0, "samples": 0, "seconds": 0.0}
+    if os.path.exists(path):
+        state = torch.load(path, map_location="cpu")
+        tower.load_state_dict(state["tower"])
+        head.load_state_dict(state["head"])
+        if "opt" in state:
+            opt.load_state_dict(state["opt"])
+        done = {k: state[k] for k in done}
+        log(f"vision: resuming from {path} ({done['samples']} samples so far)")
+    elif a.init_from:
+        init_tower_from(tower, a.init_from)
+    tower.to(dev)
+    head.to(dev)
+    lossf = LossLog(os.path.join(a.logs, "vision_loss.csv"),
+                    ["samples", "seconds", "lr", "loss", "shape", "empty", "colour", "size", "background"])
+    gen = torch.Generator().manual_seed(a.seed + done["step"])
+    sched = Schedule(a.vision_lr, a.vision_minutes, 50)
+    step, t0, last_eval, last_ckpt = 0, time.time(), time.time(), time.time()
+
+    def probe():
+        tower.eval()
+        with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.bf16):
+            feats = torch.cat([vision_features(model, pixel_values(eval_images[s:s + 100].to(dev)))
+                               for s in range(0, len(eval_images), 100)])
+        tower.train()
+        return head.accuracy(feats.float(), eval_cells.to(dev), eval_bg.to(dev))
+
+    def save():
+        save_ckpt(path, tower=tower.state_dict(), head=head.state_dict(), opt=opt.state_dict(),
+                  step=done["step"] + step, samples=done["samples"] + step * a.vision_batch,
+                  seconds=done["seconds"] + time.time() - t0)
+
+    while not sched.done(step):
+        for g in opt.param_groups:
+            g["lr"] = sched.lr(step)
+        idx = torch.randint(0, len(captions), (a.vision_batch,), generator=gen)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.bf16):
+            feats = vision_features(model, pixel_values(images[idx].to(dev)))
+            loss = head(feats, cell_labels[idx].to(dev), bg_labels[idx].to(dev))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        if time.time() - last_eval > a.probe_minutes * 60 or sched.done(step):
+            acc = probe()
+            samples = done["samples"] + step * a.vision_batch
+            lossf.write(samples=samples, seconds=round(done["seconds"] + time.time() - t0, 1),
+                        lr=f"{sched.lr(step):.2e}", loss=f"{loss.item():.4f}",
+                        **{k: f"{v:.4f}" for k, v in acc.items()})
+            rate = step * a.vision_batch / (time.time() - t0)
+            log(f"vision samples {samples} loss {loss.item():.3f} probe "
+                + " ".join(f"{k} {v:.3f}" for k, v in acc.items()) + f" ({rate:.0f}/s)")
+            last_eval = time.time()
+        if time.time() - last_ckpt > a.ckpt_minutes * 60:
+            save()
+            last_ckpt = time.time()
+    save()
+    acc = probe()
+    write_stats(ctx, "vision", {"samples": done["samples"] + step * a.vision_batch,
+                                "minutes": round((done["seconds"] + time.time() - t0) / 60, 1),
+                                "probe_on_eval": {k: round(v, 4) for k, v in acc.items()}})
+    log(f"vision done: {acc}")
+
+
+def init_tower_from(tower, directory):
+    """Loads the vision tower of an exported checkpoint (e.g. the committed demo target)."""
+    from transformers import LlavaForConditionalGeneration
+
+    src = LlavaForConditionalGeneration.from_pretrained(directory, dtype=torch.float32)
+    tower.load_state_dict(src.model.vision_tower.state_dict())
+    log(f"vision tower initialised from {directory}")
+
+
 def stage_target(ctx):
+    """LLaVA training on the captions: CE on caption tokens + EOS. The tower starts from the vision
+    stage (`work/vision.pt`) and learns at `--tower-lr-scale` of the LR (0: frozen, so only the
+    forward runs); the patch head's loss keeps it honest when it does learn."""
     a = ctx.args
     tok, prompt_ids, cap_ids = ctx.encoded()
     images, captions = ctx.train_data()
@@ -523,8 +644,9 @@ def stage_target(ctx):
     eval_images, eval_caps, _ = ctx.eval_data()
     dev = ctx.dev
     model = new_model(target_config(ctx, len(tok)))
-    aux = AuxHead(a.vision_hidden)
+    aux = PatchHead(a.vision_hidden)
     ckpt_path = os.path.join(a.work, "target.pt")
+    vision_path = os.path.join(a.work, "vision.pt")
     start = {"step": 0, "samples": 0, "seconds": 0.0}
     if a.resume and os.path.exists(ckpt_path):
         state = torch.load(ckpt_path, map_location="cpu")
@@ -532,8 +654,17 @@ def stage_target(ctx):
         if "aux" in state:
             aux.load_state_dict(state["aux"])
         start = {k: state[k] for k in start}
-        log(f"resuming the target from {ckpt_path} (step {start['step']}, {start['samples']} samples); "
-            "no vision warm-up")
+        log(f"resuming the target from {ckpt_path} (step {start['step']}, {start['samples']} samples)")
+    elif a.init_from:
+        from transformers import LlavaForConditionalGeneration
+        src = LlavaForConditionalGeneration.from_pretrained(a.init_from, dtype=torch.float32)
+        model.load_state_dict(src.state_dict())
+        log(f"target initialised from {a.init_from}")
+    if os.path.exists(vision_path) and not a.resume:
+        state = torch.load(vision_path, map_location="cpu")
+        model.model.vision_tower.load_state_dict(state["tower"])
+        aux.load_state_dict(state["head"])
+        log(f"vision tower from {vision_path} ({state['samples']} samples of the vision stage)")
     model.to(dev)
     aux.to(dev)
     log(f"target: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
@@ -541,63 +672,34 @@ def stage_target(ctx):
     lossf = LossLog(os.path.join(a.logs, "target_loss.csv"),
                     ["phase", "step", "samples", "seconds", "lr", "loss", "ce", "aux"])
     n = len(captions)
-    gen = torch.Generator().manual_seed(a.seed)
-    perm, cursor = torch.randperm(n, generator=gen), 0
-
-    def next_idx(bs):
-        nonlocal perm, cursor
-        if cursor + bs > n:
-            perm, cursor = torch.randperm(n, generator=gen), 0
-        idx = perm[cursor:cursor + bs]
-        cursor += bs
-        return idx
-
-    t_start = time.time() - start["seconds"]
-    samples = start["samples"]
-    # (a) vision warm-up on the auxiliary labels only.
-    vparams = list(model.model.vision_tower.parameters()) + list(aux.parameters())
-    opt = make_optimizer(vparams, a.vision_lr, a.wd)
-    sched = Schedule(a.vision_lr, a.vision_minutes, 50)
-    step = 0
-    while a.vision_minutes > 0 and not a.resume and not sched.done(step):
-        for g in opt.param_groups:
-            g["lr"] = sched.lr(step)
-        idx = next_idx(a.vision_batch)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.bf16):
-            feats = vision_features(model, pixel_values(images[idx].to(dev)))
-            loss = aux(feats, cell_labels[idx].to(dev), bg_labels[idx].to(dev))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vparams, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        step += 1
-        samples += len(idx)
-        if step % 10 == 0:
-            lossf.write(phase="vision", step=step, samples=samples, seconds=round(time.time() - t_start, 1),
-                        lr=f"{sched.lr(step):.2e}", loss=f"{loss.item():.4f}", ce="", aux=f"{loss.item():.4f}")
-        if step % 50 == 0:
-            log(f"vision step {step} samples {samples} aux {loss.item():.4f} ({samples / (time.time() - t_start):.1f}/s)")
-    log(f"vision warm-up done: {step} steps, {samples} samples")
-
-    # (b) full LLaVA training.
-    params = list(model.parameters()) + list(aux.parameters())
-    opt = make_optimizer(params, a.lr, a.wd)
+    gen = torch.Generator().manual_seed(a.seed + start["step"])
+    tower_params = list(model.model.vision_tower.parameters())
+    frozen = a.tower_lr_scale == 0
+    for p in tower_params:
+        p.requires_grad_(not frozen)
+    rest = [p for n_, p in model.named_parameters() if "vision_tower" not in n_]
+    groups = [rest] if frozen else [rest, tower_params + list(aux.parameters())]
+    params = [p for g in groups for p in g]
+    opt = torch.optim.AdamW([{"params": g, "weight_decay": a.wd, "scale": s}
+                             for g, s in zip(groups, [1.0, a.tower_lr_scale])],
+                            lr=a.lr, betas=(0.9, 0.98), eps=1e-8)
     sched = Schedule(a.lr, a.target_minutes, a.warmup, steps=a.target_steps)
     step, t_phase, last_ckpt = 0, time.time(), time.time()
-    vision_samples = samples if not a.resume else 0
-    phase_samples0 = samples
+    t_start = t_phase - start["seconds"]
+    samples = start["samples"]
     while not sched.done(step):
         for g in opt.param_groups:
-            g["lr"] = sched.lr(step)
-        idx = next_idx(a.batch)
+            g["lr"] = sched.lr(step) * g["scale"]
+        idx = torch.randint(0, n, (a.batch,), generator=gen)
         ids, mask, labels = (t.to(dev) for t in make_batch(prompt_ids, cap_ids, idx.tolist()))
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.bf16):
-            feats = vision_features(model, pixel_values(images[idx].to(dev)))
+            with torch.set_grad_enabled(not frozen):
+                feats = vision_features(model, pixel_values(images[idx].to(dev)))
             logits = text_logits(model, ids, mask, feats).float()
             ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
                                  ignore_index=-100)
-            aux_loss = (aux(feats, cell_labels[idx].to(dev), bg_labels[idx].to(dev)) if a.aux_weight > 0
-                        else torch.zeros((), device=dev))
+            aux_loss = (aux(feats, cell_labels[idx].to(dev), bg_labels[idx].to(dev))
+                        if a.aux_weight > 0 and not frozen else torch.zeros((), device=dev))
             loss = ce + a.aux_weight * aux_loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -610,7 +712,7 @@ def stage_target(ctx):
                         lr=f"{sched.lr(step):.2e}", loss=f"{loss.item():.4f}", ce=f"{ce.item():.4f}",
                         aux=f"{aux_loss.item():.4f}")
         if step % 25 == 0:
-            rate = (samples - phase_samples0) / (time.time() - t_phase)
+            rate = (samples - start["samples"]) / (time.time() - t_phase)
             log(f"llava step {start['step'] + step} samples {samples} ce {ce.item():.4f} aux {aux_loss.item():.4f} "
                 f"lr {sched.lr(step):.2e} ({rate:.1f}/s)")
         if time.time() - last_ckpt > a.ckpt_minutes * 60:
@@ -623,13 +725,10 @@ def stage_target(ctx):
     save_ckpt(ckpt_path, model=model.state_dict(), aux=aux.state_dict(), config=model.config.to_dict(),
               step=start["step"] + step, samples=samples, seconds=seconds, final=True)
     em, attr, texts = exact_match(tok, model, prompt_ids, eval_images, eval_caps)
-    tail = tail_mean(os.path.join(a.logs, "target_loss.csv"), "ce")
-    prev = json.load(open(os.path.join(a.logs, "stats.json"))).get("target", {}) if a.resume and \
-        os.path.exists(os.path.join(a.logs, "stats.json")) else {}
-    vision_samples = prev.get("samples_vision_warmup", vision_samples)
-    stats = {"steps_llava": start["step"] + step, "samples_total": samples, "samples_vision_warmup": vision_samples,
-             "samples_llava": samples - vision_samples, "minutes": round(seconds / 60, 1),
-             "final_ce": tail, "python_exact_match_fp32": em, "python_attribute_accuracy_fp32": attr,
+    stats = {"steps_llava": start["step"] + step, "samples_llava": samples, "minutes": round(seconds / 60, 1),
+             "tower_lr_scale": a.tower_lr_scale, "init_from": a.init_from if not a.resume else None,
+             "final_ce": tail_mean(os.path.join(a.logs, "target_loss.csv"), "ce"),
+             "python_exact_match_fp32": em, "python_attribute_accuracy_fp32": attr,
              "eval_seeds": f"0..{len(eval_caps) - 1}"}
     write_stats(ctx, "target", stats)
     show_errors(texts, eval_caps)
@@ -682,7 +781,23 @@ def stage_draft(ctx):
         draft.model.vision_tower.load_state_dict(target.model.vision_tower.state_dict())
         start = {k: state[k] for k in start}
         log(f"resuming the draft from {ckpt_path} (step {start['step']})")
+    elif a.draft_init_from:
+        from transformers import LlavaForConditionalGeneration
+        src = LlavaForConditionalGeneration.from_pretrained(a.draft_init_from, dtype=torch.float32)
+        draft.load_state_dict(src.state_dict())
+        draft.model.vision_tower.load_state_dict(target.model.vision_tower.state_dict())
+        log(f"draft initialised from {a.draft_init_from}")
     draft.to(dev)
+    n = len(cap_ids)
+    if a.draft_on_target_outputs > 0:
+        # Sequence-level distillation: the draft learns on what the target writes (its mistakes
+        # included), which is exactly what speculative decoding asks it to predict.
+        n = min(n, a.draft_on_target_outputs)
+        t0 = time.time()
+        outs = greedy_captions(target, prompt_ids, images[:n])
+        cap_ids = [o[:o.index(EOS_ID) + 1] if EOS_ID in o else o for o in outs]
+        target.eval()
+        log(f"draft: target captions of {n} training scenes in {time.time() - t0:.0f}s")
     ratio = decoder_params(draft) / decoder_params(target)
     log(f"draft: {sum(p.numel() for p in draft.parameters()) / 1e6:.2f}M params, decoder {decoder_params(draft) / 1e6:.2f}M "
         f"({ratio:.3f} of the target's decoder)")
@@ -690,8 +805,7 @@ def stage_draft(ctx):
     opt = make_optimizer(params, a.draft_lr, a.wd)
     sched = Schedule(a.draft_lr, a.draft_minutes, a.warmup, steps=a.draft_steps)
     lossf = LossLog(os.path.join(a.logs, "draft_loss.csv"), ["step", "samples", "seconds", "lr", "loss", "kl", "ce"])
-    gen = torch.Generator().manual_seed(a.seed + 1)
-    n = len(cap_ids)
+    gen = torch.Generator().manual_seed(a.seed + 1 + start["step"])
     step, samples = 0, start["samples"]
     last_ckpt = time.time()
     t_start = last_ckpt - start["seconds"]
@@ -735,7 +849,9 @@ def stage_draft(ctx):
              "final_kl": tail_mean(os.path.join(a.logs, "draft_loss.csv"), "kl"),
              "final_ce": tail_mean(os.path.join(a.logs, "draft_loss.csv"), "ce"),
              "python_exact_match_fp32": em, "python_attribute_accuracy_fp32": attr,
-             "decoder_param_ratio": round(ratio, 4)}
+             "decoder_param_ratio": round(ratio, 4),
+             "distilled_on_target_captions": n if a.draft_on_target_outputs > 0 else 0,
+             "init_from": a.draft_init_from if not a.resume else None}
     write_stats(ctx, "draft", stats)
     show_errors(texts, eval_caps)
     log(f"draft done: {stats}")
@@ -800,7 +916,7 @@ def stage_export(ctx):
 def write_cards(ctx, dirs):
     a = ctx.args
     stats = json.load(open(os.path.join(a.logs, "stats.json")))
-    cmd = "python tools/train_demo/train.py " + " ".join(sys.argv[1:])
+    commands = stats.get("commands", {})
     for name, d in dirs.items():
         cfg = json.load(open(os.path.join(d, "config.json")))
         tc, vc = cfg["text_config"], cfg["vision_config"]
@@ -829,15 +945,32 @@ def write_cards(ctx, dirs):
             lines += [f"- Shares the target's vision tower: the tensors are byte-identical to the target's (frozen "
                       f"during distillation); own projector and decoder. Decoder parameters = "
                       f"{s.get('decoder_param_ratio')} of the target's."]
-        lines += ["", "## Training", "", f"Command (from the repository root; see tools/train_demo/README.md): `{cmd}`", ""]
+        stages = ["tokenizer", "vision", "target"] if name == "target" else ["draft"]
+        lines += ["", "## Training", "", "Commands (from the repository root; see tools/train_demo/README.md; "
+                  "the latest run of each stage):", ""]
+        lines += [f"- {st}: `{commands[st]}`" for st in stages if st in commands] + [""]
         if name == "target":
-            lines += [f"From scratch, CPU (2 shared cores), AdamW, cosine schedule over wall-clock budgets. "
-                      f"Vision warm-up on per-cell labels parsed from the captions ({s.get('samples_vision_warmup')} samples), "
-                      f"then full LLaVA training, loss on caption tokens + EOS (plus the auxiliary vision loss): "
-                      f"{s.get('steps_llava')} steps, {s.get('samples_llava')} samples, {s.get('minutes')} minutes in all. "
+            v = stats.get("vision", {})
+            probe = v.get("probe_on_eval", {})
+            lines += [f"CPU (2 cores), AdamW, cosine schedules over wall-clock budgets. "
+                      f"(1) Vision stage: the CLIP tower alone, every patch supervised with its grid cell's "
+                      f"shape-or-empty, colour and size and the image's background (labels parsed from the "
+                      f"captions; the linear head is dropped at export): {v.get('samples')} samples, "
+                      f"{v.get('minutes')} minutes; per-cell probe accuracy on held-out scenes: "
+                      + ", ".join(f"{k} {val:.3f}" for k, val in probe.items()) + ". "
+                      f"(2) LLaVA stage"
+                      + (f", starting from `{s['init_from']}` (its projector and decoder; the tower "
+                         "from stage 1)" if s.get("init_from") else ", from scratch but for the tower")
+                      + ": loss on caption tokens + EOS, tower learning rate x "
+                      f"{s.get('tower_lr_scale')} (0: frozen): {s.get('steps_llava')} steps, "
+                      f"{s.get('samples_llava')} samples, {s.get('minutes')} minutes. "
                       f"Final caption cross-entropy (mean of the last logged steps): {s.get('final_ce')}."]
         else:
-            lines += [f"Distilled from the target: KL(target || draft) on the caption positions + {a.draft_ce} x CE; "
+            on = (f"the target's own greedy captions of {s['distilled_on_target_captions']} training scenes"
+                  if s.get("distilled_on_target_captions") else "the true captions")
+            start = f" starting from `{s['init_from']}`" if s.get("init_from") else ""
+            lines += [f"Distilled from the target{start} on {on}: KL(target || draft) on the caption positions + "
+                      f"{a.draft_ce} x CE; "
                       f"{s.get('steps')} steps, {s.get('samples')} samples, {s.get('minutes')} minutes. "
                       f"Final KL {s.get('final_kl')}, CE {s.get('final_ce')}."]
         lines += ["", "## Python check (transformers 4.57.1, greedy, held-out seeds "
@@ -845,8 +978,7 @@ def write_cards(ctx, dirs):
                   f"- Exact caption match, fp32 training weights: {s.get('python_exact_match_fp32')}",
                   f"- Exact caption match, exported fp16 weights via `LlavaProcessor` + `generate`: "
                   f"{s.get('python_exact_match_export_fp16_weights')}",
-                  f"- Attribute accuracy (all 9 cells x shape-or-empty/colour/size + background, parsed; "
-                  "empty cells count, so this overstates per-object accuracy): "
+                  f"- Attribute accuracy (scored by `spec-llava score`, the scorer of `spec-llava eval`): "
                   f"{s.get('python_attribute_accuracy_export_fp16_weights')}", "",
                   "## Evaluation (spec-llava eval)", ""]
         lines += engine_eval_lines(a, d)
@@ -875,29 +1007,31 @@ def plot_losses(ctx):
     import matplotlib.pyplot as plt
 
     logs = ctx.args.logs
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    rows = list(csv.DictReader(open(os.path.join(logs, "target_loss.csv"))))
-    v = [r for r in rows if r["phase"] == "vision"]
-    l = [r for r in rows if r["phase"] == "llava"]
-    ax = axes[0]
-    if v:
-        ax.plot([float(r["samples"]) for r in v], [float(r["aux"]) for r in v], label="vision warm-up (aux)")
-    ax.plot([float(r["samples"]) for r in l], [float(r["ce"]) for r in l], label="caption CE")
-    ax.plot([float(r["samples"]) for r in l], [float(r["aux"]) for r in l], label="aux (during LLaVA)")
-    ax.set_yscale("log"); ax.set_xlabel("samples"); ax.set_title("target"); ax.legend()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    vpath = os.path.join(logs, "vision_loss.csv")
+    if os.path.exists(vpath):
+        v = list(csv.DictReader(open(vpath)))
+        xs = [float(r["samples"]) for r in v]
+        for k in ("shape", "size", "colour"):
+            axes[0].plot(xs, [float(r[k]) for r in v], label=f"probe {k} (held-out)")
+        axes[0].plot(xs, [float(r["loss"]) for r in v], label="patch loss")
+        axes[0].set_xlabel("samples"); axes[0].set_title("vision stage"); axes[0].legend()
+    rows = [r for r in csv.DictReader(open(os.path.join(logs, "target_loss.csv"))) if r["phase"] == "llava"]
+    axes[1].plot([float(r["samples"]) for r in rows], [float(r["ce"]) for r in rows], label="caption CE")
+    axes[1].set_yscale("log"); axes[1].set_xlabel("samples"); axes[1].set_title("target"); axes[1].legend()
     dpath = os.path.join(logs, "draft_loss.csv")
     if os.path.exists(dpath):
         d = list(csv.DictReader(open(dpath)))
-        axes[1].plot([float(r["samples"]) for r in d], [float(r["kl"]) for r in d], label="KL(target||draft)")
-        axes[1].plot([float(r["samples"]) for r in d], [float(r["ce"]) for r in d], label="CE")
-        axes[1].set_yscale("log"); axes[1].set_xlabel("samples"); axes[1].set_title("draft"); axes[1].legend()
+        axes[2].plot([float(r["samples"]) for r in d], [float(r["kl"]) for r in d], label="KL(target||draft)")
+        axes[2].plot([float(r["samples"]) for r in d], [float(r["ce"]) for r in d], label="CE")
+        axes[2].set_yscale("log"); axes[2].set_xlabel("samples"); axes[2].set_title("draft"); axes[2].legend()
     fig.tight_layout()
     fig.savefig(os.path.join(logs, "loss_curve.png"), dpi=80)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", default="all", choices=["all", "tokenizer", "target", "draft", "export"])
+    p.add_argument("--stage", default="all", choices=["all", "tokenizer", "vision", "target", "draft", "export"])
     p.add_argument("--export-only", action="store_true", help="same as --stage export")
     p.add_argument("--train-data", default="/tmp/spec-llava-train/train")
     p.add_argument("--eval-data", default="/tmp/spec-llava-train/eval")
@@ -930,7 +1064,7 @@ def main():
     p.add_argument("--draft-heads", type=int, default=4)
     p.add_argument("--draft-kv", type=int, default=2)
     p.add_argument("--draft-inter", type=int, default=344)
-    p.add_argument("--vision-minutes", type=float, default=6)
+    p.add_argument("--vision-minutes", type=float, default=40)
     p.add_argument("--vision-batch", type=int, default=64)
     p.add_argument("--vision-lr", type=float, default=2e-3)
     p.add_argument("--target-minutes", type=float, default=40)
@@ -941,10 +1075,21 @@ def main():
     p.add_argument("--lr", type=float, default=1.5e-3)
     p.add_argument("--draft-lr", type=float, default=2e-3)
     p.add_argument("--draft-ce", type=float, default=0.1)
+    p.add_argument("--draft-on-target-outputs", type=int, default=8000,
+                   help="distil on the target's own greedy captions of this many training scenes (0: true captions)")
+    p.add_argument("--draft-init-from", default=None, help="start the draft from an exported checkpoint")
     p.add_argument("--aux-weight", type=float, default=0.3)
     p.add_argument("--wd", type=float, default=0.05)
     p.add_argument("--warmup", type=int, default=60)
     p.add_argument("--ckpt-minutes", type=float, default=6)
+    p.add_argument("--probe-minutes", type=float, default=3, help="vision stage: probe accuracy every so often")
+    p.add_argument("--tower-lr-scale", type=float, default=0.0,
+                   help="target stage: the vision tower's LR as a fraction of --lr (0: frozen)")
+    p.add_argument("--init-from", default=None,
+                   help="start the vision/target stages from an exported checkpoint (e.g. web/models/demo/target) "
+                        "instead of from scratch: how a clone without work/ continues training")
+    p.add_argument("--tokenizer-from", default="web/models/demo/target",
+                   help="tokenizer stage: reuse this checkpoint's tokenizer (same ids; '' trains a new one)")
     args = p.parse_args()
     global SCORER
     SCORER = args.spec_llava
@@ -952,10 +1097,13 @@ def main():
         args.stage = "export"
     ctx = Ctx(args)
     t0 = time.time()
-    stages = ["tokenizer", "target", "draft", "export"] if args.stage == "all" else [args.stage]
+    stages = ["tokenizer", "vision", "target", "draft", "export"] if args.stage == "all" else [args.stage]
     for s in stages:
         log(f"== stage {s}")
         globals()[f"stage_{s}"](ctx)
+        if s != "export":
+            # What the model cards show: the command that ran each stage (the latest run of it).
+            write_stats(ctx, "commands", {s: "python tools/train_demo/train.py " + " ".join(sys.argv[1:])})
     log(f"all done in {(time.time() - t0) / 60:.1f} min")
 
 
