@@ -172,8 +172,11 @@ try {
   check(s0 === 'done', 'the first caption finishes');
   const got0 = (await page.getByTestId('caption').textContent()).trim();
   check(got0 === scenes[0].expected, `page caption equals the CLI's: ${JSON.stringify(got0)}`);
-  // The finished caption beside its tree (the README's screenshot is this one).
+  // The finished caption beside its tree (the README's screenshot is this one), taken with reduced
+  // motion so that the last round's words are not caught mid-flight.
+  await page.emulateMedia({ reducedMotion: 'reduce' });
   await page.screenshot({ path: join(ARTIFACTS, 'done.png'), fullPage: true });
+  await page.emulateMedia({ reducedMotion: 'no-preference' });
 
   // 3. Responsiveness: no main-thread task over 200 ms while generating.
   const longTasks = await page.evaluate((from) => window.__longTasks === null ? null : window.__longTasks.slice(from), longTasksBefore);

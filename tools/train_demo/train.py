@@ -958,7 +958,7 @@ def write_cards(ctx, dirs):
                       f"captions; the linear head is dropped at export): {v.get('samples')} samples, "
                       f"{v.get('minutes')} minutes; per-cell probe accuracy on held-out scenes: "
                       + ", ".join(f"{k} {val:.3f}" for k, val in probe.items()) + ". "
-                      f"(2) LLaVA stage"
+                      "(2) LLaVA stage"
                       + (f", starting from `{s['init_from']}` (its projector and decoder; the tower "
                          "from stage 1)" if s.get("init_from") else ", from scratch but for the tower")
                       + ": loss on caption tokens + EOS, tower learning rate x "
