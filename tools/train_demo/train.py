@@ -569,7 +569,8 @@ def stage_vision(ctx):
         done = {k: state[k] for k in done}
         log(f"vision: resuming from {path} ({done['samples']} samples so far)")
     elif a.init_from:
-        init_tower_from(tower, a.init_from)
+        model.load_state_dict(exported_state(a.init_from))
+        log(f"vision tower initialised from {a.init_from}")
     tower.to(dev)
     head.to(dev)
     lossf = LossLog(os.path.join(a.logs, "vision_loss.csv"),
@@ -624,13 +625,12 @@ def stage_vision(ctx):
     log(f"vision done: {acc}")
 
 
-def init_tower_from(tower, directory):
-    """Loads the vision tower of an exported checkpoint (e.g. the committed demo target)."""
+def exported_state(directory):
+    """The float32 state dict of an exported checkpoint (e.g. the committed demo target or draft):
+    what `--init-from` / `--draft-init-from` start from."""
     from transformers import LlavaForConditionalGeneration
 
-    src = LlavaForConditionalGeneration.from_pretrained(directory, dtype=torch.float32)
-    tower.load_state_dict(src.model.vision_tower.state_dict())
-    log(f"vision tower initialised from {directory}")
+    return LlavaForConditionalGeneration.from_pretrained(directory, dtype=torch.float32).state_dict()
 
 
 def stage_target(ctx):
@@ -656,9 +656,7 @@ def stage_target(ctx):
         start = {k: state[k] for k in start}
         log(f"resuming the target from {ckpt_path} (step {start['step']}, {start['samples']} samples)")
     elif a.init_from:
-        from transformers import LlavaForConditionalGeneration
-        src = LlavaForConditionalGeneration.from_pretrained(a.init_from, dtype=torch.float32)
-        model.load_state_dict(src.state_dict())
+        model.load_state_dict(exported_state(a.init_from))
         log(f"target initialised from {a.init_from}")
     if os.path.exists(vision_path) and not a.resume:
         state = torch.load(vision_path, map_location="cpu")
@@ -782,9 +780,7 @@ def stage_draft(ctx):
         start = {k: state[k] for k in start}
         log(f"resuming the draft from {ckpt_path} (step {start['step']})")
     elif a.draft_init_from:
-        from transformers import LlavaForConditionalGeneration
-        src = LlavaForConditionalGeneration.from_pretrained(a.draft_init_from, dtype=torch.float32)
-        draft.load_state_dict(src.state_dict())
+        draft.load_state_dict(exported_state(a.draft_init_from))
         draft.model.vision_tower.load_state_dict(target.model.vision_tower.state_dict())
         log(f"draft initialised from {a.draft_init_from}")
     draft.to(dev)
