@@ -1,19 +1,25 @@
 // out = act(gate) * up, elementwise (SwiGLU and friends). `activate` and the `ACT` override come
 // from activation_fns_f32.wgsl, which the host prepends.
+//
+// gate and up are read through a row stride and a column offset, so they may be two tensors or
+// one stacked gate/up projection's output [rows, 2 cols] bound twice (up at column cols).
 
 struct Params {
+    // rows * cols: elements of out
     len: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+    cols: u32,
+    // floats per row of the gate and up bindings
+    in_stride: u32,
+    // first column of up in its binding's rows
+    up_off: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-// gate: [len] (a [rows, cols] tensor, flattened)
+// gate: [rows, in_stride], gate in columns 0..cols
 @group(0) @binding(1) var<storage, read> gate: array<f32>;
-// up: [len]
+// up: [rows, in_stride], up in columns up_off..up_off + cols
 @group(0) @binding(2) var<storage, read> up: array<f32>;
-// out: [len]
+// out: [rows, cols]
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
 @compute @workgroup_size(256)
@@ -26,5 +32,7 @@ fn main(
     if i >= p.len {
         return;
     }
-    out[i] = activate(gate[i]) * up[i];
+    let row = i / p.cols;
+    let src = row * p.in_stride + (i - row * p.cols);
+    out[i] = activate(gate[src]) * up[src + p.up_off];
 }

@@ -2,6 +2,10 @@
 // (rope_fns_f32.wgsl, the same arithmetic as rope_rows_f32.wgsl) of the n new tokens' queries,
 // written to q_out, and of their keys, written with their values into one layer's KV cache at
 // slots start..start + n. One invocation per element of q (first) or of k and v (after).
+//
+// q, k and v are read through strides and column offsets, so they may be three tensors or one
+// stacked projection's output [n, q_cols + 2 kv_dim] bound three times (q at column 0, k at
+// q_cols, v at q_cols + kv_dim): the same arithmetic on the same values either way.
 
 struct Params {
     // new tokens
@@ -15,16 +19,24 @@ struct Params {
     half: u32,
     // first cache slot written
     start: u32,
+    // floats per row of the q binding
+    q_stride: u32,
+    // floats per row of the k and v bindings
+    kv_stride: u32,
+    // first column of k in its binding's rows
+    k_off: u32,
+    // first column of v in its binding's rows
+    v_off: u32,
     _pad0: u32,
     _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-// q: [n, q_cols]
+// q: [n, q_stride], q in columns 0..q_cols
 @group(0) @binding(1) var<storage, read> q: array<f32>;
-// k: [n, kv_dim]
+// k: [n, kv_stride], k in columns k_off..k_off + kv_dim
 @group(0) @binding(2) var<storage, read> k: array<f32>;
-// v: [n, kv_dim]
+// v: [n, kv_stride], v in columns v_off..v_off + kv_dim
 @group(0) @binding(3) var<storage, read> v: array<f32>;
 // cs: [n, half] of (cos, sin) for each token's position
 @group(0) @binding(4) var<storage, read> cs: array<vec2<f32>>;
@@ -52,9 +64,11 @@ fn main(
     let row = e / cols;
     let c = e - row * cols;
     let d = c % p.head_dim;
-    let base = e - d;
     if is_q {
-        var y = q[e];
+        // This element and the first of its head in the q binding.
+        let src = row * p.q_stride + c;
+        let base = src - d;
+        var y = q[src];
         if d < 2u * p.half {
             let t = cs[row * p.half + d % p.half];
             y = rope_rotated(y, q[base + rope_partner(d, p.half)], t, d, p.half);
@@ -62,12 +76,14 @@ fn main(
         q_out[e] = y;
         return;
     }
-    var y = k[e];
+    let src = row * p.kv_stride + c;
+    let base = src + p.k_off - d;
+    var y = k[src + p.k_off];
     if d < 2u * p.half {
         let t = cs[row * p.half + d % p.half];
         y = rope_rotated(y, k[base + rope_partner(d, p.half)], t, d, p.half);
     }
     let dst = p.start * p.kv_dim + e;
     k_cache[dst] = y;
-    v_cache[dst] = v[e];
+    v_cache[dst] = v[src + p.v_off];
 }

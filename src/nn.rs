@@ -5,7 +5,8 @@
 //! checks the shape and uploads the weight as the checkpoint stores it (f32, f16, q8/q4 blocks).
 
 use crate::backend::Backend;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::quant::WeightData;
 use crate::weights::WeightStore;
 
 /// Weights under one name prefix of a checkpoint (e.g. `language_model.model.layers.3.`), uploaded
@@ -73,6 +74,29 @@ impl<'a, B: Backend> Weights<'a, B> {
             .weight_data_keeping_f16(full_name, shape, keep_f16)?;
         Ok(self.backend.weight_data(data, shape))
     }
+
+    /// Tensors `names` (each `[rows[i], cols...]`, or `[rows[i]]` for biases) stacked by rows
+    /// into one weight, each part as stored (see [`WeightData::stack_rows`]); `None` when their
+    /// formats differ.
+    pub fn get_stacked(
+        &self,
+        names: &[String],
+        rows: &[usize],
+        cols: Option<usize>,
+    ) -> Result<Option<B::Weight>> {
+        let keep_f16 = self.backend.reads_f16();
+        let shape = |r: usize| cols.map_or(vec![r], |c| vec![r, c]);
+        let parts = names
+            .iter()
+            .zip(rows)
+            .map(|(n, &r)| {
+                self.store
+                    .weight_data_keeping_f16(&self.name(n), &shape(r), keep_f16)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let stacked = shape(rows.iter().sum());
+        Ok(WeightData::stack_rows(parts).map(|d| self.backend.weight_data(d, &stacked)))
+    }
 }
 
 /// `x W^T + b`, `W: [out, in]` (transformers' `nn.Linear`).
@@ -101,6 +125,47 @@ impl<B: Backend> Linear<B> {
     /// `residual + forward(x)` (see [`Backend::linear_add`]).
     pub fn forward_add(&self, b: &B, x: &B::Tensor, residual: B::Tensor) -> B::Tensor {
         b.linear_add(x, &self.weight, self.bias.as_ref(), residual)
+    }
+}
+
+/// `N` linears of one input (q/k/v; gate/up), loaded as one weight stacked by rows when the
+/// backend asks for it ([`Backend::stacks_projections`]): then one matmul computes every part's
+/// outputs, side by side in one tensor in the order the parts were named, each output bit for bit
+/// what its own linear gives (a matmul sums each output alone, whatever the others are).
+pub enum Projections<B: Backend, const N: usize> {
+    Stacked(Linear<B>),
+    Separate([Linear<B>; N]),
+}
+
+impl<B: Backend, const N: usize> Projections<B, N> {
+    /// The linears `parts` (name under `w`, output size), each `[out, in_dim]` with a bias when
+    /// `bias` is set; stacked when the backend asks and their formats agree.
+    pub fn load(
+        w: &Weights<B>,
+        parts: [(&str, usize); N],
+        in_dim: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        if w.backend.stacks_projections() {
+            let names = |what: &str| parts.map(|(n, _)| format!("{n}.{what}"));
+            let rows = parts.map(|(_, out)| out);
+            let weight = w.get_stacked(&names("weight"), &rows, Some(in_dim))?;
+            let bias = match bias {
+                true => w.get_stacked(&names("bias"), &rows, None)?.map(Some),
+                false => Some(None),
+            };
+            if let (Some(weight), Some(bias)) = (weight, bias) {
+                return Ok(Projections::Stacked(Linear { weight, bias }));
+            }
+        }
+        let linears = parts
+            .iter()
+            .map(|&(name, out)| Linear::load(&w.pp(name), out, in_dim, bias))
+            .collect::<Result<Vec<_>>>()?;
+        let linears = linears
+            .try_into()
+            .map_err(|_| Error::invalid("projections: a part went missing"))?;
+        Ok(Projections::Separate(linears))
     }
 }
 

@@ -396,6 +396,31 @@ impl WeightData {
         }
     }
 
+    /// Matrices `[rows_i, cols]` (same `cols`) stacked by rows into one `[sum rows_i, cols]`,
+    /// each kept in its format: rows are independent in every format (f32, f16 bits, q8/q4 blocks
+    /// of one row), so the stacked rows are bit for bit the parts' rows. `None` when the parts'
+    /// formats differ (or there are none); f32 and f16 parts give no `cols` to check, their
+    /// lengths are the caller's to have checked.
+    pub fn stack_rows(parts: Vec<WeightData>) -> Option<WeightData> {
+        let mut parts = parts.into_iter();
+        let mut acc = parts.next()?;
+        for part in parts {
+            match (&mut acc, part) {
+                (WeightData::F32(a), WeightData::F32(b)) => a.extend_from_slice(&b),
+                (WeightData::F16(a), WeightData::F16(b)) => a.extend_from_slice(&b),
+                (WeightData::Quant(a), WeightData::Quant(b))
+                    if a.scheme == b.scheme && a.cols == b.cols =>
+                {
+                    a.rows += b.rows;
+                    a.qs.extend_from_slice(&b.qs);
+                    a.scales.extend_from_slice(&b.scales);
+                }
+                _ => return None,
+            }
+        }
+        Some(acc)
+    }
+
     /// Store a f32 matrix `[rows, cols]` in `format`.
     pub fn convert(data: Vec<f32>, rows: usize, cols: usize, format: Format) -> WeightData {
         match format.scheme() {
@@ -458,6 +483,37 @@ mod tests {
     fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
         let mut rng = StdRng::seed_from_u64(seed);
         (0..n).map(|_| rng.random_range(-scale..scale)).collect()
+    }
+
+    #[test]
+    fn stacked_rows_are_the_parts_rows_in_every_format() {
+        let (a, b) = (random(3 * 40, 7, 1.0), random(5 * 40, 8, 1.0));
+        let whole: Vec<f32> = a.iter().chain(&b).copied().collect();
+        for format in [Some(Format::Q4), Some(Format::Q8), Some(Format::F16), None] {
+            let as_data = |x: &[f32], rows| match format {
+                Some(f) => WeightData::convert(x.to_vec(), rows, 40, f),
+                None => WeightData::F32(x.to_vec()),
+            };
+            let stacked = WeightData::stack_rows(vec![as_data(&a, 3), as_data(&b, 5)]).unwrap();
+            if let WeightData::Quant(q) = &stacked {
+                assert_eq!((q.rows, q.cols), (8, 40));
+                assert!(q.check().is_ok());
+            }
+            let parts: Vec<f32> = [as_data(&a, 3), as_data(&b, 5)]
+                .into_iter()
+                .flat_map(WeightData::into_f32)
+                .collect();
+            assert_eq!(stacked.clone().into_f32(), parts, "{format:?}");
+            if format.is_none() {
+                assert_eq!(stacked.into_f32(), whole);
+            }
+        }
+        // Different formats, or different q4/q8 widths, do not stack.
+        let q4 = WeightData::convert(a.clone(), 3, 40, Format::Q4);
+        assert!(WeightData::stack_rows(vec![q4.clone(), WeightData::F32(b.clone())]).is_none());
+        let narrow = WeightData::convert(random(3 * 64, 9, 1.0), 3, 64, Format::Q4);
+        assert!(WeightData::stack_rows(vec![q4, narrow]).is_none());
+        assert!(WeightData::stack_rows(Vec::new()).is_none());
     }
 
     #[test]

@@ -11,11 +11,12 @@
 //! Without an adapter the GPU cases FAIL, unless `SPEC_LLAVA_SKIP_GPU=1` is set.
 
 mod common;
-use common::{checkpoint_dir, demo, gpu_each_kernel_choice};
+use common::{checkpoint_dir, demo, gpu_each_kernel_choice, gpu_with};
 
 use std::path::Path;
 
 use spec_llava::backend::cpu::CpuBackend;
+use spec_llava::backend::gpu::{GpuBackend, GpuOptions};
 use spec_llava::backend::{AttnMask, Backend};
 use spec_llava::caption::{CaptionRequest, Captioner};
 use spec_llava::checkpoint::Checkpoint;
@@ -182,6 +183,59 @@ fn verified_nodes_equal_plain_decoding_bit_for_bit_on_the_gpu_engine() {
                 panic!("{label}: {e}");
             }
             assert_exact(&format!("gpu (cpu kernels: {cpu_kernels}), {label}"), &r);
+        }
+    }
+}
+
+#[test]
+fn stacked_projections_give_the_separate_ones_logits_bit_for_bit_on_the_gpu_engine() {
+    // The GPU engine loads q/k/v and gate/up as one stacked weight each and runs one matmul where
+    // three and two ran (the rope + cache-write and gated kernels read the parts in place): every
+    // logit of plain steps, a tree pass and the step after compaction must be what separate
+    // projections give, and a decoding pass must launch 3 kernels fewer per layer.
+    for cpu_kernels in [true, false] {
+        let opts = |separate_projections| GpuOptions {
+            cpu_kernels: Some(cpu_kernels),
+            separate_projections,
+            ..GpuOptions::default()
+        };
+        let (Some(stacked), Some(separate)) = (gpu_with(opts(false)), gpu_with(opts(true))) else {
+            continue;
+        };
+        assert!(stacked.stacks_projections() && !separate.stacks_projections());
+        for (label, dir, quant) in models() {
+            let run_on = |g: &GpuBackend| {
+                let c = Captioner::new(g, open(&dir, quant)).unwrap();
+                let r = run(g, &c, &image());
+                // Dispatches of one decoding pass after the run's context.
+                let m = &c.model;
+                let mut cache = m.text.new_cache(g, 4);
+                let before = g.dispatches().unwrap();
+                let _ = m.forward(g, &mut cache, m.text.embed(g, &[1]), &Step::causal(0, &[0]));
+                let launched = g.dispatches().unwrap() - before;
+                if let Some(e) = g.take_error() {
+                    panic!("{label}: {e}");
+                }
+                (r, launched, m.config.text.num_hidden_layers as u64)
+            };
+            let ((a, fewer, layers), (b, more, _)) = (run_on(&stacked), run_on(&separate));
+            let what = format!("cpu kernels: {cpu_kernels}, {label}");
+            let bits = |rows: &[Vec<f32>]| -> Vec<Vec<u32>> {
+                rows.iter()
+                    .map(|r| r.iter().map(|x| x.to_bits()).collect())
+                    .collect()
+            };
+            assert!(
+                bits(&a.plain) == bits(&b.plain),
+                "{what}: plain steps differ"
+            );
+            assert!(bits(&a.tree) == bits(&b.tree), "{what}: tree pass differs");
+            assert_exact(&format!("{what}, stacked"), &a);
+            assert_eq!(
+                more - fewer,
+                3 * layers,
+                "{what}: {more} vs {fewer} dispatches"
+            );
         }
     }
 }

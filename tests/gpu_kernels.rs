@@ -19,7 +19,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use spec_llava::backend::cpu::CpuBackend;
 use spec_llava::backend::gpu::{GpuBackend, GpuOptions};
-use spec_llava::backend::{AttnMask, Backend, Heads, Qkv, Rope, TopK};
+use spec_llava::backend::{AttnMask, Backend, CacheStep, Heads, Qkv, Rope, TopK};
 use spec_llava::config::Activation;
 
 fn random(rng: &mut StdRng, n: usize) -> Vec<f32> {
@@ -267,6 +267,183 @@ fn gated_add_and_add_weight_match_cpu() {
             let (wc, wg) = p.weight(&random(&mut rng, n), &[rows, cols]);
             let (got, want) = p.results(&cpu.add_weight(&ac, &wc), &g.add_weight(&ag, &wg));
             assert_exact(&format!("add_weight {rows}x{cols}"), &got, &want);
+        }
+    }
+}
+
+#[test]
+fn stacked_gate_up_and_column_slices_equal_their_parts() {
+    // `gated_stacked` reads gate and up side by side in one tensor (a stacked gate/up
+    // projection's output): bit for bit `gated` on the two halves, on both engines; and
+    // `slice_cols` (what the trait's default splits with) is an exact copy.
+    let Some(g) = gpu() else { return };
+    let cpu = CpuBackend;
+    let p = Pair { cpu: &cpu, gpu: &g };
+    let mut rng = StdRng::seed_from_u64(14);
+    for &rows in &ROWS {
+        for &cols in &COLS {
+            let gate: Vec<f32> = random(&mut rng, rows * cols)
+                .iter()
+                .map(|v| v * 6.0)
+                .collect();
+            let up = random(&mut rng, rows * cols);
+            let both: Vec<f32> = (0..rows)
+                .flat_map(|i| {
+                    let row = i * cols..(i + 1) * cols;
+                    gate[row.clone()].iter().chain(&up[row]).copied()
+                })
+                .collect();
+            let (gc, gg) = p.tensor(&gate, rows, cols);
+            let (uc, ug) = p.tensor(&up, rows, cols);
+            let (bc, bg) = p.tensor(&both, rows, 2 * cols);
+            let what = format!("{rows}x{cols}");
+            let (got, want) = p.results(
+                &cpu.slice_cols(&bc, cols, 2 * cols),
+                &g.slice_cols(&bg, cols, 2 * cols),
+            );
+            assert_exact(&format!("slice_cols {what}"), &got, &want);
+            assert_exact(&format!("slice_cols {what} (cpu)"), &want, &up);
+            for act in ACTIVATIONS {
+                let (sep_c, sep_g) = (cpu.gated(&gc, &uc, act), g.gated(&gg, &ug, act));
+                let (st_c, st_g) = (cpu.gated_stacked(&bc, act), g.gated_stacked(&bg, act));
+                let (got, want) = p.results(&st_c, &st_g);
+                let (sep_got, sep_want) = p.results(&sep_c, &sep_g);
+                assert_exact(
+                    &format!("gated_stacked {act:?} {what} (gpu)"),
+                    &got,
+                    &sep_got,
+                );
+                assert_exact(
+                    &format!("gated_stacked {act:?} {what} (cpu)"),
+                    &want,
+                    &sep_want,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn stacked_qkv_attention_equals_split_qkv_bit_for_bit() {
+    // `rope_cached_attention_stacked` takes q, k, v side by side in one tensor (a stacked q/k/v
+    // projection's output): on each engine, the output and the cache it leaves (seen through a
+    // second step) are bit for bit those of the three tensors.
+    let Some(g) = gpu() else { return };
+    let cpu = CpuBackend;
+    let mut rng = StdRng::seed_from_u64(15);
+    let rope = Rope {
+        theta: 10000.0,
+        linear_factor: 1.0,
+    };
+    for (h, n) in [
+        (
+            Heads {
+                q_heads: 4,
+                kv_heads: 2,
+                head_dim: 32,
+            },
+            5,
+        ),
+        (
+            Heads {
+                q_heads: 3,
+                kv_heads: 3,
+                head_dim: 6,
+            },
+            1,
+        ),
+    ] {
+        let (qw, kw) = (h.q_heads * h.head_dim, h.kv_heads * h.head_dim);
+        let (q, k, v) = (
+            random(&mut rng, n * qw),
+            random(&mut rng, n * kw),
+            random(&mut rng, n * kw),
+        );
+        let rows = |t: &[f32], w: usize, i: usize| t[i * w..(i + 1) * w].to_vec();
+        let both: Vec<f32> = (0..n)
+            .flat_map(|i| [rows(&q, qw, i), rows(&k, kw, i), rows(&v, kw, i)].concat())
+            .collect();
+        let positions: Vec<u32> = (0..n as u32).map(|i| 3 + i).collect();
+        let next: Vec<u32> = vec![3 + n as u32];
+        let step = |start, positions| CacheStep {
+            start,
+            positions,
+            rope,
+            mask: &AttnMask::Causal,
+        };
+        let (q1, k1, v1) = (
+            random(&mut rng, qw),
+            random(&mut rng, kw),
+            random(&mut rng, kw),
+        );
+        macro_rules! both_ways {
+            ($b:expr) => {{
+                let b = $b;
+                let (qt, kt, vt) = (
+                    b.tensor(q.clone(), n, qw),
+                    b.tensor(k.clone(), n, kw),
+                    b.tensor(v.clone(), n, kw),
+                );
+                let st = b.tensor(both.clone(), n, qw + 2 * kw);
+                let (mut split_cache, mut stacked_cache) =
+                    (b.new_cache(1, kw, 8), b.new_cache(1, kw, 8));
+                let split = b.rope_cached_attention(
+                    &mut split_cache,
+                    0,
+                    Qkv {
+                        q: &qt,
+                        k: &kt,
+                        v: &vt,
+                    },
+                    step(0, &positions),
+                    h,
+                );
+                let stacked = b.rope_cached_attention_stacked(
+                    &mut stacked_cache,
+                    0,
+                    &st,
+                    step(0, &positions),
+                    h,
+                );
+                // A step after: it reads the keys and values each way left in its cache.
+                let (qn, kn, vn) = (
+                    b.tensor(q1.clone(), 1, qw),
+                    b.tensor(k1.clone(), 1, kw),
+                    b.tensor(v1.clone(), 1, kw),
+                );
+                let after = |cache: &mut _| {
+                    read(
+                        b,
+                        &b.rope_cached_attention(
+                            cache,
+                            0,
+                            Qkv {
+                                q: &qn,
+                                k: &kn,
+                                v: &vn,
+                            },
+                            step(n, &next),
+                            h,
+                        ),
+                    )
+                };
+                let (a_split, a_stacked) = (after(&mut split_cache), after(&mut stacked_cache));
+                (read(b, &split), read(b, &stacked), a_split, a_stacked)
+            }};
+        }
+        for (engine, (split, stacked, a_split, a_stacked)) in
+            [("cpu", both_ways!(&cpu)), ("gpu", both_ways!(&g))]
+        {
+            let what = format!("{engine} {h:?} n={n}");
+            assert_exact(&format!("stacked q/k/v, {what}"), &stacked, &split);
+            assert_exact(
+                &format!("step after stacked q/k/v, {what}"),
+                &a_stacked,
+                &a_split,
+            );
+        }
+        if let Some(e) = g.take_error() {
+            panic!("{e}");
         }
     }
 }

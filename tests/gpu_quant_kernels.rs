@@ -218,6 +218,7 @@ fn linear_add_equals_add_of_linear_bit_for_bit() {
         let split = gpu_with(GpuOptions {
             cpu_kernels: Some(cpu_kernels),
             max_binding_bytes: Some(4096),
+            ..GpuOptions::default()
         });
         let mut rng = StdRng::seed_from_u64(12);
         let (k, n) = (96, 70);

@@ -141,6 +141,14 @@ pub trait Backend {
     fn reads_f16(&self) -> bool {
         false
     }
+    /// Whether the model should load the projections that read one input (q/k/v; gate/up) as one
+    /// weight stacked by rows, so that a pass runs one matmul where it ran three (or two), and
+    /// hand their side-by-side output to [`Self::rope_cached_attention_stacked`] and
+    /// [`Self::gated_stacked`]. An engine that pays per kernel launch says yes (the GPU engine);
+    /// default: no.
+    fn stacks_projections(&self) -> bool {
+        false
+    }
     /// Upload activations from the host.
     fn tensor(&self, data: Vec<f32>, rows: usize, cols: usize) -> Self::Tensor;
     /// `(rows, cols)` of a tensor.
@@ -187,6 +195,15 @@ pub trait Backend {
     fn activate(&self, x: &Self::Tensor, act: Activation) -> Self::Tensor;
     /// `act(gate) * up` (SwiGLU).
     fn gated(&self, gate: &Self::Tensor, up: &Self::Tensor, act: Activation) -> Self::Tensor;
+    /// [`Self::gated`] with gate and up side by side in one tensor `[n, 2 * cols]` (a stacked
+    /// gate/up projection's output): bit for bit the same. The default splits the columns; an
+    /// engine may read both halves in place.
+    fn gated_stacked(&self, gate_up: &Self::Tensor, act: Activation) -> Self::Tensor {
+        let cols = self.dims(gate_up).1 / 2;
+        let gate = self.slice_cols(gate_up, 0, cols);
+        let up = self.slice_cols(gate_up, cols, 2 * cols);
+        self.gated(&gate, &up, act)
+    }
     fn add(&self, a: &Self::Tensor, b: &Self::Tensor) -> Self::Tensor;
     /// `x + w` for a weight of the same shape as `x` (learned position embeddings).
     fn add_weight(&self, x: &Self::Tensor, w: &Self::Weight) -> Self::Tensor;
@@ -195,6 +212,8 @@ pub trait Backend {
     /// Put a weight row (e.g. CLIP's class embedding) before the rows of `x`.
     fn prepend_row(&self, x: &Self::Tensor, row: &Self::Weight) -> Self::Tensor;
     fn slice_rows(&self, x: &Self::Tensor, start: usize, end: usize) -> Self::Tensor;
+    /// Columns `start..end` of every row.
+    fn slice_cols(&self, x: &Self::Tensor, start: usize, end: usize) -> Self::Tensor;
     /// Concatenate along columns (same row count).
     fn concat_cols(&self, parts: &[&Self::Tensor]) -> Self::Tensor;
     /// `dst` with `dst[rows[i]] = src[i]`.
@@ -249,6 +268,31 @@ pub trait Backend {
             v: qkv.v,
         };
         self.cached_attention(cache, layer, step.start, qkv, step.mask, heads)
+    }
+    /// [`Self::rope_cached_attention`] with q, k and v side by side in one tensor `[n, q_heads *
+    /// head_dim + 2 * kv_heads * head_dim]` (a stacked q/k/v projection's output): bit for bit
+    /// the same. The default splits the columns; an engine may read them in place.
+    fn rope_cached_attention_stacked(
+        &self,
+        cache: &mut Self::Cache,
+        layer: usize,
+        qkv: &Self::Tensor,
+        step: CacheStep<'_>,
+        heads: Heads,
+    ) -> Self::Tensor {
+        let (q_cols, kv_cols) = (
+            heads.q_heads * heads.head_dim,
+            heads.kv_heads * heads.head_dim,
+        );
+        let q = self.slice_cols(qkv, 0, q_cols);
+        let k = self.slice_cols(qkv, q_cols, q_cols + kv_cols);
+        let v = self.slice_cols(qkv, q_cols + kv_cols, q_cols + 2 * kv_cols);
+        let qkv = Qkv {
+            q: &q,
+            k: &k,
+            v: &v,
+        };
+        self.rope_cached_attention(cache, layer, qkv, step, heads)
     }
     /// Copy cache slots `from[i]` to `to_start + i` in every layer (keep an accepted tree path).
     fn compact_cache(&self, cache: &mut Self::Cache, from: &[usize], to_start: usize);

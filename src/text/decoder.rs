@@ -4,22 +4,22 @@
 //! `h += down(silu(gate x) * up x)` on `rms_norm(h)`; grouped-query attention; Qwen2 adds biases to
 //! q/k/v. Every forward takes explicit position ids and an attention mask over the new tokens, so
 //! the same code runs prefill, plain decoding and a speculation tree (positions prefix + depth).
+//! q/k/v and gate/up are [`Projections`]: one stacked matmul each where the backend asks for it.
 
 use crate::backend::{AttnMask, Backend, CacheStep, Heads, Qkv, Rope};
 use crate::config::TextConfig;
 use crate::error::{Error, Result};
-use crate::nn::{Linear, RmsNorm, Weights};
+use crate::nn::{Linear, Projections, RmsNorm, Weights};
 use crate::weights::{NameStyle, WeightStore};
 
 struct DecoderLayer<B: Backend> {
     input_norm: RmsNorm<B>,
-    q: Linear<B>,
-    k: Linear<B>,
-    v: Linear<B>,
+    /// q_proj, k_proj, v_proj.
+    qkv: Projections<B, 3>,
     o: Linear<B>,
     post_norm: RmsNorm<B>,
-    gate: Linear<B>,
-    up: Linear<B>,
+    /// gate_proj, up_proj.
+    gate_up: Projections<B, 2>,
     down: Linear<B>,
 }
 
@@ -76,9 +76,12 @@ impl<B: Backend> DecoderLayer<B> {
         let bias = cfg.attention_bias;
         Ok(DecoderLayer {
             input_norm: RmsNorm::load(&w.pp("input_layernorm"), d, eps)?,
-            q: Linear::load(&attn.pp("q_proj"), qd, d, bias)?,
-            k: Linear::load(&attn.pp("k_proj"), kvd, d, bias)?,
-            v: Linear::load(&attn.pp("v_proj"), kvd, d, bias)?,
+            qkv: Projections::load(
+                &attn,
+                [("q_proj", qd), ("k_proj", kvd), ("v_proj", kvd)],
+                d,
+                bias,
+            )?,
             // Qwen2 has no bias on o_proj; Llama's `attention_bias` covers o_proj too.
             o: Linear::load(
                 &attn.pp("o_proj"),
@@ -87,10 +90,51 @@ impl<B: Backend> DecoderLayer<B> {
                 bias && cfg.kind == crate::config::TextKind::Llama,
             )?,
             post_norm: RmsNorm::load(&w.pp("post_attention_layernorm"), d, eps)?,
-            gate: Linear::load(&mlp.pp("gate_proj"), inter, d, cfg.mlp_bias)?,
-            up: Linear::load(&mlp.pp("up_proj"), inter, d, cfg.mlp_bias)?,
+            gate_up: Projections::load(
+                &mlp,
+                [("gate_proj", inter), ("up_proj", inter)],
+                d,
+                cfg.mlp_bias,
+            )?,
             down: Linear::load(&mlp.pp("down_proj"), d, inter, cfg.mlp_bias)?,
         })
+    }
+
+    /// Attention of the normed hidden states `x`: q/k/v projections, rotary embedding, cache
+    /// write and attention (one matmul for q/k/v when they are stacked).
+    fn attend(
+        &self,
+        b: &B,
+        cache: &mut B::Cache,
+        layer: usize,
+        x: &B::Tensor,
+        step: CacheStep,
+        heads: Heads,
+    ) -> B::Tensor {
+        match &self.qkv {
+            Projections::Stacked(qkv) => {
+                b.rope_cached_attention_stacked(cache, layer, &qkv.forward(b, x), step, heads)
+            }
+            Projections::Separate([q, k, v]) => {
+                let (q, k, v) = (q.forward(b, x), k.forward(b, x), v.forward(b, x));
+                let qkv = Qkv {
+                    q: &q,
+                    k: &k,
+                    v: &v,
+                };
+                b.rope_cached_attention(cache, layer, qkv, step, heads)
+            }
+        }
+    }
+
+    /// `act(gate x) * up x` (one matmul for gate and up when they are stacked).
+    fn gated(&self, b: &B, x: &B::Tensor, act: crate::config::Activation) -> B::Tensor {
+        match &self.gate_up {
+            Projections::Stacked(gate_up) => b.gated_stacked(&gate_up.forward(b, x), act),
+            Projections::Separate([gate, up]) => {
+                b.gated(&gate.forward(b, x), &up.forward(b, x), act)
+            }
+        }
     }
 }
 
@@ -157,25 +201,13 @@ impl<B: Backend> Decoder<B> {
         let mut h = x;
         for (i, layer) in self.layers.iter().enumerate() {
             let x = layer.input_norm.forward(b, &h);
-            let q = layer.q.forward(b, &x);
-            let k = layer.k.forward(b, &x);
-            let v = layer.v.forward(b, &x);
-            let a = b.rope_cached_attention(
-                cache,
-                i,
-                Qkv {
-                    q: &q,
-                    k: &k,
-                    v: &v,
-                },
-                CacheStep {
-                    start: step.start,
-                    positions,
-                    rope,
-                    mask: step.mask,
-                },
-                heads,
-            );
+            let at = CacheStep {
+                start: step.start,
+                positions,
+                rope,
+                mask: step.mask,
+            };
+            let a = layer.attend(b, cache, i, &x, at, heads);
             // After the last layer's attention, only the rows whose logits are asked for matter
             // (its keys and values, for the cache, are written): with the last row asked for (a
             // prompt), o_proj and the MLP run on that row alone. Every op from here is row by
@@ -187,11 +219,7 @@ impl<B: Backend> Decoder<B> {
             };
             h = layer.o.forward_add(b, &a, h_in);
             let x = layer.post_norm.forward(b, &h);
-            let m = b.gated(
-                &layer.gate.forward(b, &x),
-                &layer.up.forward(b, &x),
-                cfg.hidden_act,
-            );
+            let m = layer.gated(b, &x, cfg.hidden_act);
             h = layer.down.forward_add(b, &m, h);
         }
         if step.rows == LogitRows::Last {

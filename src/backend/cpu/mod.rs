@@ -402,6 +402,19 @@ impl Backend for CpuBackend {
         }
     }
 
+    fn slice_cols(&self, x: &CpuTensor, start: usize, end: usize) -> CpuTensor {
+        let (start, end) = (start.min(x.cols), end.clamp(start.min(x.cols), x.cols));
+        let data = (0..x.rows)
+            .flat_map(|i| &x.row(i)[start..end])
+            .copied()
+            .collect();
+        CpuTensor {
+            data,
+            rows: x.rows,
+            cols: end - start,
+        }
+    }
+
     fn concat_cols(&self, parts: &[&CpuTensor]) -> CpuTensor {
         let rows = parts.first().map(|p| p.rows).unwrap_or(0);
         let cols: usize = parts.iter().map(|p| p.cols).sum();

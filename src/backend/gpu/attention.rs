@@ -34,6 +34,71 @@ pub(super) struct Attend<'a> {
     pub rotate: Option<(&'a [u32], Rope)>,
 }
 
+/// The queries, keys and values of a cached attention call: three tensors, or one stacked q/k/v
+/// projection's output `[n, q_cols + 2 kv_dim]` (q, then k, then v in each row), read in place.
+#[derive(Clone, Copy)]
+pub(super) enum QkvIn<'a> {
+    Split(Qkv<'a, GpuTensor>),
+    Stacked(&'a GpuTensor),
+}
+
+/// Where q, k and v sit in their buffers: rows of `q_stride` / `kv_stride` floats, k and v from
+/// columns `k_off` / `v_off` (rope_kv_write_f32.wgsl's parameters).
+struct QkvLayout<'a> {
+    q: &'a GpuTensor,
+    k: &'a GpuTensor,
+    v: &'a GpuTensor,
+    q_stride: usize,
+    kv_stride: usize,
+    k_off: usize,
+    v_off: usize,
+}
+
+impl<'a> QkvIn<'a> {
+    /// Rows (new tokens) and the layout for a layer of `q_cols` query and `kv_dim` key columns;
+    /// `None` when the shapes do not fit them.
+    fn layout(self, q_cols: usize, kv_dim: usize) -> Option<(usize, QkvLayout<'a>)> {
+        match self {
+            QkvIn::Split(Qkv { q, k, v }) => {
+                let n = q.rows;
+                let ok = q.cols == q_cols && [k, v].iter().all(|t| t.rows == n && t.cols == kv_dim);
+                let layout = QkvLayout {
+                    q,
+                    k,
+                    v,
+                    q_stride: q_cols,
+                    kv_stride: kv_dim,
+                    k_off: 0,
+                    v_off: 0,
+                };
+                ok.then_some((n, layout))
+            }
+            QkvIn::Stacked(t) => {
+                let stride = q_cols + 2 * kv_dim;
+                let layout = QkvLayout {
+                    q: t,
+                    k: t,
+                    v: t,
+                    q_stride: stride,
+                    kv_stride: stride,
+                    k_off: q_cols,
+                    v_off: q_cols + kv_dim,
+                };
+                (t.cols == stride).then_some((t.rows, layout))
+            }
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            QkvIn::Split(Qkv { q, k, .. }) => {
+                format!("q [{}, {}], k [{}, {}]", q.rows, q.cols, k.rows, k.cols)
+            }
+            QkvIn::Stacked(t) => format!("stacked q/k/v [{}, {}]", t.rows, t.cols),
+        }
+    }
+}
+
 impl GpuBackend {
     /// The (cos, sin) table for `positions`, uploaded once per distinct set of positions.
     pub(super) fn rope_table(&self, positions: &[u32], head_dim: usize, rope: Rope) {
@@ -251,7 +316,7 @@ impl GpuBackend {
         &self,
         cache: &mut GpuCache,
         layer: usize,
-        qkv: Qkv<'_, GpuTensor>,
+        qkv: QkvIn<'_>,
         at: Attend<'_>,
         heads: Heads,
     ) -> GpuTensor {
@@ -260,10 +325,9 @@ impl GpuBackend {
             mask,
             rotate,
         } = at;
-        let Qkv { q, k, v } = qkv;
-        let n = q.rows;
         let width = heads.q_heads * heads.head_dim;
-        let kv_ok = [k, v].iter().all(|t| t.rows == n && t.cols == cache.kv_dim);
+        let fits = qkv.layout(width, cache.kv_dim);
+        let n = fits.as_ref().map_or(0, |(n, _)| *n);
         let mask_ok = match mask {
             AttnMask::Causal => true,
             AttnMask::Tree {
@@ -272,30 +336,34 @@ impl GpuBackend {
                 allowed,
             } => *mn == n && *ctx <= start && allowed.len() == n * (ctx + n),
         };
-        if layer >= cache.k.len()
-            || q.cols != width
-            || cache.kv_dim != heads.kv_heads * heads.head_dim
-            || !kv_ok
-            || !mask_ok
-            || rotate.is_some_and(|(positions, _)| positions.len() != n)
-            || !self.check_heads("cached_attention", heads)
-        {
-            let msg = format!(
-                "layer {layer}, q [{}, {}], k [{}, {}], {heads:?}",
-                q.rows, q.cols, k.rows, k.cols
-            );
-            return self.shape_error("cached_attention", msg, n, width);
-        }
+        // The stacked layout is read by the rotating kernel only (what a decoder layer runs).
+        let stacked_unrotated = matches!(qkv, QkvIn::Stacked(_)) && rotate.is_none();
+        let layout = match fits {
+            Some((_, layout))
+                if layer < cache.k.len()
+                    && cache.kv_dim == heads.kv_heads * heads.head_dim
+                    && mask_ok
+                    && !stacked_unrotated
+                    && rotate.is_none_or(|(positions, _)| positions.len() == n)
+                    && self.check_heads("cached_attention", heads) =>
+            {
+                layout
+            }
+            _ => {
+                let msg = format!("layer {layer}, {}, {heads:?}", qkv.describe());
+                return self.shape_error("cached_attention", msg, n, width);
+            }
+        };
         self.grow_cache(cache, start + n);
         let (kc, vc) = (&cache.k[layer], &cache.v[layer]);
         let rotated_q;
         let q = match rotate {
             None => {
                 let params = [n as u32, cache.kv_dim as u32, start as u32];
-                let bufs = [k.buffer(), v.buffer(), kc, vc];
+                let bufs = [layout.k.buffer(), layout.v.buffer(), kc, vc];
                 let grid = self.elementwise_grid(n * cache.kv_dim);
                 self.run(Kernel::KvWrite, &[], &params, &bufs, grid);
-                q
+                layout.q
             }
             Some((positions, rope)) => {
                 rotated_q = self.alloc(n, width);
@@ -311,11 +379,15 @@ impl GpuBackend {
                     heads.head_dim as u32,
                     (heads.head_dim / 2) as u32,
                     start as u32,
+                    layout.q_stride as u32,
+                    layout.kv_stride as u32,
+                    layout.k_off as u32,
+                    layout.v_off as u32,
                 ];
                 let bufs = [
-                    q.buffer(),
-                    k.buffer(),
-                    v.buffer(),
+                    layout.q.buffer(),
+                    layout.k.buffer(),
+                    layout.v.buffer(),
                     t.buf.get(),
                     rotated_q.buffer(),
                     kc,

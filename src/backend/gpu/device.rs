@@ -23,6 +23,9 @@ pub struct GpuOptions {
     /// Use (true) or avoid (false) the kernels chosen for CPU drivers whatever the adapter is;
     /// `None` detects it. Tests force both ways so every kernel runs on lavapipe.
     pub cpu_kernels: Option<bool>,
+    /// Load q/k/v and gate/up as separate weights instead of stacked ones
+    /// (`Backend::stacks_projections`). Tests compare both ways.
+    pub separate_projections: bool,
 }
 
 /// The limits the engine works within (a subset of what was granted).

@@ -118,6 +118,9 @@ pub struct GpuBackend {
     /// submitted and waited for on its own, so the totals show where a step's time goes.
     #[cfg(not(target_arch = "wasm32"))]
     profile: Option<RefCell<ProfileTable>>,
+    /// `Backend::stacks_projections`: every launch has a fixed price, so projections that read
+    /// one input run as one matmul (q/k/v: 3 dispatches -> 1, gate/up: 2 -> 1).
+    stack_projections: bool,
 }
 
 impl GpuBackend {
@@ -164,6 +167,7 @@ impl GpuBackend {
             weight_bytes: std::cell::Cell::new(0),
             #[cfg(not(target_arch = "wasm32"))]
             profile: std::env::var_os("SPEC_LLAVA_GPU_PROFILE").map(|_| RefCell::default()),
+            stack_projections: !opts.separate_projections,
         };
         match backend.take_error() {
             Some(e) => Err(e),

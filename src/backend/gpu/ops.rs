@@ -9,7 +9,7 @@ use crate::backend::{AttnMask, Backend, CacheStep, Heads, Qkv, Rope};
 use crate::config::Activation;
 use crate::quant::WeightData;
 
-use super::attention::Attend;
+use super::attention::{Attend, QkvIn};
 use super::matmul::MatmulShape;
 use super::pipelines::Kernel;
 use super::{GpuBackend, GpuCache, GpuTensor, GpuWeight, WeightDType};
@@ -25,6 +25,27 @@ fn act_id(act: Activation) -> f64 {
 }
 
 impl GpuBackend {
+    /// Columns `src_col..src_col + dst.cols` (or all of `src` past `src_col`, whichever is
+    /// fewer) of every row of `src` into `dst` from column `dst_col`: one strided row copy.
+    fn copy_cols(&self, src: &GpuTensor, src_col: usize, dst: &GpuTensor, dst_col: usize) {
+        let cols = src
+            .cols
+            .saturating_sub(src_col)
+            .min(dst.cols.saturating_sub(dst_col));
+        let params = [
+            src.rows as u32,
+            cols as u32,
+            src.cols as u32,
+            src_col as u32,
+            dst.cols as u32,
+            dst_col as u32,
+            0,
+        ];
+        let bufs = [src.buffer(), &self.dummy, dst.buffer()];
+        let grid = self.elementwise_grid(src.rows * cols);
+        self.run(Kernel::RowsCopy, &[("INDEXED", 0.0)], &params, &bufs, grid);
+    }
+
     pub(super) fn elementwise_grid(&self, len: usize) -> [u32; 3] {
         self.grid(len.div_ceil(256))
     }
@@ -71,6 +92,10 @@ impl Backend for GpuBackend {
             .borrow_mut()
             .upload(bytemuck::cast_slice(&data), &t.buffer().buffer);
         t
+    }
+
+    fn stacks_projections(&self) -> bool {
+        self.stack_projections
     }
 
     fn dims(&self, x: &GpuTensor) -> (usize, usize) {
@@ -257,9 +282,29 @@ impl Backend for GpuBackend {
             return self.shape_error("gated", msg, gate.rows, gate.cols);
         }
         let out = self.alloc(gate.rows, gate.cols);
-        let params = [gate.len() as u32];
+        let params = [gate.len() as u32, gate.cols as u32, gate.cols as u32, 0];
         let grid = self.elementwise_grid(gate.len());
         let bufs = [gate.buffer(), up.buffer(), out.buffer()];
+        self.run(Kernel::Gated, &[("ACT", act_id(act))], &params, &bufs, grid);
+        out
+    }
+
+    fn gated_stacked(&self, gate_up: &GpuTensor, act: Activation) -> GpuTensor {
+        let (rows, cols) = (gate_up.rows, gate_up.cols / 2);
+        if !gate_up.cols.is_multiple_of(2) {
+            let msg = format!("gate/up [{rows}, {}]: odd width", gate_up.cols);
+            return self.shape_error("gated_stacked", msg, rows, cols);
+        }
+        // The same kernel as `gated`, reading both halves of each row in place.
+        let out = self.alloc(rows, cols);
+        let params = [
+            (rows * cols) as u32,
+            cols as u32,
+            gate_up.cols as u32,
+            cols as u32,
+        ];
+        let grid = self.elementwise_grid(rows * cols);
+        let bufs = [gate_up.buffer(), gate_up.buffer(), out.buffer()];
         self.run(Kernel::Gated, &[("ACT", act_id(act))], &params, &bufs, grid);
         out
     }
@@ -378,6 +423,16 @@ impl Backend for GpuBackend {
         out
     }
 
+    fn slice_cols(&self, x: &GpuTensor, start: usize, end: usize) -> GpuTensor {
+        if start > end || end > x.cols {
+            let msg = format!("columns {start}..{end} of {}", x.cols);
+            return self.shape_error("slice_cols", msg, x.rows, end.saturating_sub(start));
+        }
+        let out = self.alloc(x.rows, end - start);
+        self.copy_cols(x, start, &out, 0);
+        out
+    }
+
     fn concat_cols(&self, parts: &[&GpuTensor]) -> GpuTensor {
         let rows = parts.first().map_or(0, |p| p.rows);
         let cols: usize = parts.iter().map(|p| p.cols).sum();
@@ -392,23 +447,7 @@ impl Backend for GpuBackend {
         let out = self.alloc(rows, cols);
         let mut col = 0;
         for p in parts {
-            let params = [
-                rows as u32,
-                p.cols as u32,
-                p.cols as u32,
-                0,
-                cols as u32,
-                col as u32,
-                0,
-            ];
-            let bufs = [p.buffer(), &self.dummy, out.buffer()];
-            self.run(
-                Kernel::RowsCopy,
-                &[("INDEXED", 0.0)],
-                &params,
-                &bufs,
-                self.elementwise_grid(p.len()),
-            );
+            self.copy_cols(p, 0, &out, col);
             col += p.cols;
         }
         out
@@ -485,7 +524,7 @@ impl Backend for GpuBackend {
             mask,
             rotate: None,
         };
-        self.record_cached_attention(cache, layer, qkv, at, heads)
+        self.record_cached_attention(cache, layer, QkvIn::Split(qkv), at, heads)
     }
 
     fn rope_cached_attention(
@@ -501,7 +540,23 @@ impl Backend for GpuBackend {
             mask: step.mask,
             rotate: Some((step.positions, step.rope)),
         };
-        self.record_cached_attention(cache, layer, qkv, at, heads)
+        self.record_cached_attention(cache, layer, QkvIn::Split(qkv), at, heads)
+    }
+
+    fn rope_cached_attention_stacked(
+        &self,
+        cache: &mut GpuCache,
+        layer: usize,
+        qkv: &GpuTensor,
+        step: CacheStep<'_>,
+        heads: Heads,
+    ) -> GpuTensor {
+        let at = Attend {
+            start: step.start,
+            mask: step.mask,
+            rotate: Some((step.positions, step.rope)),
+        };
+        self.record_cached_attention(cache, layer, QkvIn::Stacked(qkv), at, heads)
     }
 
     fn compact_cache(&self, cache: &mut GpuCache, from: &[usize], to_start: usize) {
