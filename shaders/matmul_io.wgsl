@@ -21,6 +21,8 @@ struct Params {
     // matmul_small: workgroups along the weight rows (grid.x * grid.y covers them, grid.z the
     // row tiles); unused by the others
     col_groups: u32,
+    // RMSNorm epsilon (read only when NORM, matmul_x.wgsl)
+    eps: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -31,3 +33,5 @@ struct Params {
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 // out: [m, out_stride]
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
+// norm_w: [k], the RMSNorm weight applied to x as it is read (read only when NORM)
+@group(0) @binding(6) var<storage, read> norm_w: array<f32>;

@@ -55,6 +55,24 @@ fn rows_pass(i0: u32, j0: u32, g: u32, t: u32, lid: u32, rows: array<u32, RPT>) 
             acc[i][r] = vec4<f32>(0.0);
         }
     }
+    // NORM: group i < XR sums the squares of x row i (invocation t: partial t, TPR ==
+    // NORM_PARTS), then every invocation adds the partials in order (matmul_x.wgsl).
+    var inv: array<f32, MAX_XR>;
+    if NORM {
+        if g < XR {
+            red[g * TPR + t] = norm_partial(xi[g], t);
+        }
+        workgroupBarrier();
+        for (var i = 0u; i < XR; i++) {
+            var sum = 0.0;
+            for (var s = 0u; s < NORM_PARTS; s++) {
+                sum += red[i * TPR + s];
+            }
+            inv[i] = norm_inv(sum);
+        }
+        // `red` is the partial sums' next.
+        workgroupBarrier();
+    }
     for (var q = t; q < p.steps; q += TPR) {
         var ws: array<WStep, RPT>;
         for (var r = 0u; r < RPT; r++) {
@@ -63,7 +81,7 @@ fn rows_pass(i0: u32, j0: u32, g: u32, t: u32, lid: u32, rows: array<u32, RPT>) 
         for (var s = 0u; s < XS; s++) {
             var xv: array<vec4<f32>, MAX_XR>;
             for (var i = 0u; i < XR; i++) {
-                xv[i] = x4(xi[i], x_vec(q, s));
+                xv[i] = xn4(xi[i], x_vec(q, s), inv[i]);
             }
             for (var r = 0u; r < RPT; r++) {
                 let wv = w_vec(ws[r], s);

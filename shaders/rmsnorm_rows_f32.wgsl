@@ -1,5 +1,10 @@
-// RMSNorm over each row: out = w * (x / sqrt(mean(x^2) + eps)), as the CPU reference computes it
-// (inv = 1 / sqrt(ms + eps); out = w * (x * inv)). One workgroup per row; tree reduction.
+// RMSNorm over each row: out = w * (x * inv), inv = 1 / sqrt(mean(x^2) + eps), as the CPU
+// reference computes it. One workgroup per row.
+//
+// The sum of squares follows the canonical order of the norm fused into the matmuls' prologue
+// (matmul_x.wgsl, NORM): NORM_PARTS partial fma chains, chain t over the row's vec4s t,
+// t + NORM_PARTS, ..., each reduced (x + y) + (z + w), then added in t order. So a norm run here
+// (before the tiled GEMM of a long prompt) and one fused into a mat-vec give the same bits.
 
 struct Params {
     rows: u32,
@@ -9,6 +14,7 @@ struct Params {
 }
 
 const WG: u32 = 256u;
+const NORM_PARTS: u32 = 32u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 // x: [rows, cols]
@@ -18,21 +24,17 @@ const WG: u32 = 256u;
 // out: [rows, cols]
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
-var<workgroup> red: array<f32, WG>;
+var<workgroup> parts: array<f32, NORM_PARTS>;
 
-// Sum of `v` over the workgroup, returned to every invocation.
-fn workgroup_sum(v: f32, lid: u32) -> f32 {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-        if lid < s {
-            red[lid] += red[lid + s];
+// x[row, 4v..4v + 4] from the row starting at `base`, zero past cols.
+fn x4(base: u32, v: u32) -> vec4<f32> {
+    var a = vec4<f32>(0.0);
+    for (var c = 0u; c < 4u; c++) {
+        if v * 4u + c < p.cols {
+            a[c] = x[base + v * 4u + c];
         }
-        workgroupBarrier();
     }
-    let total = red[0];
-    workgroupBarrier();
-    return total;
+    return a;
 }
 
 @compute @workgroup_size(WG)
@@ -46,13 +48,20 @@ fn main(
         return;
     }
     let base = row * p.cols;
-    var ss = 0.0;
-    for (var c = lid; c < p.cols; c += WG) {
-        let v = x[base + c];
-        ss += v * v;
+    if lid < NORM_PARTS {
+        var acc = vec4<f32>(0.0);
+        for (var v = lid; v < (p.cols + 3u) / 4u; v += NORM_PARTS) {
+            let a = x4(base, v);
+            acc = fma(a, a, acc);
+        }
+        parts[lid] = (acc.x + acc.y) + (acc.z + acc.w);
     }
-    let ms = workgroup_sum(ss, lid) / f32(p.cols);
-    let inv = 1.0 / sqrt(ms + p.eps);
+    workgroupBarrier();
+    var sum = 0.0;
+    for (var t = 0u; t < NORM_PARTS; t++) {
+        sum += parts[t];
+    }
+    let inv = 1.0 / sqrt(sum / f32(p.cols) + p.eps);
     for (var c = lid; c < p.cols; c += WG) {
         out[base + c] = w[c] * (x[base + c] * inv);
     }

@@ -207,4 +207,10 @@ impl<B: Backend> RmsNorm<B> {
     pub fn forward(&self, b: &B, x: &B::Tensor) -> B::Tensor {
         b.rms_norm(x, &self.weight, self.eps)
     }
+
+    /// `next.forward(self.forward(x))`, where the norm's one consumer is `next` (see
+    /// [`Backend::rms_norm_linear`]).
+    pub fn forward_into(&self, b: &B, x: &B::Tensor, next: &Linear<B>) -> B::Tensor {
+        b.rms_norm_linear(x, &self.weight, self.eps, &next.weight, next.bias.as_ref())
+    }
 }

@@ -250,3 +250,66 @@ fn linear_add_equals_add_of_linear_bit_for_bit() {
         }
     }
 }
+
+/// `rms_norm_linear` (the norm fused into the batch-invariant kernels' prologue up to 64 rows on
+/// GPUs and at every m on CPU drivers; the norm kernel, then the tiled GEMM, above) equals
+/// `linear(rms_norm(x))` bit for bit, in every weight format, at widths that are not whole
+/// vec4s, with weights split over several bindings; and stays within the f32 tolerance of the
+/// CPU reference.
+#[test]
+fn rms_norm_linear_equals_linear_of_rms_norm_bit_for_bit() {
+    let cpu = CpuBackend;
+    for (cpu_kernels, g) in gpu_each_kernel_choice() {
+        let split = gpu_with(GpuOptions {
+            cpu_kernels: Some(cpu_kernels),
+            max_binding_bytes: Some(4096),
+            ..GpuOptions::default()
+        });
+        let mut rng = StdRng::seed_from_u64(13);
+        for g in [Some(g), split].iter().flatten() {
+            for (k, n) in [(96, 70), (45, 33), (688, 9)] {
+                let formats = FORMATS.iter().map(|&(f, _)| Some(f)).chain([None]);
+                for format in formats {
+                    let values = random(&mut rng, n * k);
+                    let data = match format {
+                        Some(f) => WeightData::convert(values, n, k, f),
+                        None => WeightData::F32(values),
+                    };
+                    let w = g.weight_data(data.clone(), &[n, k]);
+                    let wc = cpu.weight_data(data, &[n, k]);
+                    let norm: Vec<f32> = random(&mut rng, k).iter().map(|v| 1.0 + v).collect();
+                    let (nw, nc) = (g.weight(norm.clone(), &[k]), cpu.weight(norm, &[k]));
+                    let bias = random(&mut rng, n);
+                    let (bw, bc) = (g.weight(bias.clone(), &[n]), cpu.weight(bias, &[n]));
+                    for (m, with_bias) in [(1, true), (5, false), (64, true), (100, false)] {
+                        let (b, bcpu) = match with_bias {
+                            true => (Some(&bw), Some(&bc)),
+                            false => (None, None),
+                        };
+                        let values = random(&mut rng, m * k)
+                            .iter()
+                            .map(|v| v * 3.0)
+                            .collect::<Vec<_>>();
+                        let x = g.tensor(values.clone(), m, k);
+                        let want = g.linear(&g.rms_norm(&x, &nw, 1e-5), &w, b);
+                        let got = g.rms_norm_linear(&x, &nw, 1e-5, &w, b);
+                        let (got, want) = (read(g, &got), read(g, &want));
+                        let what = format!(
+                            "{format:?} k={k} m={m} bias={with_bias} (cpu kernels: {cpu_kernels})"
+                        );
+                        assert!(
+                            got.iter()
+                                .zip(&want)
+                                .all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{what}"
+                        );
+                        let xc = cpu.tensor(values, m, k);
+                        let reference = cpu.rms_norm_linear(&xc, &nc, 1e-5, &wc, bcpu);
+                        check(&what, &got, &reference.data, 1e-5);
+                    }
+                }
+            }
+            assert!(g.take_error().is_none());
+        }
+    }
+}

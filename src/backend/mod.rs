@@ -184,6 +184,19 @@ pub trait Backend {
     ) -> Self::Tensor {
         self.add(&residual, &self.linear(x, w, b))
     }
+    /// `linear(rms_norm(x, norm, eps), w, b)`: a pre-norm block's first projection. Bit for bit
+    /// the two ops; an engine may normalise x as the matmul reads it (the GPU engine: one kernel
+    /// where two ran).
+    fn rms_norm_linear(
+        &self,
+        x: &Self::Tensor,
+        norm: &Self::Weight,
+        eps: f32,
+        w: &Self::Weight,
+        b: Option<&Self::Weight>,
+    ) -> Self::Tensor {
+        self.linear(&self.rms_norm(x, norm, eps), w, b)
+    }
     fn layer_norm(
         &self,
         x: &Self::Tensor,

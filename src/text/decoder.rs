@@ -100,23 +100,26 @@ impl<B: Backend> DecoderLayer<B> {
         })
     }
 
-    /// Attention of the normed hidden states `x`: q/k/v projections, rotary embedding, cache
-    /// write and attention (one matmul for q/k/v when they are stacked).
+    /// Attention of the hidden states `h`: input norm, q/k/v projections, rotary embedding,
+    /// cache write and attention (when q/k/v are stacked: one matmul, the norm in its prologue
+    /// where the engine fuses it).
     fn attend(
         &self,
         b: &B,
         cache: &mut B::Cache,
         layer: usize,
-        x: &B::Tensor,
+        h: &B::Tensor,
         step: CacheStep,
         heads: Heads,
     ) -> B::Tensor {
         match &self.qkv {
             Projections::Stacked(qkv) => {
-                b.rope_cached_attention_stacked(cache, layer, &qkv.forward(b, x), step, heads)
+                let qkv = self.input_norm.forward_into(b, h, qkv);
+                b.rope_cached_attention_stacked(cache, layer, &qkv, step, heads)
             }
             Projections::Separate([q, k, v]) => {
-                let (q, k, v) = (q.forward(b, x), k.forward(b, x), v.forward(b, x));
+                let x = self.input_norm.forward(b, h);
+                let (q, k, v) = (q.forward(b, &x), k.forward(b, &x), v.forward(b, &x));
                 let qkv = Qkv {
                     q: &q,
                     k: &k,
@@ -127,12 +130,16 @@ impl<B: Backend> DecoderLayer<B> {
         }
     }
 
-    /// `act(gate x) * up x` (one matmul for gate and up when they are stacked).
-    fn gated(&self, b: &B, x: &B::Tensor, act: crate::config::Activation) -> B::Tensor {
+    /// `act(gate x) * up x` on `x = post_norm(h)` (when gate and up are stacked: one matmul,
+    /// the norm in its prologue where the engine fuses it).
+    fn gated(&self, b: &B, h: &B::Tensor, act: crate::config::Activation) -> B::Tensor {
         match &self.gate_up {
-            Projections::Stacked(gate_up) => b.gated_stacked(&gate_up.forward(b, x), act),
+            Projections::Stacked(gate_up) => {
+                b.gated_stacked(&self.post_norm.forward_into(b, h, gate_up), act)
+            }
             Projections::Separate([gate, up]) => {
-                b.gated(&gate.forward(b, x), &up.forward(b, x), act)
+                let x = self.post_norm.forward(b, h);
+                b.gated(&gate.forward(b, &x), &up.forward(b, &x), act)
             }
         }
     }
@@ -200,14 +207,13 @@ impl<B: Backend> Decoder<B> {
         let positions = step.positions;
         let mut h = x;
         for (i, layer) in self.layers.iter().enumerate() {
-            let x = layer.input_norm.forward(b, &h);
             let at = CacheStep {
                 start: step.start,
                 positions,
                 rope,
                 mask: step.mask,
             };
-            let a = layer.attend(b, cache, i, &x, at, heads);
+            let a = layer.attend(b, cache, i, &h, at, heads);
             // After the last layer's attention, only the rows whose logits are asked for matter
             // (its keys and values, for the cache, are written): with the last row asked for (a
             // prompt), o_proj and the MLP run on that row alone. Every op from here is row by
@@ -218,19 +224,14 @@ impl<B: Backend> Decoder<B> {
                 false => (a, h),
             };
             h = layer.o.forward_add(b, &a, h_in);
-            let x = layer.post_norm.forward(b, &h);
-            let m = layer.gated(b, &x, cfg.hidden_act);
+            let m = layer.gated(b, &h, cfg.hidden_act);
             h = layer.down.forward_add(b, &m, h);
         }
         if step.rows == LogitRows::Last {
             h = last_row(b, h);
         }
-        let h = self.norm.forward(b, &h);
-        b.linear(
-            &h,
-            self.lm_head.as_ref().unwrap_or(&self.embed_tokens),
-            None,
-        )
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        b.rms_norm_linear(&h, &self.norm.weight, self.norm.eps, head, None)
     }
 }
 

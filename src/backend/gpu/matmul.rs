@@ -74,7 +74,10 @@ fn flag(b: bool) -> f64 {
 
 impl GpuBackend {
     /// `x W^T + b` over one weight chunk, written at its output columns (added to what `out`
-    /// holds there when `accumulate`: `matmul_vec` and `matmul_small` only).
+    /// holds there when `accumulate`: `matmul_vec` and `matmul_small` only). With `norm` (an
+    /// RMSNorm weight and epsilon; `matmul_vec` and `matmul_small` only), x is normalised as it
+    /// is read.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn linear_chunk(
         &self,
         x: &GpuTensor,
@@ -83,11 +86,16 @@ impl GpuBackend {
         bias: Option<&GpuBuf>,
         out: &GpuTensor,
         accumulate: bool,
+        norm: Option<(&GpuBuf, f32)>,
     ) {
         let (m, k) = (x.rows, x.cols);
         let n = chunk.rows;
-        let consts = [("HAS_BIAS", flag(bias.is_some()))];
+        let consts = [
+            ("HAS_BIAS", flag(bias.is_some())),
+            ("NORM", flag(norm.is_some())),
+        ];
         let bias = bias.unwrap_or(&self.dummy);
+        let (norm_w, eps) = norm.unwrap_or((&self.dummy, 0.0));
         use Kernel::*;
         let (vec, small, tiled) = match w.dtype {
             WeightDType::F32 => (MatmulVec, MatmulSmall, MatmulTiled),
@@ -107,17 +115,28 @@ impl GpuBackend {
         // Params of every algorithm (`shaders/matmul_io.wgsl`); the last is matmul_small's.
         let params = |col_groups: u32| {
             let (m, n, k) = (m as u32, n as u32, k as u32);
-            [m, n, k, steps, out_stride, col_offset, nb, col_groups]
+            [
+                m,
+                n,
+                k,
+                steps,
+                out_stride,
+                col_offset,
+                nb,
+                col_groups,
+                eps.to_bits(),
+            ]
         };
         let aligned = ("K_ALIGNED", flag(k.is_multiple_of(4)));
         let shape = self.matmul_shape(m);
-        let bufs = [x.buffer(), &chunk.buf, scales, bias, out.buffer()];
+        let bufs = [x.buffer(), &chunk.buf, scales, bias, out.buffer(), norm_w];
         if shape == MatmulShape::Vec {
             let x_rows = if m == 1 { 1 } else { VEC_X_ROWS };
             // Every row in one workgroup: the weight block comes from memory once.
             let chunks = m.div_ceil(x_rows);
             let consts = [
                 consts[0],
+                consts[1],
                 ("XR", x_rows as f64),
                 ("CHUNKS", chunks as f64),
                 ("ACCUMULATE", flag(accumulate)),
@@ -140,6 +159,7 @@ impl GpuBackend {
             let col_groups = lanes.div_ceil(wg);
             let consts = [
                 consts[0],
+                consts[1],
                 ("WG", wg as f64),
                 ("TR", tile_rows as f64),
                 ("ACCUMULATE", flag(accumulate)),

@@ -185,7 +185,35 @@ impl Backend for GpuBackend {
         }
         let bias = b.and_then(GpuWeight::first);
         for chunk in &w.chunks {
-            self.linear_chunk(x, w, chunk, bias, &out, false);
+            self.linear_chunk(x, w, chunk, bias, &out, false, None);
+        }
+        out
+    }
+
+    fn rms_norm_linear(
+        &self,
+        x: &GpuTensor,
+        norm: &GpuWeight,
+        eps: f32,
+        w: &GpuWeight,
+        b: Option<&GpuWeight>,
+    ) -> GpuTensor {
+        let fits = w.shape.len() == 2
+            && w.cols == x.cols
+            && norm.cols == x.cols
+            && b.is_none_or(|b| b.cols == w.rows);
+        // The batch-invariant kernels normalise in their prologue; the tiled GEMM (prompts past
+        // 64 rows on GPUs) runs the norm kernel first, which sums in the same order.
+        let Some(norm_w) = norm.first().filter(|_| fits && x.rows > 0) else {
+            return self.linear(&self.rms_norm(x, norm, eps), w, b);
+        };
+        if self.matmul_shape(x.rows) == MatmulShape::Tiled {
+            return self.linear(&self.rms_norm(x, norm, eps), w, b);
+        }
+        let out = self.alloc(x.rows, w.rows);
+        let bias = b.and_then(GpuWeight::first);
+        for chunk in &w.chunks {
+            self.linear_chunk(x, w, chunk, bias, &out, false, Some((norm_w, eps)));
         }
         out
     }
@@ -208,7 +236,7 @@ impl Backend for GpuBackend {
         }
         let bias = b.and_then(GpuWeight::first);
         for chunk in &w.chunks {
-            self.linear_chunk(x, w, chunk, bias, &residual, true);
+            self.linear_chunk(x, w, chunk, bias, &residual, true, None);
         }
         residual
     }

@@ -194,7 +194,8 @@ impl Kernel {
     /// Storage bindings 1.. in order (binding 0 is the uniform `Params`).
     pub fn bindings(self) -> &'static [Access] {
         match self {
-            // x, weights (codes), scales (a dummy for f32 / f16), bias, out
+            // x, weights (codes), scales (a dummy for f32 / f16), bias, out, norm weight (a dummy
+            // without NORM)
             Kernel::MatmulTiled
             | Kernel::MatmulTiledF16
             | Kernel::MatmulVec
@@ -206,7 +207,7 @@ impl Kernel {
             | Kernel::MatmulVecQ8
             | Kernel::MatmulVecQ4
             | Kernel::MatmulTiledQ8
-            | Kernel::MatmulTiledQ4 => &[Read, Read, Read, Read, Write],
+            | Kernel::MatmulTiledQ4 => &[Read, Read, Read, Read, Write, Read],
             Kernel::AttentionTree | Kernel::AttentionTreeBlock => &[Read, Read, Read, Read, Write],
             Kernel::AttentionFull => &[Read, Read, Read, Write],
             Kernel::RmsNorm => &[Read, Read, Write],
