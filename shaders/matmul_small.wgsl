@@ -57,24 +57,6 @@ fn main(
     let xr1 = min(i0 + 1u, p.m - 1u);
     let xr2 = min(i0 + 2u, p.m - 1u);
     let xr3 = min(i0 + 3u, p.m - 1u);
-    // NORM: each row's 1 / rms, computed by every invocation (x rows are read at the same
-    // addresses by every lane: cheap on CPU drivers).
-    var inv0 = 1.0;
-    var inv1 = 1.0;
-    var inv2 = 1.0;
-    var inv3 = 1.0;
-    if NORM {
-        inv0 = row_norm_inv(xr0);
-        if TR > 1u {
-            inv1 = row_norm_inv(xr1);
-        }
-        if TR > 2u {
-            inv2 = row_norm_inv(xr2);
-        }
-        if TR > 3u {
-            inv3 = row_norm_inv(xr3);
-        }
-    }
     var a0_0 = 0.0;
     var a0_1 = 0.0;
     var a0_2 = 0.0;
@@ -118,18 +100,18 @@ fn main(
         let ws7 = w_load(wr7, q);
         for (var s = 0u; s < XS; s++) {
             let v = x_vec(q, s);
-            let x0 = xn4(xr0, v, inv0);
+            let x0 = x4(xr0, v);
             var x1 = vec4<f32>(0.0);
             var x2 = vec4<f32>(0.0);
             var x3 = vec4<f32>(0.0);
             if TR > 1u {
-                x1 = xn4(xr1, v, inv1);
+                x1 = x4(xr1, v);
             }
             if TR > 2u {
-                x2 = xn4(xr2, v, inv2);
+                x2 = x4(xr2, v);
             }
             if TR > 3u {
-                x3 = xn4(xr3, v, inv3);
+                x3 = x4(xr3, v);
             }
             let w0 = w_vec(ws0, s);
             a0_0 = fma4(x0, w0, a0_0);

@@ -25,8 +25,8 @@ fn x4(i: u32, v: u32) -> vec4<f32> {
     return out4;
 }
 
-// x RMS-normalised as it is read: the norm fused into the matmul's prologue (matmul_vec,
-// matmul_small), bit for bit what rmsnorm_rows_f32.wgsl writes. Both sum a row's squares in one
+// x RMS-normalised as it is read: the norm fused into matmul_vec's prologue, bit for bit what
+// rmsnorm_rows_f32.wgsl writes. Both sum a row's squares in one
 // canonical order: NORM_PARTS partial fma chains, chain t over the vec4s t, t + NORM_PARTS, ...,
 // each reduced (x + y) + (z + w), then added in t order; inv = 1 / sqrt(sum / k + eps), and
 // each element is norm_w * (x * inv).
@@ -46,15 +46,6 @@ fn norm_partial(i: u32, t: u32) -> f32 {
 // 1 / sqrt(mean square + eps) from the whole sum of squares.
 fn norm_inv(sum: f32) -> f32 {
     return 1.0 / sqrt(sum / f32(p.k) + p.eps);
-}
-
-// norm_inv of row i, every partial computed by this invocation (matmul_small).
-fn row_norm_inv(i: u32) -> f32 {
-    var sum = 0.0;
-    for (var t = 0u; t < NORM_PARTS; t++) {
-        sum += norm_partial(i, t);
-    }
-    return norm_inv(sum);
 }
 
 // x4(i, v), normalised with the row's `inv` when NORM (zero past k either way).

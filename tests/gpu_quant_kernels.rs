@@ -251,8 +251,8 @@ fn linear_add_equals_add_of_linear_bit_for_bit() {
     }
 }
 
-/// `rms_norm_linear` (the norm fused into the batch-invariant kernels' prologue up to 64 rows on
-/// GPUs and at every m on CPU drivers; the norm kernel, then the tiled GEMM, above) equals
+/// `rms_norm_linear` (the norm fused into the mat-vec's prologue up to 64 rows with the GPU
+/// kernels; the norm kernel, then the tiled GEMM, above, and `matmul_small` on CPU drivers) equals
 /// `linear(rms_norm(x))` bit for bit, in every weight format, at widths that are not whole
 /// vec4s, with weights split over several bindings; and stays within the f32 tolerance of the
 /// CPU reference.

@@ -75,8 +75,7 @@ fn flag(b: bool) -> f64 {
 impl GpuBackend {
     /// `x W^T + b` over one weight chunk, written at its output columns (added to what `out`
     /// holds there when `accumulate`: `matmul_vec` and `matmul_small` only). With `norm` (an
-    /// RMSNorm weight and epsilon; `matmul_vec` and `matmul_small` only), x is normalised as it
-    /// is read.
+    /// RMSNorm weight and epsilon; `matmul_vec` only), x is normalised as it is read.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn linear_chunk(
         &self,

@@ -202,14 +202,15 @@ impl Backend for GpuBackend {
             && w.cols == x.cols
             && norm.cols == x.cols
             && b.is_none_or(|b| b.cols == w.rows);
-        // The batch-invariant kernels normalise in their prologue; the tiled GEMM (prompts past
-        // 64 rows on GPUs) runs the norm kernel first, which sums in the same order.
-        let Some(norm_w) = norm.first().filter(|_| fits && x.rows > 0) else {
+        // The mat-vec (GPUs, up to 64 rows) normalises in its prologue, each workgroup summing
+        // its rows' squares across its lanes. Elsewhere the norm kernel runs first (it sums in
+        // the same order): before the tiled GEMM of a long prompt, and on CPU drivers, where
+        // every lane of `matmul_small` would redo the sum (measured slower on lavapipe than the
+        // launch it saves).
+        let fused = fits && x.rows > 0 && self.matmul_shape(x.rows) == MatmulShape::Vec;
+        let Some(norm_w) = norm.first().filter(|_| fused) else {
             return self.linear(&self.rms_norm(x, norm, eps), w, b);
         };
-        if self.matmul_shape(x.rows) == MatmulShape::Tiled {
-            return self.linear(&self.rms_norm(x, norm, eps), w, b);
-        }
         let out = self.alloc(x.rows, w.rows);
         let bias = b.and_then(GpuWeight::first);
         for chunk in &w.chunks {
