@@ -4,7 +4,8 @@
 // children with their log-probabilities (value - lse), and softmax(v) = exp(v - lse).
 // One workgroup per row: each of the WG invocations scans a strided share of the row keeping its
 // own sorted top K (in registers) and an online (max, sum of exp) pair; invocation 0 merges them.
-// NaN entries are skipped.
+// NaN entries are skipped. Every entry is multiplied by `scale` as it is read (1 / temperature
+// for sampling; 1 leaves the logits as they are).
 
 // entries kept (1..=MAX_K)
 override K: u32 = 1u;
@@ -18,6 +19,8 @@ const NEG: f32 = -3.4028234663852886e38;
 struct Params {
     rows: u32,
     vocab: u32,
+    scale: f32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -73,7 +76,7 @@ fn main(
     var s = 0.0;
     let base = row * p.vocab;
     for (var j = lid; j < p.vocab; j += WG) {
-        let v = logits[base + j];
+        let v = logits[base + j] * p.scale;
         if v == v {
             insert(&vals, &ids, v, j);
             let m_new = max(m, v);

@@ -8,7 +8,7 @@
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-use crate::backend::{Backend, TopK};
+use crate::backend::{Backend, TopK, MAX_TOP_K};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -103,6 +103,50 @@ pub fn sampling_distribution(logits: &[f32], opts: &SamplingOptions) -> Vec<f32>
     p
 }
 
+/// The top-p nucleus from a [`Backend::top_k_scaled`] read-back of one row at scale
+/// 1 / temperature: (token, probability) pairs, best first, renormalised over the nucleus, as
+/// [`sampling_distribution`] keeps them. `None` when the read-back cannot tell: top-p is 1 (every
+/// token stays), the entries run out before their mass reaches top-p, or a value, id or the
+/// log-sum-exp is not usable. Then the caller reads the whole row.
+pub fn nucleus_from_top(
+    top: &TopK,
+    opts: &SamplingOptions,
+    vocab: usize,
+) -> Option<Vec<(u32, f32)>> {
+    if opts.top_p >= 1.0 || !top.lse.is_finite() {
+        return None;
+    }
+    let mut kept = Vec::new();
+    let mut mass = 0.0f32;
+    for (&id, &v) in top.ids.iter().zip(&top.values) {
+        if !v.is_finite() || id as usize >= vocab {
+            return None;
+        }
+        let p = (v - top.lse).exp();
+        kept.push((id, p));
+        mass += p;
+        if mass >= opts.top_p {
+            let total: f32 = kept.iter().map(|&(_, p)| p).sum();
+            return Some(kept.into_iter().map(|(id, p)| (id, p / total)).collect());
+        }
+    }
+    None
+}
+
+/// A sparse distribution (token, probability) as a dense vector long enough for its largest id.
+pub fn dense(sparse: &[(u32, f32)]) -> Vec<f32> {
+    let len = sparse
+        .iter()
+        .map(|&(id, _)| id as usize + 1)
+        .max()
+        .unwrap_or(0);
+    let mut p = vec![0.0; len];
+    for &(id, v) in sparse {
+        p[id as usize] = v;
+    }
+    p
+}
+
 /// Draw an index from a distribution with the given uniform number in [0, 1).
 pub fn draw(p: &[f32], u: f32) -> u32 {
     let mut acc = 0.0;
@@ -139,13 +183,19 @@ impl Sampler {
         self.rng.random::<f32>()
     }
     /// The next token from a logits tensor `[1, vocab]` on `b`: greedy reads back only the argmax
-    /// (`Backend::top_k`), sampling the whole row. `None` when the logits are not finite (NaN or
+    /// (`Backend::top_k`), nucleus sampling the best [`MAX_TOP_K`] at the temperature when the
+    /// nucleus is among them, else the whole row. `None` when the logits are not finite (NaN or
     /// +inf: a broken model), so that no NaN ever becomes a token id.
     pub async fn pick_from<B: Backend>(&mut self, b: &B, logits: &B::Tensor) -> Option<u32> {
         let vocab = b.dims(logits).1;
         if self.opts.is_greedy() {
             let top = TopK::parse(&b.read(&b.top_k(logits, 1)).await, 1, vocab);
             return top.first().and_then(|t| greedy_token(t, vocab));
+        }
+        if let Some(tops) = read_nuclei(b, logits, &self.opts).await {
+            let p = dense(tops.first()?);
+            let u = self.uniform();
+            return Some(draw(&p, u));
         }
         let row = b.read(logits).await;
         row_is_finite(&row).then(|| self.pick(&row))
@@ -159,6 +209,25 @@ impl Sampler {
         let u = self.uniform();
         draw(&p, u)
     }
+}
+
+/// The top-p nucleus of every row of `logits` from one [`Backend::top_k_scaled`] read-back
+/// ([`MAX_TOP_K`] entries a row at scale 1 / temperature, not the vocabulary); `None` when top-p
+/// is 1 or some row's nucleus is wider (see [`nucleus_from_top`]).
+pub async fn read_nuclei<B: Backend>(
+    b: &B,
+    logits: &B::Tensor,
+    opts: &SamplingOptions,
+) -> Option<Vec<Vec<(u32, f32)>>> {
+    if opts.top_p >= 1.0 || opts.is_greedy() {
+        return None;
+    }
+    let vocab = b.dims(logits).1;
+    let top = b.top_k_scaled(logits, MAX_TOP_K, 1.0 / opts.temperature);
+    TopK::parse(&b.read(&top).await, MAX_TOP_K, vocab)
+        .iter()
+        .map(|t| nucleus_from_top(t, opts, vocab))
+        .collect()
 }
 
 #[cfg(test)]
@@ -180,6 +249,67 @@ mod tests {
             "{p:?}"
         );
         assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn the_nucleus_from_a_top_k_read_back_is_the_sampling_distribution() {
+        use crate::backend::cpu::CpuBackend;
+        use rand::{Rng, SeedableRng};
+        let b = CpuBackend;
+        let mut rng = StdRng::seed_from_u64(3);
+        let vocab = 300;
+        let (mut fitted, mut wide) = (0, 0);
+        for trial in 0..200 {
+            // Peaked rows (a few tokens hold the mass) and flat ones (the nucleus is wider
+            // than the read-back).
+            let spread = if trial % 4 == 0 { 0.05 } else { 4.0 };
+            let logits: Vec<f32> = (0..vocab)
+                .map(|_| rng.random_range(-1.0f32..1.0) * spread * 3.0)
+                .collect();
+            for (temperature, top_p) in [(0.7, 0.9), (1.0, 0.5), (1.3, 0.95)] {
+                let opts = SamplingOptions {
+                    temperature,
+                    top_p,
+                    seed: 0,
+                };
+                let x = b.tensor(logits.clone(), 1, vocab);
+                let top = TopK::parse(
+                    &b.top_k_scaled(&x, MAX_TOP_K, 1.0 / temperature).data,
+                    MAX_TOP_K,
+                    vocab,
+                );
+                let want = sampling_distribution(&logits, &opts);
+                match nucleus_from_top(&top[0], &opts, vocab) {
+                    Some(n) => {
+                        fitted += 1;
+                        let got = dense(&n);
+                        let kept = want.iter().filter(|&&p| p > 0.0).count();
+                        assert_eq!(n.len(), kept, "nucleus size");
+                        for (i, &w) in want.iter().enumerate() {
+                            let g = got.get(i).copied().unwrap_or(0.0);
+                            assert!((g - w).abs() <= 1e-5, "token {i}: {g} vs {w}");
+                        }
+                    }
+                    None => {
+                        wide += 1;
+                        assert!(want.iter().filter(|&&p| p > 0.0).count() >= MAX_TOP_K);
+                    }
+                }
+            }
+        }
+        assert!(
+            fitted > 100 && wide > 100,
+            "{fitted} fitted, {wide} too wide"
+        );
+        // Top-p 1 keeps every token: never from a read-back.
+        let opts = SamplingOptions {
+            temperature: 1.0,
+            top_p: 1.0,
+            seed: 0,
+        };
+        let x = b.tensor(vec![5.0, 0.0, 0.0], 1, 3);
+        let top = TopK::parse(&b.top_k_scaled(&x, MAX_TOP_K, 1.0).data, MAX_TOP_K, 3);
+        assert_eq!(nucleus_from_top(&top[0], &opts, 3), None);
     }
 
     #[test]

@@ -950,6 +950,33 @@ fn top_k_and_log_sum_exp_match_cpu() {
                 );
             }
         }
+        // Scaled (1 / temperature for nucleus sampling): both engines rank and sum `v * scale`,
+        // and scale 1 is `top_k` bit for bit.
+        for scale in [1.0f32, 1.0 / 0.7, 4.0] {
+            let (got, want) = p.results(
+                &cpu.top_k_scaled(&xc, 16, scale),
+                &g.top_k_scaled(&xg, 16, scale),
+            );
+            if scale == 1.0 {
+                let plain = p.results(&cpu.top_k(&xc, 16), &g.top_k(&xg, 16));
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&plain.0), "scale 1 is top_k (gpu)");
+                assert_eq!(bits(&want), bits(&plain.1), "scale 1 is top_k (cpu)");
+            }
+            let (got, want) = (TopK::parse(&got, 16, vocab), TopK::parse(&want, 16, vocab));
+            let scaled: Vec<f32> = data.iter().map(|v| v * scale).collect();
+            let (sc, _) = p.tensor(&scaled, rows, vocab);
+            let plain = TopK::parse(&cpu.top_k(&sc, 16).data, 16, vocab);
+            for (r, ((a, b), c)) in got.iter().zip(&want).zip(&plain).enumerate() {
+                let what = format!("top_k_scaled {scale} rows={rows} vocab={vocab} row {r}");
+                assert_eq!((&a.ids, &a.values), (&b.ids, &b.values), "{what}");
+                assert_eq!((&b.ids, &b.values), (&c.ids, &c.values), "{what}");
+                assert!(
+                    (a.lse - b.lse).abs() <= 1e-5 * b.lse.abs().max(1.0),
+                    "{what}"
+                );
+            }
+        }
     }
 }
 

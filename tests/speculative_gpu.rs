@@ -240,3 +240,54 @@ fn caption_cli_with_the_draft_on_the_cpu() {
     assert!(hybrid["spec"]["tau"].as_f64().unwrap() > 1.0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Nucleus sampling reads back each row's best `MAX_TOP_K` at the temperature, not the
+/// vocabulary row, when the nucleus is among them (the demo target is confident: nearly always):
+/// plain and speculative sampling on the GPU engine read back well under half of what whole rows
+/// would cost, and the speculative caption is a caption (sampled tokens, no error).
+#[test]
+fn nucleus_sampling_reads_back_top_k_rows_not_the_vocabulary() {
+    let Some(b) = gpu() else { return };
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("web/models/demo");
+    let target = Captioner::new(&b, Checkpoint::open(&demo.join("target")).unwrap()).unwrap();
+    let draft = Captioner::new(&b, Checkpoint::open(&demo.join("draft")).unwrap()).unwrap();
+    let drafter = target.drafter(draft).unwrap();
+    let vocab = target.model.config.text.vocab_size as u64;
+    let req = CaptionRequest {
+        sampling: spec_llava::sampling::SamplingOptions {
+            temperature: 0.7,
+            top_p: 0.9,
+            seed: 5,
+        },
+        ..Default::default()
+    };
+    let scene = spec_llava::scenes::generate(3300);
+    let before = b.bytes_read();
+    let plain = pollster::block_on(target.caption(&b, &scene.image, &req, |_| true)).unwrap();
+    let read = b.bytes_read() - before;
+    let passes = plain.tokens.len() as u64 + 1;
+    assert!(
+        read * 2 < passes * vocab * 4,
+        "plain: {read} bytes read back for {passes} passes of {vocab} logits"
+    );
+    let before = b.bytes_read();
+    let spec = pollster::block_on(target.caption_speculative(
+        &b,
+        &drafter,
+        &scene.image,
+        &req,
+        SpecOptions::default(),
+        |_| true,
+    ))
+    .unwrap();
+    let read = b.bytes_read() - before;
+    let stats = spec.spec.as_ref().unwrap();
+    // Every verified node would have been a vocabulary row.
+    let verified = (stats.rounds as f64 * (stats.mean_tree_nodes + 1.0)).round() as u64;
+    assert!(
+        read * 2 < verified * vocab * 4,
+        "speculative: {read} bytes read back for {verified} verified rows of {vocab} logits"
+    );
+    assert!(!spec.tokens.is_empty() && spec.tokens.iter().all(|&t| (t as u64) < vocab));
+    assert!(b.take_error().is_none());
+}

@@ -168,7 +168,12 @@ pub trait Backend {
     /// the lower index first) and the row's log-sum-exp, as `[rows, 2k + 1]`: values, indices (as
     /// f32), lse ([`TopK::parse`]). What greedy decoding and tree drafting read back instead of
     /// whole vocabulary rows.
-    fn top_k(&self, logits: &Self::Tensor, k: usize) -> Self::Tensor;
+    fn top_k(&self, logits: &Self::Tensor, k: usize) -> Self::Tensor {
+        self.top_k_scaled(logits, k, 1.0)
+    }
+    /// [`Self::top_k`] of `logits * scale` (scale = 1 / temperature: what nucleus sampling reads
+    /// back instead of whole rows). Scale 1 gives `top_k`'s values bit for bit.
+    fn top_k_scaled(&self, logits: &Self::Tensor, k: usize, scale: f32) -> Self::Tensor;
 
     /// `x W^T + b` for `W: [out, in]`.
     fn linear(&self, x: &Self::Tensor, w: &Self::Weight, b: Option<&Self::Weight>) -> Self::Tensor;

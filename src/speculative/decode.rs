@@ -9,7 +9,7 @@
 use crate::backend::{AttnMask, Backend, TopK, MAX_TOP_K};
 use crate::error::{Error, Result};
 use crate::model::LlavaModel;
-use crate::sampling::{greedy_token, row_is_finite, Sampler, SamplingOptions};
+use crate::sampling::{greedy_token, read_nuclei, row_is_finite, Sampler, SamplingOptions};
 use crate::speculative::adapt::{CostModel, LiveCost};
 use crate::speculative::events::{RoundEvent, RoundTimings};
 use crate::speculative::tree::DraftTree;
@@ -96,11 +96,20 @@ impl<'m, B: Backend> Stream<'m, B> {
             .collect()
     }
 
-    /// What verification reads: the argmax of every row when greedy, else the rows. `None` when
-    /// a row is not finite (the target produced NaN).
-    async fn verify_rows(&self, b: &B, logits: &B::Tensor, greedy: bool) -> Option<TargetRows> {
+    /// What verification reads: the argmax of every row when greedy; with top-p, every row's
+    /// nucleus when all fit in one `top_k_scaled` read-back; else the rows. `None` when a row is
+    /// not finite (the target produced NaN).
+    async fn verify_rows(
+        &self,
+        b: &B,
+        logits: &B::Tensor,
+        sampling: &SamplingOptions,
+    ) -> Option<TargetRows> {
         let vocab = self.model.config.text.vocab_size;
-        if greedy {
+        if let Some(nuclei) = read_nuclei(b, logits, sampling).await {
+            return Some(TargetRows::Nucleus(nuclei));
+        }
+        if sampling.is_greedy() {
             let data = b.read(&b.top_k(logits, 1)).await;
             let ids = TopK::parse(&data, 1, vocab)
                 .iter()
@@ -519,10 +528,9 @@ impl Round {
             rows: LogitRows::All,
         };
         let logits = run.target.run(b, &tokens, &step);
-        let greedy = run.inp.sampling.is_greedy();
         let rows = run
             .target
-            .verify_rows(b, &logits, greedy)
+            .verify_rows(b, &logits, &run.inp.sampling)
             .await
             .ok_or(Error::NonFinite {
                 token: run.out.tokens.len(),

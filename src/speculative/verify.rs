@@ -10,14 +10,16 @@
 //! child is rejected the next token is drawn from what is left of p. Each emitted token is then
 //! distributed exactly as the target's (temperature / top-p applied to p before verifying).
 
-use crate::sampling::{argmax, draw, sampling_distribution, Sampler};
+use crate::sampling::{argmax, dense, draw, sampling_distribution, Sampler};
 use crate::speculative::tree::{DraftTree, Node, NodeStatus};
 
 /// The target's output at each verified node: its argmax (all greedy verification needs, read
-/// back as `Backend::top_k(_, 1)`), or whole logits rows (sampling).
+/// back as `Backend::top_k(_, 1)`), its top-p nucleus (token, probability; sampling with top-p,
+/// read back as `Backend::top_k_scaled` when every row's nucleus fits), or whole logits rows.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TargetRows {
     Argmax(Vec<u32>),
+    Nucleus(Vec<Vec<(u32, f32)>>),
     Logits(Vec<Vec<f32>>),
 }
 
@@ -44,15 +46,20 @@ pub fn verify(
     let bonus = loop {
         let at = order.iter().position(|&o| o == cur).unwrap_or(0);
         let kids = tree.children_in(cur, order);
-        let row = match rows {
-            TargetRows::Logits(l) if !sampler.options().is_greedy() => l.get(at),
-            _ => None,
+        let target = match rows {
+            _ if sampler.options().is_greedy() => None,
+            TargetRows::Logits(l) => l
+                .get(at)
+                .map(|r| sampling_distribution(r, sampler.options())),
+            TargetRows::Nucleus(n) => n.get(at).map(|n| dense(n)),
+            TargetRows::Argmax(_) => None,
         };
-        let next = if let Some(row) = row {
-            sample_next(tree, &kids, row, sampler)
+        let next = if let Some(target) = target {
+            sample_next(tree, &kids, target, sampler)
         } else {
             let t = match rows {
                 TargetRows::Argmax(ids) => ids.get(at).copied().unwrap_or(0),
+                TargetRows::Nucleus(n) => n.get(at).and_then(|n| n.first()).map_or(0, |t| t.0),
                 TargetRows::Logits(l) => l.get(at).map_or(0, |r| argmax(r)),
             };
             let hit = kids.iter().copied().find(|&k| tree.nodes[k].token == t);
@@ -87,14 +94,14 @@ pub fn verify(
 }
 
 /// Recursive rejection at one node: its children `kids` tried best-first against the target's
-/// distribution from `row`; `Ok(child)` accepted, or `Err(token)` drawn from what is left.
+/// distribution `target` (indexed by token; tokens past its end have probability 0); `Ok(child)`
+/// accepted, or `Err(token)` drawn from what is left.
 fn sample_next(
     tree: &mut DraftTree,
     kids: &[usize],
-    row: &[f32],
+    target: Vec<f32>,
     sampler: &mut Sampler,
 ) -> Result<usize, u32> {
-    let target = sampling_distribution(row, sampler.options());
     let mut p = target.clone();
     for &k in kids {
         let x = tree.nodes[k].token as usize;

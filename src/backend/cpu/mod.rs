@@ -230,10 +230,18 @@ impl Backend for CpuBackend {
         x.data.clone()
     }
 
-    fn top_k(&self, logits: &CpuTensor, k: usize) -> CpuTensor {
+    fn top_k_scaled(&self, logits: &CpuTensor, k: usize, scale: f32) -> CpuTensor {
         let k = k.clamp(1, super::MAX_TOP_K);
         let mut data = Vec::with_capacity(logits.rows * (2 * k + 1));
         for row in logits.data.chunks(logits.cols.max(1)).take(logits.rows) {
+            let scaled: Vec<f32>;
+            let row = match scale == 1.0 {
+                true => row,
+                false => {
+                    scaled = row.iter().map(|&v| v * scale).collect();
+                    &scaled[..]
+                }
+            };
             // Best first, ties by index; NaN skipped (as the kernel).
             let mut best: Vec<(usize, f32)> = Vec::with_capacity(k + 1);
             let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);

@@ -160,10 +160,10 @@ impl Backend for GpuBackend {
         }
     }
 
-    fn top_k(&self, logits: &GpuTensor, k: usize) -> GpuTensor {
+    fn top_k_scaled(&self, logits: &GpuTensor, k: usize, scale: f32) -> GpuTensor {
         let k = k.clamp(1, crate::backend::MAX_TOP_K);
         let out = self.alloc(logits.rows, 2 * k + 1);
-        let params = [logits.rows as u32, logits.cols as u32];
+        let params = [logits.rows as u32, logits.cols as u32, scale.to_bits()];
         self.run(
             Kernel::TopK,
             &[("K", k as f64)],
