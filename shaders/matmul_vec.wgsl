@@ -13,6 +13,10 @@
 // Each workgroup computes RPW = GROUPS * RPT weight rows (output columns) for CHUNKS * XR rows
 // of x, XR rows at a time.
 //
+// NORM (matmul_x.wgsl): x is RMS-normalised as it is read, the pre-norm block's norm fused into
+// this kernel's prologue; each workgroup sums its x rows' squares across a group's lanes in the
+// norm kernel's order, so the normalised x is bit for bit the norm kernel's.
+//
 // The snippet's interface is described in weights_f32.wgsl: a step of a weight row (a vec4, or a
 // whole block of 32 for q8 / q4) is loaded once and used in XS parts of 4 weights.
 
