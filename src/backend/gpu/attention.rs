@@ -2,7 +2,7 @@
 //! the per-layer KV cache (grow, write, compact) and the attention dispatches over it.
 
 use crate::backend::math::rope_inv_freq;
-use crate::backend::{AttnMask, Heads, Qkv, Rope};
+use crate::backend::{AttnMask, CacheStep, Heads, Qkv, Rope};
 
 use super::pipelines::Kernel;
 use super::pool::GpuBuf;
@@ -32,6 +32,17 @@ pub(super) struct Attend<'a> {
     pub mask: &'a AttnMask,
     /// Positions and rotary parameters: rotate q and k as the cache is written.
     pub rotate: Option<(&'a [u32], Rope)>,
+}
+
+impl<'a> Attend<'a> {
+    /// A decoder step's attention: rotate at `step`'s positions, write at its slots.
+    pub fn rotating(step: CacheStep<'a>) -> Self {
+        Attend {
+            start: step.start,
+            mask: step.mask,
+            rotate: Some((step.positions, step.rope)),
+        }
+    }
 }
 
 /// The queries, keys and values of a cached attention call: three tensors, or one stacked q/k/v

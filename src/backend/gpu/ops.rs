@@ -564,11 +564,7 @@ impl Backend for GpuBackend {
         step: CacheStep<'_>,
         heads: Heads,
     ) -> GpuTensor {
-        let at = Attend {
-            start: step.start,
-            mask: step.mask,
-            rotate: Some((step.positions, step.rope)),
-        };
+        let at = Attend::rotating(step);
         self.record_cached_attention(cache, layer, QkvIn::Split(qkv), at, heads)
     }
 
@@ -580,11 +576,7 @@ impl Backend for GpuBackend {
         step: CacheStep<'_>,
         heads: Heads,
     ) -> GpuTensor {
-        let at = Attend {
-            start: step.start,
-            mask: step.mask,
-            rotate: Some((step.positions, step.rope)),
-        };
+        let at = Attend::rotating(step);
         self.record_cached_attention(cache, layer, QkvIn::Stacked(qkv), at, heads)
     }
 
