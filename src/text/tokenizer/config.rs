@@ -46,8 +46,37 @@ pub(super) fn parse_tokenizer(bytes: &[u8], name: &str) -> Result<Tokenizer> {
             "not a Hugging Face tokenizer (tokenizer.json has a \"model\" object)",
         ));
     }
+    if let Some(msg) = bpe_merge_too_long(&json["model"]) {
+        return Err(Error::file(name, msg));
+    }
     Tokenizer::from_bytes(bytes)
         .map_err(|e| Error::file(name, format!("not a tokenizer this version can read: {e}")))
+}
+
+/// A BPE merge whose joined token is longer than every vocabulary entry (or whose second part
+/// is shorter than the continuing-subword prefix): the tokenizers crate copies such a merge into a
+/// buffer sized by the longest entry and panics, where the merge could never be in the vocabulary
+/// anyway. Found by the checkpoint fuzzer (a vocabulary entry deleted).
+fn bpe_merge_too_long(model: &Json) -> Option<String> {
+    let vocab = model.get("vocab")?.as_object()?;
+    let longest = vocab.keys().map(String::len).max().unwrap_or(0);
+    let prefix = model
+        .get("continuing_subword_prefix")
+        .and_then(Json::as_str)
+        .map_or(0, str::len);
+    for merge in model.get("merges")?.as_array()? {
+        let (a, b) = match merge {
+            Json::String(m) => m.split_once(' ')?,
+            Json::Array(pair) => (pair.first()?.as_str()?, pair.get(1)?.as_str()?),
+            _ => return None,
+        };
+        if b.len() < prefix || a.len() + b.len() - prefix > longest {
+            return Some(format!(
+                "BPE merge \"{a}\" + \"{b}\" is longer than every vocabulary entry"
+            ));
+        }
+    }
+    None
 }
 
 pub(super) fn parse_config(bytes: &[u8], name: &str) -> Result<serde_json::Map<String, Json>> {
@@ -200,6 +229,19 @@ pub(super) fn rebuild_llama_post_processor(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_merge_longer_than_the_vocabulary_is_an_error_not_a_panic() {
+        // "a" + "b" joins to "ab", longer than every entry: the tokenizers crate would panic.
+        let json = br#"{"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": ["a b"]}}"#;
+        let err = parse_tokenizer(json, "tokenizer.json")
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            err.as_deref().is_some_and(|e| e.contains("BPE merge")),
+            "{err:?}"
+        );
+    }
 
     #[test]
     fn sibling_names() {
