@@ -1,5 +1,6 @@
-// Activation functions shared by activation_elementwise_f32.wgsl and gated_elementwise_f32.wgsl.
-// WGSL has no imports: the host prepends this file to those two kernels (and nothing else).
+// Activation functions shared by activation_elementwise_f32.wgsl, gated_elementwise_f32.wgsl and
+// the gated epilogue of matmul_vec.wgsl / matmul_small.wgsl (GATED). WGSL has no imports: the host
+// prepends this file to those kernels, so every one of them evaluates the same expressions.
 //
 // `ACT` (pipeline-overridable) selects the function:
 //   0 silu, 1 gelu (exact, erf), 2 gelu_tanh, 3 quick_gelu, 4 relu.

@@ -23,11 +23,26 @@ const MAX_TR: u32 = 4u;
 // weight rows (output columns) per invocation
 const TC: u32 = 8u;
 
+// out[i, j] = activate(gate) * up of a stacked gate/up weight (rows [gate; up], n = 2 * half;
+// col_offset 0): each invocation's 8 weight rows are 4 gate rows (columns 0..3 of its tile) and
+// their up rows (4..7), and the epilogue applies activation_fns_f32.wgsl to sums that are bit for
+// bit the ones the plain kernel would store. The gated kernel fused in.
+override GATED: bool = false;
+
 // Params and bindings 0, 1, 4, 5: matmul_io.wgsl; bindings 2, 3: the weight-format snippet.
 
 // acc + dot(a, b) as one fma chain in a fixed order (a dot builtin may be lowered differently).
 fn fma4(a: vec4<f32>, b: vec4<f32>, acc: f32) -> f32 {
     return fma(a.w, b.w, fma(a.z, b.z, fma(a.y, b.y, fma(a.x, b.x, acc))));
+}
+
+// Weight row of column c of a lane's tile, clamped into range (the copies are never written).
+fn weight_row(lane: u32, c: u32) -> u32 {
+    if GATED {
+        let half = p.n / 2u;
+        return min(lane * (TC / 2u) + c % (TC / 2u), half - 1u) + (c / (TC / 2u)) * half;
+    }
+    return min(lane * TC + c, p.n - 1u);
 }
 
 @compute @workgroup_size(WG)
@@ -40,19 +55,19 @@ fn main(
     if group >= p.col_groups {
         return;
     }
-    let j0 = (group * WG + lid) * TC;
+    let lane = group * WG + lid;
     let i0 = wid.z * TR;
     // Tiles past n or m compute copies of the last row / column and write nothing. The tile is
     // written out by hand (32 named accumulators): loops over arrays here are not unrolled by
     // every CPU driver, and a spilled array costs 2x. Rows r >= TR are constant-folded away.
-    let wr0 = min(j0 + 0u, p.n - 1u);
-    let wr1 = min(j0 + 1u, p.n - 1u);
-    let wr2 = min(j0 + 2u, p.n - 1u);
-    let wr3 = min(j0 + 3u, p.n - 1u);
-    let wr4 = min(j0 + 4u, p.n - 1u);
-    let wr5 = min(j0 + 5u, p.n - 1u);
-    let wr6 = min(j0 + 6u, p.n - 1u);
-    let wr7 = min(j0 + 7u, p.n - 1u);
+    let wr0 = weight_row(lane, 0u);
+    let wr1 = weight_row(lane, 1u);
+    let wr2 = weight_row(lane, 2u);
+    let wr3 = weight_row(lane, 3u);
+    let wr4 = weight_row(lane, 4u);
+    let wr5 = weight_row(lane, 5u);
+    let wr6 = weight_row(lane, 6u);
+    let wr7 = weight_row(lane, 7u);
     let xr0 = min(i0 + 0u, p.m - 1u);
     let xr1 = min(i0 + 1u, p.m - 1u);
     let xr2 = min(i0 + 2u, p.m - 1u);
@@ -204,6 +219,30 @@ fn main(
         }
     }
     let acc = array<array<f32, TC>, MAX_TR>(array<f32, TC>(a0_0, a0_1, a0_2, a0_3, a0_4, a0_5, a0_6, a0_7), array<f32, TC>(a1_0, a1_1, a1_2, a1_3, a1_4, a1_5, a1_6, a1_7), array<f32, TC>(a2_0, a2_1, a2_2, a2_3, a2_4, a2_5, a2_6, a2_7), array<f32, TC>(a3_0, a3_1, a3_2, a3_3, a3_4, a3_5, a3_6, a3_7));
+    if GATED {
+        let half = p.n / 2u;
+        let j0 = lane * (TC / 2u);
+        for (var r = 0u; r < TR; r++) {
+            let i = i0 + r;
+            if i >= p.m {
+                break;
+            }
+            for (var c = 0u; c < TC / 2u; c++) {
+                let j = j0 + c;
+                if j < half {
+                    var yg = acc[r][c];
+                    var yu = acc[r][c + TC / 2u];
+                    if HAS_BIAS {
+                        yg += bias[j];
+                        yu += bias[half + j];
+                    }
+                    out[i * p.out_stride + j] = activate(yg) * yu;
+                }
+            }
+        }
+        return;
+    }
+    let j0 = lane * TC;
     for (var r = 0u; r < TR; r++) {
         let i = i0 + r;
         if i >= p.m {

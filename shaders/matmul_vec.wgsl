@@ -17,6 +17,11 @@
 // this kernel's prologue; each workgroup sums its x rows' squares across a group's lanes in the
 // norm kernel's order, so the normalised x is bit for bit the norm kernel's.
 //
+// GATED (a stacked gate/up projection, weight rows [gate; up], n = 2 * half): the workgroup's
+// 32 weight rows are 16 gate rows and the 16 up rows that pair with them, and the epilogue writes
+// out[i, j] = activate(gate_ij) * up_ij (activation_fns_f32.wgsl) for j < half: the gated kernel
+// fused in, on sums that are bit for bit the ones the plain kernel would store.
+//
 // The snippet's interface is described in weights_f32.wgsl: a step of a weight row (a vec4, or a
 // whole block of 32 for q8 / q4) is loaded once and used in XS parts of 4 weights.
 
@@ -24,6 +29,8 @@ override HAS_BIAS: bool = false;
 // out += x W^T (+ bias): a residual add fused into the epilogue (out holds the residual; the sum
 // is residual + y, as the separate add kernel computes it).
 override ACCUMULATE: bool = false;
+// out[i, j] = activate(gate) * up of a stacked gate/up weight (see above; col_offset is 0).
+override GATED: bool = false;
 // Rows of x per pass over the weights (1..=MAX_XR).
 override XR: u32 = 1u;
 // Passes (of XR rows of x) per workgroup; the grid's z covers the rest. GPUs take every row in one
@@ -102,6 +109,35 @@ fn rows_pass(i0: u32, j0: u32, g: u32, t: u32, lid: u32, rows: array<u32, RPT>) 
         }
     }
     workgroupBarrier();
+    if GATED {
+        // Invocation t < XR * 2 of each group sums gate (slot r) and up (slot r + 2) of output
+        // column j (x row t / 2, r = t % 2), each in the order the branch below sums one.
+        if t < XR * 2u {
+            let half = p.n / 2u;
+            let i = i0 + t / 2u;
+            let r = t % 2u;
+            let j = j0 + r * GROUPS;
+            if i < p.m && j < half {
+                let il = t / 2u;
+                let gbase = (il * RPT + r) * WG + g * TPR;
+                let ubase = (il * RPT + r + 2u) * WG + g * TPR;
+                var yg = 0.0;
+                var yu = 0.0;
+                for (var s = 0u; s < TPR; s++) {
+                    yg += red[gbase + s];
+                }
+                for (var s = 0u; s < TPR; s++) {
+                    yu += red[ubase + s];
+                }
+                if HAS_BIAS {
+                    yg += bias[j];
+                    yu += bias[half + j];
+                }
+                out[i * p.out_stride + j] = activate(yg) * yu;
+            }
+        }
+        return;
+    }
     // Invocation t < XR * RPT of each group sums (x row t / RPT, weight row t % RPT).
     if t < XR * RPT {
         let i = i0 + t / RPT;
@@ -139,10 +175,20 @@ fn main(
     let t = lid % TPR;
     // Rows j0, j0 + GROUPS, ... of this workgroup's block (clamped to the last row: the duplicates
     // are computed but never written).
-    let j0 = block * RPW + g;
+    var j0 = block * RPW + g;
     var rows: array<u32, RPT>;
-    for (var r = 0u; r < RPT; r++) {
-        rows[r] = min(j0 + r * GROUPS, p.n - 1u);
+    if GATED {
+        // Output columns j0 and j0 + GROUPS of 16 a block: gate rows in slots 0, 1 and their up
+        // rows (half further down) in slots 2, 3.
+        let half = p.n / 2u;
+        j0 = block * (RPW / 2u) + g;
+        for (var r = 0u; r < RPT; r++) {
+            rows[r] = min(j0 + (r % 2u) * GROUPS, half - 1u) + (r / 2u) * half;
+        }
+    } else {
+        for (var r = 0u; r < RPT; r++) {
+            rows[r] = min(j0 + r * GROUPS, p.n - 1u);
+        }
     }
     // A loop around a barrier costs a CPU driver (lavapipe) 2-3x even when it runs once: one
     // pass is a straight call.

@@ -213,4 +213,17 @@ impl<B: Backend> RmsNorm<B> {
     pub fn forward_into(&self, b: &B, x: &B::Tensor, next: &Linear<B>) -> B::Tensor {
         b.rms_norm_linear(x, &self.weight, self.eps, &next.weight, next.bias.as_ref())
     }
+
+    /// `act(gate) * up` of `gate_up.forward(self.forward(x))`, a stacked gate/up projection
+    /// (see [`Backend::rms_norm_gated`]).
+    pub fn forward_gated(
+        &self,
+        b: &B,
+        x: &B::Tensor,
+        gate_up: &Linear<B>,
+        act: crate::config::Activation,
+    ) -> B::Tensor {
+        let (w, bias) = (&gate_up.weight, gate_up.bias.as_ref());
+        b.rms_norm_gated(x, &self.weight, self.eps, w, bias, act)
+    }
 }

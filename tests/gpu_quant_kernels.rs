@@ -22,6 +22,7 @@ use rand::{Rng, SeedableRng};
 use spec_llava::backend::cpu::CpuBackend;
 use spec_llava::backend::gpu::{GpuBackend, GpuOptions, WeightDType};
 use spec_llava::backend::Backend;
+use spec_llava::config::Activation;
 use spec_llava::quant::{Format, WeightData};
 
 fn random(rng: &mut StdRng, n: usize) -> Vec<f32> {
@@ -305,6 +306,91 @@ fn rms_norm_linear_equals_linear_of_rms_norm_bit_for_bit() {
                         );
                         let xc = cpu.tensor(values, m, k);
                         let reference = cpu.rms_norm_linear(&xc, &nc, 1e-5, &wc, bcpu);
+                        check(&what, &got, &reference.data, 1e-5);
+                    }
+                }
+            }
+            assert!(g.take_error().is_none());
+        }
+    }
+}
+
+/// The SwiGLU block's first half in one kernel (`rms_norm_gated`: the norm in the mat-vec's
+/// prologue and the activation in its epilogue on the GPU kernels; the norm kernel, then
+/// `matmul_small` ending in the activation, on CPU drivers; the three ops for the tiled GEMM and
+/// for gate/up weights split over bindings) equals `gated_stacked(rms_norm_linear(x))` bit for bit,
+/// for every activation and weight format, at output widths that fill no tile; launches one
+/// kernel (two on CPU drivers) where three ran; and stays within the f32 tolerance of the CPU.
+#[test]
+fn rms_norm_gated_equals_gated_of_rms_norm_linear_bit_for_bit() {
+    let cpu = CpuBackend;
+    let acts = [
+        Activation::Silu,
+        Activation::Gelu,
+        Activation::GeluTanh,
+        Activation::QuickGelu,
+        Activation::Relu,
+    ];
+    for (cpu_kernels, g) in gpu_each_kernel_choice() {
+        let split = gpu_with(GpuOptions {
+            cpu_kernels: Some(cpu_kernels),
+            max_binding_bytes: Some(4096),
+            ..GpuOptions::default()
+        });
+        let mut rng = StdRng::seed_from_u64(17);
+        let mut case = 0;
+        for (g, whole) in [(Some(g), true), (split, false)] {
+            let Some(g) = &g else { continue };
+            // (k, gate/up rows): 35, 17 and 9 output columns.
+            for (k, n) in [(96, 70), (45, 34), (688, 18)] {
+                let formats = FORMATS.iter().map(|&(f, _)| Some(f)).chain([None]);
+                for format in formats {
+                    let values = random(&mut rng, n * k);
+                    let data = match format {
+                        Some(f) => WeightData::convert(values, n, k, f),
+                        None => WeightData::F32(values),
+                    };
+                    let w = g.weight_data(data.clone(), &[n, k]);
+                    let wc = cpu.weight_data(data, &[n, k]);
+                    let norm: Vec<f32> = random(&mut rng, k).iter().map(|v| 1.0 + v).collect();
+                    let (nw, nc) = (g.weight(norm.clone(), &[k]), cpu.weight(norm, &[k]));
+                    let bias = random(&mut rng, n);
+                    let (bw, bc) = (g.weight(bias.clone(), &[n]), cpu.weight(bias, &[n]));
+                    for (m, with_bias) in [(1, true), (5, false), (64, true), (100, false)] {
+                        let act = acts[case % acts.len()];
+                        case += 1;
+                        let (b, bcpu) = match with_bias {
+                            true => (Some(&bw), Some(&bc)),
+                            false => (None, None),
+                        };
+                        let values = random(&mut rng, m * k)
+                            .iter()
+                            .map(|v| v * 3.0)
+                            .collect::<Vec<_>>();
+                        let x = g.tensor(values.clone(), m, k);
+                        let want = g.gated_stacked(&g.rms_norm_linear(&x, &nw, 1e-5, &w, b), act);
+                        let before = g.dispatches().unwrap_or(0);
+                        let got = g.rms_norm_gated(&x, &nw, 1e-5, &w, b, act);
+                        let launches = g.dispatches().unwrap_or(0) - before;
+                        let what = format!(
+                            "{format:?} {act:?} k={k} m={m} bias={with_bias} whole={whole} \
+                             (cpu kernels: {cpu_kernels})"
+                        );
+                        // One launch on the mat-vec, two on CPU drivers (the norm first).
+                        if whole && m <= 64 {
+                            let expected = if cpu_kernels { 2 } else { 1 };
+                            assert_eq!(launches, expected, "{what}: launches");
+                        }
+                        assert_eq!(g.dims(&got), (m, n / 2), "{what}");
+                        let (got, want) = (read(g, &got), read(g, &want));
+                        assert!(
+                            got.iter()
+                                .zip(&want)
+                                .all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{what}"
+                        );
+                        let xc = cpu.tensor(values, m, k);
+                        let reference = cpu.rms_norm_gated(&xc, &nc, 1e-5, &wc, bcpu, act);
                         check(&what, &got, &reference.data, 1e-5);
                     }
                 }

@@ -202,6 +202,21 @@ pub trait Backend {
     ) -> Self::Tensor {
         self.linear(&self.rms_norm(x, norm, eps), w, b)
     }
+    /// `gated_stacked(rms_norm_linear(x, norm, eps, gate_up, b), act)`: a SwiGLU block's first
+    /// half, from a stacked gate/up weight `[2 * inter, in]` to `[rows, inter]`. Bit for bit the
+    /// ops it names; an engine may apply the activation in the matmul's epilogue (the GPU
+    /// engine: one kernel where three, or on CPU drivers two, ran).
+    fn rms_norm_gated(
+        &self,
+        x: &Self::Tensor,
+        norm: &Self::Weight,
+        eps: f32,
+        gate_up: &Self::Weight,
+        b: Option<&Self::Weight>,
+        act: Activation,
+    ) -> Self::Tensor {
+        self.gated_stacked(&self.rms_norm_linear(x, norm, eps, gate_up, b), act)
+    }
     fn layer_norm(
         &self,
         x: &Self::Tensor,

@@ -131,12 +131,11 @@ impl<B: Backend> DecoderLayer<B> {
     }
 
     /// `act(gate x) * up x` on `x = post_norm(h)` (when gate and up are stacked: one matmul,
-    /// the norm in its prologue where the engine fuses it).
+    /// with the norm in its prologue and the activation in its epilogue where the engine fuses
+    /// them).
     fn gated(&self, b: &B, h: &B::Tensor, act: crate::config::Activation) -> B::Tensor {
         match &self.gate_up {
-            Projections::Stacked(gate_up) => {
-                b.gated_stacked(&self.post_norm.forward_into(b, h, gate_up), act)
-            }
+            Projections::Stacked(gate_up) => self.post_norm.forward_gated(b, h, gate_up, act),
             Projections::Separate([gate, up]) => {
                 let x = self.post_norm.forward(b, h);
                 b.gated(&gate.forward(b, &x), &up.forward(b, &x), act)

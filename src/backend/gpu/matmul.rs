@@ -8,9 +8,11 @@
 //! 32 lanes, reduced in workgroup memory) up to 64 rows and `matmul_tiled` above (prefill); CPU
 //! drivers run `matmul_small` (a register tile per lane, whole dot products) at every m.
 
+use super::ops::act_id;
 use super::pipelines::Kernel;
 use super::pool::GpuBuf;
 use super::{GpuBackend, GpuTensor, GpuWeight, WeightChunk, WeightDType};
+use crate::config::Activation;
 
 /// Outputs per workgroup of `matmul_vec` (RPW in the shader).
 const VEC_ROWS_PER_WORKGROUP: usize = 32;
@@ -64,6 +66,20 @@ impl GpuBackend {
     }
 }
 
+/// What a batch-invariant matmul does with each output sum `y` (`matmul_vec`, `matmul_small`;
+/// the tiled GEMM only stores).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Epilogue {
+    /// `out = y`.
+    Store,
+    /// `out = out + y`: the residual add fused in.
+    Accumulate,
+    /// The weight is a stacked gate/up projection `[gate; up]` and `out[i, j] = act(gate) * up`
+    /// (the gated kernel fused in; `out` has half the weight's rows as columns). Single-chunk
+    /// weights only: a column's gate and up rows are in one binding.
+    Gated(Activation),
+}
+
 fn flag(b: bool) -> f64 {
     if b {
         1.0
@@ -73,8 +89,8 @@ fn flag(b: bool) -> f64 {
 }
 
 impl GpuBackend {
-    /// `x W^T + b` over one weight chunk, written at its output columns (added to what `out`
-    /// holds there when `accumulate`: `matmul_vec` and `matmul_small` only). With `norm` (an
+    /// `x W^T + b` over one weight chunk, written at its output columns as `epilogue` says
+    /// (anything but [`Epilogue::Store`]: `matmul_vec` and `matmul_small` only). With `norm` (an
     /// RMSNorm weight and epsilon; `matmul_vec` only), x is normalised as it is read.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn linear_chunk(
@@ -84,15 +100,23 @@ impl GpuBackend {
         chunk: &WeightChunk,
         bias: Option<&GpuBuf>,
         out: &GpuTensor,
-        accumulate: bool,
+        epilogue: Epilogue,
         norm: Option<(&GpuBuf, f32)>,
     ) {
         let (m, k) = (x.rows, x.cols);
         let n = chunk.rows;
+        let (accumulate, gated, act) = match epilogue {
+            Epilogue::Store => (false, false, 0.0),
+            Epilogue::Accumulate => (true, false, 0.0),
+            Epilogue::Gated(act) => (false, true, act_id(act)),
+        };
         let consts = [
             ("HAS_BIAS", flag(bias.is_some())),
             ("NORM", flag(norm.is_some())),
         ];
+        // Only a gated pipeline takes the activation (fewer pipeline variants).
+        let gating = [("GATED", 1.0), ("ACT", act)];
+        let gating = if gated { &gating[..] } else { &[] };
         let bias = bias.unwrap_or(&self.dummy);
         let (norm_w, eps) = norm.unwrap_or((&self.dummy, 0.0));
         use Kernel::*;
@@ -134,14 +158,20 @@ impl GpuBackend {
             // Every row in one workgroup: the weight block comes from memory once.
             let chunks = m.div_ceil(x_rows);
             let consts = [
-                consts[0],
-                consts[1],
-                ("XR", x_rows as f64),
-                ("CHUNKS", chunks as f64),
-                ("ACCUMULATE", flag(accumulate)),
-                aligned,
-            ];
+                &[
+                    consts[0],
+                    consts[1],
+                    ("XR", x_rows as f64),
+                    ("CHUNKS", chunks as f64),
+                    ("ACCUMULATE", flag(accumulate)),
+                    aligned,
+                ],
+                gating,
+            ]
+            .concat();
             // One workgroup row (z = 0): the chunks cover every row of x.
+            // A gated block is RPW / 2 output columns and their up rows: n / RPW blocks either
+            // way (n = 2 * half).
             let grid = self.grid(n.div_ceil(VEC_ROWS_PER_WORKGROUP));
             self.run(vec, &consts, &params(0), &bufs, grid);
         } else if shape == MatmulShape::Small {
@@ -149,7 +179,12 @@ impl GpuBackend {
             // a workgroup when that leaves a core without one.
             // One row alone, or tiles of 4 (fewer pipelines to compile than one per m).
             let tile_rows = if m == 1 { 1 } else { SMALL_TILE.0 };
-            let lanes = n.div_ceil(SMALL_TILE.1);
+            // A gated lane's tile is TC / 2 output columns (their gate and up rows).
+            let lanes = if gated {
+                (n / 2).div_ceil(SMALL_TILE.1 / 2)
+            } else {
+                n.div_ceil(SMALL_TILE.1)
+            };
             let (max_wg, min_wg) = SMALL_WG;
             let mut wg = max_wg;
             while wg > min_wg && lanes.div_ceil(wg) < 4 {
@@ -157,13 +192,17 @@ impl GpuBackend {
             }
             let col_groups = lanes.div_ceil(wg);
             let consts = [
-                consts[0],
-                consts[1],
-                ("WG", wg as f64),
-                ("TR", tile_rows as f64),
-                ("ACCUMULATE", flag(accumulate)),
-                aligned,
-            ];
+                &[
+                    consts[0],
+                    consts[1],
+                    ("WG", wg as f64),
+                    ("TR", tile_rows as f64),
+                    ("ACCUMULATE", flag(accumulate)),
+                    aligned,
+                ],
+                gating,
+            ]
+            .concat();
             let mut grid = self.grid(col_groups);
             grid[2] = m.div_ceil(tile_rows) as u32;
             self.run(small, &consts, &params(col_groups as u32), &bufs, grid);

@@ -10,11 +10,11 @@ use crate::config::Activation;
 use crate::quant::WeightData;
 
 use super::attention::{Attend, QkvIn};
-use super::matmul::MatmulShape;
+use super::matmul::{Epilogue, MatmulShape};
 use super::pipelines::Kernel;
 use super::{GpuBackend, GpuCache, GpuTensor, GpuWeight, WeightDType};
 
-fn act_id(act: Activation) -> f64 {
+pub(super) fn act_id(act: Activation) -> f64 {
     match act {
         Activation::Silu => 0.0,
         Activation::Gelu => 1.0,
@@ -185,7 +185,7 @@ impl Backend for GpuBackend {
         }
         let bias = b.and_then(GpuWeight::first);
         for chunk in &w.chunks {
-            self.linear_chunk(x, w, chunk, bias, &out, false, None);
+            self.linear_chunk(x, w, chunk, bias, &out, Epilogue::Store, None);
         }
         out
     }
@@ -214,7 +214,51 @@ impl Backend for GpuBackend {
         let out = self.alloc(x.rows, w.rows);
         let bias = b.and_then(GpuWeight::first);
         for chunk in &w.chunks {
-            self.linear_chunk(x, w, chunk, bias, &out, false, Some((norm_w, eps)));
+            self.linear_chunk(
+                x,
+                w,
+                chunk,
+                bias,
+                &out,
+                Epilogue::Store,
+                Some((norm_w, eps)),
+            );
+        }
+        out
+    }
+
+    fn rms_norm_gated(
+        &self,
+        x: &GpuTensor,
+        norm: &GpuWeight,
+        eps: f32,
+        gate_up: &GpuWeight,
+        b: Option<&GpuWeight>,
+        act: Activation,
+    ) -> GpuTensor {
+        let w = gate_up;
+        let fits = w.shape.len() == 2
+            && w.rows.is_multiple_of(2)
+            && w.cols == x.cols
+            && norm.cols == x.cols
+            && b.is_none_or(|b| b.cols == w.rows);
+        // The batch-invariant kernels end in the activation when a column's gate and up rows
+        // share one binding (a single chunk: every demo and 7B/13B gate/up in q4/q8; f16 at
+        // 7B splits and takes the separate gated kernel). The mat-vec also normalises in its
+        // prologue; on CPU drivers the norm kernel runs first (see `rms_norm_linear`).
+        let shape = self.matmul_shape(x.rows);
+        let fused = fits && x.rows > 0 && shape != MatmulShape::Tiled;
+        let (true, [chunk], Some(norm_w)) = (fused, w.chunks.as_slice(), norm.first()) else {
+            return self.gated_stacked(&self.rms_norm_linear(x, norm, eps, w, b), act);
+        };
+        let out = self.alloc(x.rows, w.rows / 2);
+        let bias = b.and_then(GpuWeight::first);
+        if shape == MatmulShape::Vec {
+            let norm = Some((norm_w, eps));
+            self.linear_chunk(x, w, chunk, bias, &out, Epilogue::Gated(act), norm);
+        } else {
+            let xn = self.rms_norm(x, norm, eps);
+            self.linear_chunk(&xn, w, chunk, bias, &out, Epilogue::Gated(act), None);
         }
         out
     }
@@ -237,7 +281,7 @@ impl Backend for GpuBackend {
         }
         let bias = b.and_then(GpuWeight::first);
         for chunk in &w.chunks {
-            self.linear_chunk(x, w, chunk, bias, &residual, true, None);
+            self.linear_chunk(x, w, chunk, bias, &residual, Epilogue::Accumulate, None);
         }
         residual
     }

@@ -226,7 +226,13 @@ impl Kernel {
 /// A matmul kernel's source: the shared parameters and bindings, the algorithm, how it reads x,
 /// and the weight-format snippet.
 fn matmul(algorithm: &str, weights: &str) -> String {
-    format!("{MATMUL_IO}\n{algorithm}\n{MATMUL_X}\n{weights}")
+    // The batch-invariant algorithms can end in the gated activation (GATED).
+    let act = if algorithm == MATMUL_TILED {
+        ""
+    } else {
+        ACTIVATION_FNS
+    };
+    format!("{MATMUL_IO}\n{act}\n{algorithm}\n{MATMUL_X}\n{weights}")
 }
 
 /// A pipeline-overridable constant and its value (WGSL bools take 0.0 / 1.0).
