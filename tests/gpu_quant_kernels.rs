@@ -399,3 +399,51 @@ fn rms_norm_gated_equals_gated_of_rms_norm_linear_bit_for_bit() {
         }
     }
 }
+
+/// Where the adapter offers `shader-f16`, f16 weights load as `vec4<f16>`; the portable loader
+/// unpacks u32 pairs from the same buffer. Every matmul kernel (mat-vec, `matmul_small`, the
+/// tiled GEMM) must give the same bits either way, with and without bias, at widths that are not
+/// whole vec4s.
+#[test]
+fn native_f16_loads_equal_the_packed_ones_bit_for_bit() {
+    for cpu_kernels in [true, false] {
+        let opts = |native_f16| GpuOptions {
+            cpu_kernels: Some(cpu_kernels),
+            native_f16: Some(native_f16),
+            ..GpuOptions::default()
+        };
+        let (Some(native), Some(packed)) = (gpu_with(opts(true)), gpu_with(opts(false))) else {
+            continue;
+        };
+        assert!(!packed.device_kernels().native_f16);
+        if !native.device_kernels().native_f16 {
+            eprintln!("skipping: {} has no shader-f16", native.adapter_info());
+            continue;
+        }
+        let mut rng = StdRng::seed_from_u64(19);
+        for (k, n) in [(96, 70), (45, 33), (688, 9)] {
+            let data = WeightData::convert(random(&mut rng, n * k), n, k, Format::F16);
+            let bias = random(&mut rng, n);
+            for (m, with_bias) in [(1, true), (5, false), (64, true), (100, false)] {
+                let x = random(&mut rng, m * k);
+                let outs = [&native, &packed].map(|g| {
+                    let w = g.weight_data(data.clone(), &[n, k]);
+                    let b = g.weight(bias.clone(), &[n]);
+                    let y = g.linear(&g.tensor(x.clone(), m, k), &w, with_bias.then_some(&b));
+                    read(g, &y)
+                });
+                let what =
+                    format!("k={k} n={n} m={m} bias={with_bias} (cpu kernels: {cpu_kernels})");
+                assert_eq!(outs[0].len(), m * n, "{what}");
+                assert!(
+                    outs[0]
+                        .iter()
+                        .zip(&outs[1])
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{what}"
+                );
+            }
+        }
+        assert!(native.take_error().is_none() && packed.take_error().is_none());
+    }
+}

@@ -4,14 +4,16 @@
 //! buffers per stage, 16 KiB workgroup memory, 256 invocations, 256-byte uniform offset alignment),
 //! plus the adapter's storage-binding and buffer sizes up to 1 GiB / 2 GiB. Nothing assumes more
 //! than 128 MiB per storage binding (lavapipe's limit): big weight matrices are split by rows into
-//! chunks that each fit one binding. No optional features are requested (no `shader-f16`, which
-//! SwiftShader and lavapipe-in-the-browser lack; no subgroups).
+//! chunks that each fit one binding. One optional feature is requested where the adapter offers
+//! it: `shader-f16`, for the f16 weight loader that reads halves directly (the portable one,
+//! which SwiftShader needs, unpacks u32 pairs; both give the same values).
 //!
 //! wgpu reports validation and out-of-memory errors through a callback rather than return values;
 //! they are collected in [`ErrorLog`] and surfaced by `GpuBackend::take_error`.
 
 use std::sync::{Arc, Mutex};
 
+use super::pipelines::DeviceKernels;
 use crate::error::{Error, Result};
 
 /// Knobs for tests and experiments; `Default` is what the app uses.
@@ -26,6 +28,9 @@ pub struct GpuOptions {
     /// Load q/k/v and gate/up as separate weights instead of stacked ones
     /// (`Backend::stacks_projections`). Tests compare both ways.
     pub separate_projections: bool,
+    /// Read f16 weights as f16 where the adapter offers `shader-f16` (`None`: yes); `Some(false)`
+    /// keeps the portable u32-packed loads. Both give the same values; tests compare them.
+    pub native_f16: Option<bool>,
 }
 
 /// The limits the engine works within (a subset of what was granted).
@@ -87,6 +92,8 @@ pub struct GpuDevice {
     /// A software rasterizer on the CPU (lavapipe, SwiftShader): workgroups run as SIMD lanes of a
     /// CPU thread, so the engine prefers its lane-per-row kernels even for long inputs.
     pub cpu: bool,
+    /// The optional features opened with the device, and so the kernel forms the engine builds.
+    pub kernels: DeviceKernels,
     pub limits: EngineLimits,
     pub errors: ErrorLog,
 }
@@ -137,10 +144,21 @@ pub async fn open(opts: &GpuOptions) -> Result<GpuDevice> {
         .cpu_kernels
         .unwrap_or(a.device_type == wgpu::DeviceType::Cpu || is_software(&info));
     let required_limits = wanted_limits(&adapter.limits());
+    let offered = adapter.features();
+    // Native f16 loads by default on GPUs only: llvmpipe emulates f16 and its f16 mat-vec ran
+    // 1.4-1.5x slower with them (bench-kernels, alternated runs).
+    let kernels = DeviceKernels {
+        native_f16: opts.native_f16.unwrap_or(!cpu && !portable_only())
+            && offered.contains(wgpu::Features::SHADER_F16),
+    };
+    let mut required_features = wgpu::Features::empty();
+    if kernels.native_f16 {
+        required_features |= wgpu::Features::SHADER_F16;
+    }
     let (device, queue) = adapter
         .request_device(&wgpu::DeviceDescriptor {
             label: Some("spec-llava"),
-            required_features: wgpu::Features::empty(),
+            required_features,
             required_limits: required_limits.clone(),
             ..Default::default()
         })
@@ -168,6 +186,7 @@ pub async fn open(opts: &GpuOptions) -> Result<GpuDevice> {
         queue,
         info,
         cpu,
+        kernels,
         limits: EngineLimits {
             max_binding,
             max_chunk,
@@ -177,6 +196,15 @@ pub async fn open(opts: &GpuOptions) -> Result<GpuDevice> {
         },
         errors,
     })
+}
+
+/// `SPEC_LLAVA_GPU_PORTABLE=1` (native runs): build only the portable kernels, whatever the
+/// adapter offers, to measure one form against the other.
+fn portable_only() -> bool {
+    #[cfg(not(target_arch = "wasm32"))]
+    return std::env::var("SPEC_LLAVA_GPU_PORTABLE").is_ok_and(|v| v == "1");
+    #[cfg(target_arch = "wasm32")]
+    false
 }
 
 /// The page's own adapter info (`navigator.gpu.requestAdapter()`): vendor, architecture,

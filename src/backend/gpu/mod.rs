@@ -36,7 +36,7 @@ use std::rc::Rc;
 
 pub use device::{DeviceLossHandle, EngineLimits, GpuOptions};
 pub use matmul::MatmulShape;
-pub use pipelines::Kernel;
+pub use pipelines::{DeviceKernels, Kernel};
 pub use weights::{GpuWeight, WeightDType};
 
 use crate::backend::{AttnMask, Heads};
@@ -139,6 +139,7 @@ impl GpuBackend {
         );
         let pipelines = Pipelines::new(
             dev.device.clone(),
+            dev.kernels,
             dev.limits.max_binding,
             rec.uniform_arena().clone(),
             graveyard.clone(),
@@ -175,9 +176,18 @@ impl GpuBackend {
         }
     }
 
-    /// The adapter: name, API backend, device type, driver.
+    /// The optional WebGPU features this device's kernels use.
+    pub fn device_kernels(&self) -> DeviceKernels {
+        self.dev.kernels
+    }
+
+    /// The adapter: name, API backend, device type, driver; and the optional features the
+    /// kernels use (`[shader-f16]`).
     pub fn adapter_info(&self) -> String {
-        self.dev.info.clone()
+        match self.dev.kernels.native_f16 {
+            true => format!("{} [shader-f16]", self.dev.info),
+            false => self.dev.info.clone(),
+        }
     }
 
     /// Whether the kernels chosen for CPU drivers (lavapipe, SwiftShader) are in use.

@@ -81,6 +81,7 @@ const MATMUL_X: &str = include_str!("../../../shaders/matmul_x.wgsl");
 const MATMUL_IO: &str = include_str!("../../../shaders/matmul_io.wgsl");
 const WEIGHTS_F32: &str = include_str!("../../../shaders/weights_f32.wgsl");
 const WEIGHTS_F16: &str = include_str!("../../../shaders/weights_f16.wgsl");
+const WEIGHTS_F16_NATIVE: &str = include_str!("../../../shaders/weights_f16_native.wgsl");
 const WEIGHTS_Q8: &str = include_str!("../../../shaders/weights_q8.wgsl");
 const WEIGHTS_Q4: &str = include_str!("../../../shaders/weights_q4.wgsl");
 
@@ -151,6 +152,19 @@ impl Kernel {
     }
 
     /// The WGSL source.
+    /// The kernel as the engine compiles it on a device with `features` (the portable kernels:
+    /// [`DeviceKernels::PORTABLE`]).
+    pub fn source_for(self, features: DeviceKernels) -> String {
+        let f16 = features.native_f16;
+        match self {
+            Kernel::MatmulVecF16 if f16 => matmul_f16(MATMUL_VEC),
+            Kernel::MatmulSmallF16 if f16 => matmul_f16(MATMUL_SMALL),
+            Kernel::MatmulTiledF16 if f16 => matmul_f16(MATMUL_TILED),
+            _ => self.source(),
+        }
+    }
+
+    /// The portable kernel (every WebGPU device).
     pub fn source(self) -> String {
         let own = match self {
             Kernel::MatmulVec => return matmul(MATMUL_VEC, WEIGHTS_F32),
@@ -225,6 +239,11 @@ impl Kernel {
 
 /// A matmul kernel's source: the shared parameters and bindings, the algorithm, how it reads x,
 /// and the weight-format snippet.
+/// A matmul reading f16 weights as f16 (`shader-f16`): the directive must open the module.
+fn matmul_f16(algorithm: &str) -> String {
+    format!("enable f16;\n{}", matmul(algorithm, WEIGHTS_F16_NATIVE))
+}
+
 fn matmul(algorithm: &str, weights: &str) -> String {
     // The batch-invariant algorithms can end in the gated activation (GATED).
     let act = if algorithm == MATMUL_TILED {
@@ -236,6 +255,20 @@ fn matmul(algorithm: &str, weights: &str) -> String {
 }
 
 /// A pipeline-overridable constant and its value (WGSL bools take 0.0 / 1.0).
+/// Optional WebGPU features the kernels use where the device has them (each kernel also has a
+/// portable form that needs none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeviceKernels {
+    /// `shader-f16`: f16 weights load as `vec4<f16>` instead of being unpacked from u32 pairs
+    /// (the same values).
+    pub native_f16: bool,
+}
+
+impl DeviceKernels {
+    /// What every WebGPU device runs.
+    pub const PORTABLE: DeviceKernels = DeviceKernels { native_f16: false };
+}
+
 pub type Constant = (&'static str, f64);
 
 /// A kernel and the bit patterns of its constants: one compiled pipeline.
@@ -250,6 +283,7 @@ struct KernelLayout {
 /// Compiled pipelines and bind groups, created on first use.
 pub struct Pipelines {
     device: wgpu::Device,
+    features: DeviceKernels,
     /// Storage bindings larger than this bind only their first `max_binding` bytes.
     max_binding: u64,
     uniform_arena: wgpu::Buffer,
@@ -265,12 +299,14 @@ const MAX_BIND_GROUPS: usize = 8192;
 impl Pipelines {
     pub fn new(
         device: wgpu::Device,
+        features: DeviceKernels,
         max_binding: u64,
         uniform_arena: wgpu::Buffer,
         graveyard: Graveyard,
     ) -> Self {
         Pipelines {
             device,
+            features,
             max_binding,
             uniform_arena,
             layouts: HashMap::new(),
@@ -281,7 +317,7 @@ impl Pipelines {
     }
 
     fn layout(&mut self, kernel: Kernel) -> &KernelLayout {
-        let device = &self.device;
+        let (device, features) = (&self.device, self.features);
         self.layouts.entry(kernel).or_insert_with(|| {
             let mut entries = vec![wgpu::BindGroupLayoutEntry {
                 binding: 0,
@@ -319,7 +355,7 @@ impl Pipelines {
             });
             let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(kernel.name()),
-                source: wgpu::ShaderSource::Wgsl(kernel.source().into()),
+                source: wgpu::ShaderSource::Wgsl(kernel.source_for(features).into()),
             });
             KernelLayout {
                 bind_group_layout,
