@@ -278,3 +278,51 @@ fn a_prompt_pass_cut_to_its_last_row_gives_that_row_and_the_next_step_bit_for_bi
         );
     }
 }
+
+#[test]
+fn split_attention_keeps_verified_nodes_equal_to_plain_decoding_bit_for_bit() {
+    // Split-K attention cuts each token's keys into chunks by logical index (its n-th visible key)
+    // and merges them after. Chunks of 5 put a boundary inside every 6-token path, so a tree node
+    // and the plain pass that decodes it must agree on which chunk each key is in; chunks of 16
+    // leave the path whole for some tokens and cut it for others. Every logit must equal plain
+    // decoding bit for bit, the logits must match the unsplit engine's within f32 noise, and a
+    // decoding pass must launch one merge per layer more.
+    for (cpu_kernels, chunk) in [(false, 5), (true, 16)] {
+        let opts = |attention_chunk| GpuOptions {
+            cpu_kernels: Some(cpu_kernels),
+            attention_chunk: Some(attention_chunk),
+            ..GpuOptions::default()
+        };
+        let (Some(split), Some(whole)) = (gpu_with(opts(chunk)), gpu_with(opts(0))) else {
+            continue;
+        };
+        for (label, dir, quant) in models() {
+            let what = format!("chunk {chunk}, cpu kernels: {cpu_kernels}, {label}");
+            let run_on = |g: &GpuBackend| {
+                let c = Captioner::new(g, open(&dir, quant)).unwrap();
+                let r = run(g, &c, &image());
+                let m = &c.model;
+                let mut cache = m.text.new_cache(g, 2 * chunk);
+                let pos: Vec<u32> = (0..2 * chunk as u32).collect();
+                let x = m.text.embed(g, &vec![1; 2 * chunk]);
+                let _ = m.forward(g, &mut cache, x, &Step::causal(0, &pos));
+                let before = g.dispatches().unwrap();
+                let step = Step::causal(2 * chunk - 1, &pos[..1]);
+                let _ = m.forward(g, &mut cache, m.text.embed(g, &[1]), &step);
+                let launched = g.dispatches().unwrap() - before;
+                if let Some(e) = g.take_error() {
+                    panic!("{what}: {e}");
+                }
+                (r, launched, m.config.text.num_hidden_layers as u64)
+            };
+            let ((a, more, layers), (b, fewer, _)) = (run_on(&split), run_on(&whole));
+            assert_exact(&what, &a);
+            for (x, y) in a.plain.iter().zip(&b.plain) {
+                let scale = y.iter().fold(1e-3f32, |s, v| s.max(v.abs()));
+                let worst = x.iter().zip(y).fold(0f32, |w, (p, q)| w.max((p - q).abs()));
+                assert!(worst <= 1e-4 * scale, "{what}: {worst} vs scale {scale}");
+            }
+            assert_eq!(more - fewer, layers, "{what}: {more} vs {fewer} dispatches");
+        }
+    }
+}

@@ -433,7 +433,7 @@ impl GpuBackend {
             _ => &self.dummy,
         };
         let bufs = [q.buffer(), kc, vc, mask_buf, out.buffer()];
-        self.dispatch_attention(n, heads, causal, &params, &bufs);
+        self.dispatch_attention(n, start + n, heads, causal, &params, &bufs);
         out
     }
 

@@ -321,7 +321,7 @@ impl GpuBackend {
         ];
         let secs = self
             .time_kernel(target_s, &mut || {
-                self.dispatch_attention(n, heads, false, &params, &bufs);
+                self.dispatch_attention(n, start + n, heads, false, &params, &bufs);
             })
             .await?;
         Ok((secs, pairs))

@@ -31,6 +31,10 @@ pub struct GpuOptions {
     /// Read f16 weights as f16 where the adapter offers `shader-f16` (`None`: yes); `Some(false)`
     /// keeps the portable u32-packed loads. Both give the same values; tests compare them.
     pub native_f16: Option<bool>,
+    /// Split-K attention: keys per chunk once a pass's context exceeds one chunk (`None`: 128 on
+    /// GPUs, never on CPU drivers, where one workgroup per head already fills every core;
+    /// `Some(0)`: never). Tests set it small to split the demo models' short contexts.
+    pub attention_chunk: Option<usize>,
 }
 
 /// The limits the engine works within (a subset of what was granted).

@@ -91,6 +91,10 @@ struct RopeTable {
 
 /// The WebGPU executor.
 /// Largest head dim `attention_tree_f32.wgsl` keeps in registers (its `MAX_HD4` * 4).
+/// Keys per chunk of split-K attention on GPUs: a 576-token image and its prompt make 5 chunks,
+/// so a one-token pass of a 32-head model runs ~160 workgroups instead of 32.
+const ATTENTION_CHUNK: usize = 128;
+
 const MAX_LANE_HEAD_DIM: usize = 128;
 
 /// Per kernel key: dispatches, total ms, fastest ms.
@@ -121,6 +125,8 @@ pub struct GpuBackend {
     /// `Backend::stacks_projections`: every launch has a fixed price, so projections that read
     /// one input run as one matmul (q/k/v: 3 dispatches -> 1, gate/up: 2 -> 1).
     stack_projections: bool,
+    /// Keys per chunk of split-K attention (`GpuOptions::attention_chunk`); `None`: never split.
+    attention_chunk: Option<usize>,
 }
 
 impl GpuBackend {
@@ -154,6 +160,9 @@ impl GpuBackend {
             &graveyard,
         );
         let pool = Pool::new(dev.device.clone(), graveyard.clone());
+        let default_chunk = if dev.cpu { 0 } else { ATTENTION_CHUNK };
+        let attention_chunk =
+            Some(opts.attention_chunk.unwrap_or(default_chunk)).filter(|&c| c > 0);
         let backend = GpuBackend {
             dev,
             pool,
@@ -169,6 +178,7 @@ impl GpuBackend {
             #[cfg(not(target_arch = "wasm32"))]
             profile: std::env::var_os("SPEC_LLAVA_GPU_PROFILE").map(|_| RefCell::default()),
             stack_projections: !opts.separate_projections,
+            attention_chunk,
         };
         match backend.take_error() {
             Some(e) => Err(e),
@@ -380,16 +390,49 @@ impl GpuBackend {
         );
     }
 
-    /// Record one tree/causal attention dispatch over `bufs` = [q, k cache, v cache, mask, out]
-    /// with `params` as attention_tree_f32.wgsl lays them out; picks the kernel variant.
+    /// Record one tree/causal attention over `bufs` = [q, k cache, v cache, mask, out] with
+    /// `params` as attention_tree_f32.wgsl lays them out (but its chunk and splits); picks the
+    /// kernel variant. Past one chunk of keys (`end` slots: the last token's), and where the lane
+    /// kernel serves, the keys are split into chunks by logical index and merged after (two
+    /// launches; the same bits whichever pass a token is in).
     fn dispatch_attention(
         &self,
         n: usize,
+        end: usize,
         heads: Heads,
         causal: bool,
         params: &[u32],
         bufs: &[&GpuBuf; 5],
     ) {
+        let chunk = self.attention_chunk.filter(|&c| end > c);
+        if let (Some(chunk), true) = (chunk, Self::lane_attention(heads)) {
+            let splits = end.div_ceil(chunk);
+            let hd4 = heads.head_dim / 4;
+            let part = self.alloc(splits * n * heads.q_heads, (1 + hd4) * 4);
+            let params = [params, &[chunk as u32, splits as u32]].concat();
+            let tq = [8, 16, 32, 64].into_iter().find(|&t| t >= n).unwrap_or(64);
+            let consts = [
+                ("CAUSAL", if causal { 1.0 } else { 0.0 }),
+                ("FULL", 0.0),
+                ("SPLIT", 1.0),
+                ("TQ", tq as f64),
+                ("HD4", hd4 as f64),
+            ];
+            let split_bufs = [bufs[0], bufs[1], bufs[2], bufs[3], part.buffer()];
+            let groups = n.div_ceil(tq) * heads.q_heads * splits;
+            let grid = self.grid(groups);
+            self.run(Kernel::AttentionTree, &consts, &params, &split_bufs, grid);
+            let merge = [n as u32, heads.q_heads as u32, hd4 as u32, splits as u32];
+            let grid = self.grid((n * heads.q_heads * hd4).div_ceil(64));
+            self.run(
+                Kernel::AttentionCombine,
+                &[],
+                &merge,
+                &[part.buffer(), bufs[4]],
+                grid,
+            );
+            return;
+        }
         if Self::lane_attention(heads) {
             self.dispatch_lane_attention(n, heads, (causal, false), params, bufs);
         } else {

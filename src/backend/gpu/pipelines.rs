@@ -43,6 +43,7 @@ pub enum Kernel {
     AttentionTree,
     /// `attention_tree` for head dims it cannot keep in registers.
     AttentionTreeBlock,
+    AttentionCombine,
     AttentionFull,
     RmsNorm,
     LayerNorm,
@@ -86,7 +87,7 @@ const WEIGHTS_Q8: &str = include_str!("../../../shaders/weights_q8.wgsl");
 const WEIGHTS_Q4: &str = include_str!("../../../shaders/weights_q4.wgsl");
 
 impl Kernel {
-    pub const ALL: [Kernel; 28] = [
+    pub const ALL: [Kernel; 29] = [
         Kernel::MatmulVec,
         Kernel::MatmulSmall,
         Kernel::MatmulSmallF16,
@@ -101,6 +102,7 @@ impl Kernel {
         Kernel::MatmulTiledF16,
         Kernel::AttentionTree,
         Kernel::AttentionTreeBlock,
+        Kernel::AttentionCombine,
         Kernel::AttentionFull,
         Kernel::RmsNorm,
         Kernel::LayerNorm,
@@ -134,6 +136,7 @@ impl Kernel {
             Kernel::MatmulTiledF16 => "matmul_tiled_f16",
             Kernel::AttentionTree => "attention_tree_f32",
             Kernel::AttentionTreeBlock => "attention_treeblock_f32",
+            Kernel::AttentionCombine => "attention_combine_f32",
             Kernel::AttentionFull => "attention_full_f32",
             Kernel::RmsNorm => "rmsnorm_rows_f32",
             Kernel::LayerNorm => "layernorm_rows_f32",
@@ -183,6 +186,9 @@ impl Kernel {
             Kernel::AttentionTreeBlock => {
                 include_str!("../../../shaders/attention_treeblock_f32.wgsl")
             }
+            Kernel::AttentionCombine => {
+                include_str!("../../../shaders/attention_combine_f32.wgsl")
+            }
             Kernel::AttentionFull => include_str!("../../../shaders/attention_full_f32.wgsl"),
             Kernel::RmsNorm => include_str!("../../../shaders/rmsnorm_rows_f32.wgsl"),
             Kernel::LayerNorm => include_str!("../../../shaders/layernorm_rows_f32.wgsl"),
@@ -227,7 +233,9 @@ impl Kernel {
             Kernel::RmsNorm => &[Read, Read, Write],
             Kernel::LayerNorm => &[Read, Read, Read, Write],
             Kernel::Rope => &[Read, Read, Write],
-            Kernel::Activation | Kernel::CopyVec4 | Kernel::TopK => &[Read, Write],
+            Kernel::Activation | Kernel::CopyVec4 | Kernel::TopK | Kernel::AttentionCombine => {
+                &[Read, Write]
+            }
             Kernel::Gated | Kernel::Add | Kernel::Embed | Kernel::RowsCopy => &[Read, Read, Write],
             Kernel::KvWrite => &[Read, Read, Write, Write],
             // q, k, v, (cos, sin) table, q out, k cache, v cache
