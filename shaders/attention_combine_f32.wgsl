@@ -7,19 +7,21 @@
 const NEG: f32 = -3.0e38;
 
 struct Params {
-    // tokens
+    // tokens in the partials (rows row0.. of out)
     n: u32,
     q_heads: u32,
     // head_dim / 4
     hd4: u32,
     // key chunks
     splits: u32,
+    // first row of out written
+    row0: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 // part: [splits, n, q_heads, 1 + hd4] vec4s: (m, l, 0, 0), then the accumulator
 @group(0) @binding(1) var<storage, read> part: array<vec4<f32>>;
-// out: [n, q_heads * hd4] vec4s
+// out: [row0 + n.., q_heads * hd4] vec4s
 @group(0) @binding(2) var<storage, read_write> out: array<vec4<f32>>;
 
 @compute @workgroup_size(64)
@@ -50,5 +52,5 @@ fn main(
         l += ml.y * w;
         acc += part[base + 1u + d] * w;
     }
-    out[e] = acc / l;
+    out[p.row0 * p.q_heads * p.hd4 + e] = acc / l;
 }

@@ -15,8 +15,8 @@
 // `chunk` by *logical* index (a query's n-th visible key, in slot order: a cached slot is its own
 // index, a tree slot inside the region counts only if the query sees it), workgroup (.., split s)
 // takes chunk s and writes its running max, sum and accumulator to `out` as partials
-// [splits, n, q_heads, 1 + HD4] vec4s ((m, l, 0, 0), then acc); attention_combine_f32.wgsl merges
-// them. Chunks by logical index keep a tree node's sums those of the one-token pass that would
+// [splits, rows, q_heads, 1 + HD4] vec4s ((m, l, 0, 0), then acc) for the tokens row0..row0 + rows
+// (a long prompt goes in slices, to bound the partials); attention_combine_f32.wgsl merges them. Chunks by logical index keep a tree node's sums those of the one-token pass that would
 // decode it (whose keys are the same sequence in contiguous slots), so verification stays exact.
 //
 // CAUSAL (prefill): new token i sees slots 0..=start + i. FULL (vision tower): all n slots.
@@ -54,6 +54,9 @@ struct Params {
     // SPLIT: keys per chunk, and chunks (workgroups per (block, head))
     chunk: u32,
     splits: u32,
+    // SPLIT: the tokens row0..row0 + rows of the n this dispatch takes (the partials hold rows)
+    row0: u32,
+    rows: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -65,7 +68,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read> v_cache: array<vec4<f32>>;
 // mask: [n, words_per_row] bits over the ctx + n region slots (read only when !CAUSAL)
 @group(0) @binding(4) var<storage, read> mask: array<u32>;
-// out: [n, q_heads * head_dim] (as vec4s); SPLIT: the partials [splits, n, q_heads, 1 + HD4]
+// out: [n, q_heads * head_dim] (as vec4s); SPLIT: the partials [splits, rows, q_heads, 1 + HD4]
 @group(0) @binding(5) var<storage, read_write> out: array<vec4<f32>>;
 
 var<private> m: f32 = NEG;
@@ -98,7 +101,10 @@ fn main(
     @builtin(local_invocation_index) lid: u32,
 ) {
     var group = wid.y * nwg.x + wid.x;
-    let blocks = (p.n + TQ - 1u) / TQ;
+    // Tokens first..first + count (all n unless SPLIT).
+    let first = select(0u, p.row0, SPLIT);
+    let count = select(p.n, p.rows, SPLIT);
+    let blocks = (count + TQ - 1u) / TQ;
     // Keys of logical index lo..hi (all of them unless SPLIT).
     var split = 0u;
     var lo = 0u;
@@ -118,7 +124,7 @@ fn main(
     let block = group / p.q_heads;
     let h = group - block * p.q_heads;
     // Lanes past n redo token n - 1 and write nothing (no divergent branch around the loads).
-    let i_out = block * TQ + lid;
+    let i_out = first + block * TQ + lid;
     let i = min(i_out, p.n - 1u);
     let kvh = h / (p.q_heads / p.kv_heads);
     let q_base = (i * p.q_heads + h) * HD4;
@@ -133,7 +139,7 @@ fn main(
     var end = p.start + p.n;
     var own_end = end;
     if CAUSAL {
-        end = p.start + min(block * TQ + TQ, p.n);
+        end = p.start + min(first + block * TQ + TQ, p.n);
         own_end = p.start + i + 1u;
     }
     // Slots whose logical index is the slot itself: all of them, but for a tree's region.
@@ -154,11 +160,11 @@ fn main(
             li += select(0u, 1u, bit);
         }
     }
-    if i_out >= p.n {
+    if i_out >= first + count || i_out >= p.n {
         return;
     }
     if SPLIT {
-        let base = ((split * p.n + i_out) * p.q_heads + h) * (HD4 + 1u);
+        let base = ((split * count + i_out - first) * p.q_heads + h) * (HD4 + 1u);
         out[base] = vec4<f32>(m, l, 0.0, 0.0);
         for (var d = 0u; d < HD4; d++) {
             out[base + 1u + d] = acc[d];

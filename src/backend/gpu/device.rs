@@ -35,6 +35,9 @@ pub struct GpuOptions {
     /// GPUs, never on CPU drivers, where one workgroup per head already fills every core;
     /// `Some(0)`: never). Tests set it small to split the demo models' short contexts.
     pub attention_chunk: Option<usize>,
+    /// Cap on the bytes of split-K partials one dispatch writes (`None`: 16 MiB); a pass with more
+    /// tokens goes in slices. Tests set it small to slice short prompts.
+    pub attention_partial_bytes: Option<usize>,
 }
 
 /// The limits the engine works within (a subset of what was granted).

@@ -95,6 +95,9 @@ struct RopeTable {
 /// so a one-token pass of a 32-head model runs ~160 workgroups instead of 32.
 const ATTENTION_CHUNK: usize = 128;
 
+/// Bytes of split-K partials one attention dispatch writes at most, by default.
+const SPLIT_PARTIAL_BYTES: usize = 16 << 20;
+
 const MAX_LANE_HEAD_DIM: usize = 128;
 
 /// Per kernel key: dispatches, total ms, fastest ms.
@@ -127,6 +130,8 @@ pub struct GpuBackend {
     stack_projections: bool,
     /// Keys per chunk of split-K attention (`GpuOptions::attention_chunk`); `None`: never split.
     attention_chunk: Option<usize>,
+    /// Bytes of split-K partials one dispatch writes at most (tokens go in slices).
+    attention_partial_bytes: usize,
 }
 
 impl GpuBackend {
@@ -179,6 +184,7 @@ impl GpuBackend {
             profile: std::env::var_os("SPEC_LLAVA_GPU_PROFILE").map(|_| RefCell::default()),
             stack_projections: !opts.separate_projections,
             attention_chunk,
+            attention_partial_bytes: opts.attention_partial_bytes.unwrap_or(SPLIT_PARTIAL_BYTES),
         };
         match backend.take_error() {
             Some(e) => Err(e),
@@ -408,9 +414,15 @@ impl GpuBackend {
         if let (Some(chunk), true) = (chunk, Self::lane_attention(heads)) {
             let splits = end.div_ceil(chunk);
             let hd4 = heads.head_dim / 4;
-            let part = self.alloc(splits * n * heads.q_heads, (1 + hd4) * 4);
-            let params = [params, &[chunk as u32, splits as u32]].concat();
-            let tq = [8, 16, 32, 64].into_iter().find(|&t| t >= n).unwrap_or(64);
+            // Tokens per slice: the partials stay under `attention_partial_bytes` (a long prompt
+            // takes a few slices; a tree or a decoding step, one).
+            let row_bytes = splits * heads.q_heads * (1 + hd4) * 16;
+            let slice = (self.attention_partial_bytes / row_bytes).clamp(1, n);
+            let part = self.alloc(splits * slice * heads.q_heads, (1 + hd4) * 4);
+            let tq = [8, 16, 32, 64]
+                .into_iter()
+                .find(|&t| t >= slice)
+                .unwrap_or(64);
             let consts = [
                 ("CAUSAL", if causal { 1.0 } else { 0.0 }),
                 ("FULL", 0.0),
@@ -419,18 +431,17 @@ impl GpuBackend {
                 ("HD4", hd4 as f64),
             ];
             let split_bufs = [bufs[0], bufs[1], bufs[2], bufs[3], part.buffer()];
-            let groups = n.div_ceil(tq) * heads.q_heads * splits;
-            let grid = self.grid(groups);
-            self.run(Kernel::AttentionTree, &consts, &params, &split_bufs, grid);
-            let merge = [n as u32, heads.q_heads as u32, hd4 as u32, splits as u32];
-            let grid = self.grid((n * heads.q_heads * hd4).div_ceil(64));
-            self.run(
-                Kernel::AttentionCombine,
-                &[],
-                &merge,
-                &[part.buffer(), bufs[4]],
-                grid,
-            );
+            for row0 in (0..n).step_by(slice) {
+                let rows = slice.min(n - row0);
+                let extra = [chunk, splits, row0, rows].map(|v| v as u32);
+                let params = [params, &extra].concat();
+                let grid = self.grid(rows.div_ceil(tq) * heads.q_heads * splits);
+                self.run(Kernel::AttentionTree, &consts, &params, &split_bufs, grid);
+                let merge = [rows, heads.q_heads, hd4, splits, row0].map(|v| v as u32);
+                let grid = self.grid((rows * heads.q_heads * hd4).div_ceil(64));
+                let merge_bufs = [part.buffer(), bufs[4]];
+                self.run(Kernel::AttentionCombine, &[], &merge, &merge_bufs, grid);
+            }
             return;
         }
         if Self::lane_attention(heads) {
