@@ -356,6 +356,7 @@ impl<B: Backend> Captioner<B> {
             sampling: req.sampling,
             options,
             cost: drafter.cost.as_ref(),
+            learn_costs: true,
         };
         let out = decode_speculative(b, d, inputs, &|t| tok.token_text(t), on_round).await?;
         Ok(Caption {

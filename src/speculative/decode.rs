@@ -141,6 +141,10 @@ pub struct SpecInputs<'a, B: Backend, D: Backend = B> {
     /// Measured device costs: when given, depth and node count are chosen each round to maximise
     /// expected tokens per second (`options` become upper bounds).
     pub cost: Option<&'a CostModel>,
+    /// Fold every round's measured times into `cost` and decide with the wall clock (the app,
+    /// the CLI). `false`: `cost` is the clock too (a round's time is what the model says its
+    /// passes cost), so a test that scripts the costs decides the same on a busy machine.
+    pub learn_costs: bool,
 }
 
 /// Generate with speculation, the target on `b` and the draft on `d`. `on_round` receives every
@@ -281,7 +285,10 @@ impl<'a, B: Backend, D: Backend> Speculation<'a, B, D> {
             return;
         }
         let t = &round.timings;
-        let ms = t.draft_ms + t.verify_ms + t.bookkeeping_ms;
+        let ms = match round.scripted_ms {
+            Some(draft) => draft + cost.model().verify(round.order.len()),
+            None => t.draft_ms + t.verify_ms + t.bookkeeping_ms,
+        };
         if !(ms > 0.0 && ms.is_finite()) {
             return;
         }
@@ -311,6 +318,9 @@ struct Round {
     emitted: Vec<u32>,
     timings: RoundTimings,
     started: web_time::Instant,
+    /// With costs that are not learned (`SpecInputs::learn_costs`): the modelled time of the
+    /// round's draft passes so far, the clock its decisions read instead of the wall clock.
+    scripted_ms: Option<f64>,
     /// Whether the draft ran this round (false: the target alone on the root).
     drafted: bool,
 }
@@ -348,6 +358,12 @@ impl Round {
             }
             _ => Vec::new(),
         };
+        // The costs as the last round left them.
+        let cost = run.cost.as_ref().map(LiveCost::model);
+        let scripted_ms = match (&cost, run.inp.learn_costs) {
+            (Some(c), false) => Some(c.draft(run.pending.len())),
+            _ => None,
+        };
         let mut round = Round {
             tree,
             root_slot,
@@ -357,11 +373,10 @@ impl Round {
             emitted: Vec::new(),
             timings: RoundTimings::default(),
             started,
+            scripted_ms,
             drafted: true,
         };
         let mut next_slot = root_slot + 1;
-        // The costs as the last round left them.
-        let cost = run.cost.as_ref().map(LiveCost::model);
         // Rows of every draft pass this round, for the cost model.
         let mut widths = vec![run.pending.len()];
         for _depth in 2..=max_depth {
@@ -370,13 +385,16 @@ impl Round {
                 break;
             }
             frontier = round.expand(run, &frontier[..width], next_slot).await;
+            if let (Some(ms), Some(c)) = (&mut round.scripted_ms, &cost) {
+                *ms += c.draft(width);
+            }
             next_slot += width;
             widths.push(width);
         }
         round.order = round.tree.select(round.chosen_budget(cost.as_ref()));
         round.timings.draft_ms = round.elapsed_ms();
         run.out.draft_rows += widths.iter().sum::<usize>();
-        if let Some(cost) = &mut run.cost {
+        if let (Some(cost), true) = (&mut run.cost, run.inp.learn_costs) {
             debug_assert_eq!(widths.len(), run.out.draft_passes - passes_before);
             cost.observe_draft(&widths, round.timings.draft_ms);
         }
@@ -403,12 +421,19 @@ impl Round {
                 ..RoundTimings::default()
             },
             started,
+            scripted_ms: None,
             drafted: false,
         }
     }
 
     fn elapsed_ms(&self) -> f64 {
         self.started.elapsed().as_secs_f64() * 1e3
+    }
+
+    /// The round's time so far as its decisions see it: modelled when the costs are scripted,
+    /// else the wall clock.
+    fn spent_ms(&self) -> f64 {
+        self.scripted_ms.unwrap_or_else(|| self.elapsed_ms())
     }
 
     /// How many of `frontier` (best first) to draft one more level below; 0 stops drafting. The
@@ -435,7 +460,7 @@ impl Round {
             return frontier.len();
         };
         let scores = candidate_scores(&self.tree);
-        let spent = self.elapsed_ms();
+        let spent = self.spent_ms();
         let (_, now) = cost.best_budget(&scores, self.budget, spent);
         let (mut width, mut rate) = (0, now);
         let mut hoped = scores;
@@ -495,7 +520,7 @@ impl Round {
         match cost {
             Some(cost) => {
                 let scores = candidate_scores(&self.tree);
-                cost.best_budget(&scores, self.budget, self.elapsed_ms()).0
+                cost.best_budget(&scores, self.budget, self.spent_ms()).0
             }
             None => self.budget,
         }
@@ -540,7 +565,7 @@ impl Round {
         run.out.accepted_per_round.push(verdict.accepted.len());
         run.out.verified_per_round.push(self.order.len() - 1);
         self.timings.verify_ms = tv.elapsed().as_secs_f64() * 1e3;
-        if let Some(cost) = &mut run.cost {
+        if let (Some(cost), true) = (&mut run.cost, run.inp.learn_costs) {
             cost.observe_verify(self.order.len(), self.timings.verify_ms);
         }
         Ok(verdict)
