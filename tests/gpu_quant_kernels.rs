@@ -252,6 +252,47 @@ fn linear_add_equals_add_of_linear_bit_for_bit() {
     }
 }
 
+/// One weight of a norm-then-linear test on both engines: the matrix in a format (`None`: f32),
+/// an RMSNorm weight around 1 and a bias, drawn from `rng` in that order.
+struct NormCase {
+    w: <GpuBackend as Backend>::Weight,
+    wc: <CpuBackend as Backend>::Weight,
+    nw: <GpuBackend as Backend>::Weight,
+    nc: <CpuBackend as Backend>::Weight,
+    bw: <GpuBackend as Backend>::Weight,
+    bc: <CpuBackend as Backend>::Weight,
+}
+
+impl NormCase {
+    fn new(g: &GpuBackend, rng: &mut StdRng, k: usize, n: usize, format: Option<Format>) -> Self {
+        let cpu = CpuBackend;
+        let values = random(rng, n * k);
+        let data = match format {
+            Some(f) => WeightData::convert(values, n, k, f),
+            None => WeightData::F32(values),
+        };
+        let w = g.weight_data(data.clone(), &[n, k]);
+        let wc = cpu.weight_data(data, &[n, k]);
+        let norm: Vec<f32> = random(rng, k).iter().map(|v| 1.0 + v).collect();
+        let (nw, nc) = (g.weight(norm.clone(), &[k]), cpu.weight(norm, &[k]));
+        let bias = random(rng, n);
+        let (bw, bc) = (g.weight(bias.clone(), &[n]), cpu.weight(bias, &[n]));
+        NormCase {
+            w,
+            wc,
+            nw,
+            nc,
+            bw,
+            bc,
+        }
+    }
+
+    /// `m` rows of x, wide enough that the norm matters.
+    fn x(rng: &mut StdRng, m: usize, k: usize) -> Vec<f32> {
+        random(rng, m * k).iter().map(|v| v * 3.0).collect()
+    }
+}
+
 /// `rms_norm_linear` (the norm fused into the mat-vec's prologue up to 64 rows with the GPU
 /// kernels; the norm kernel, then the tiled GEMM, above, and `matmul_small` on CPU drivers) equals
 /// `linear(rms_norm(x))` bit for bit, in every weight format, at widths that are not whole
@@ -271,29 +312,17 @@ fn rms_norm_linear_equals_linear_of_rms_norm_bit_for_bit() {
             for (k, n) in [(96, 70), (45, 33), (688, 9)] {
                 let formats = FORMATS.iter().map(|&(f, _)| Some(f)).chain([None]);
                 for format in formats {
-                    let values = random(&mut rng, n * k);
-                    let data = match format {
-                        Some(f) => WeightData::convert(values, n, k, f),
-                        None => WeightData::F32(values),
-                    };
-                    let w = g.weight_data(data.clone(), &[n, k]);
-                    let wc = cpu.weight_data(data, &[n, k]);
-                    let norm: Vec<f32> = random(&mut rng, k).iter().map(|v| 1.0 + v).collect();
-                    let (nw, nc) = (g.weight(norm.clone(), &[k]), cpu.weight(norm, &[k]));
-                    let bias = random(&mut rng, n);
-                    let (bw, bc) = (g.weight(bias.clone(), &[n]), cpu.weight(bias, &[n]));
+                    let c = NormCase::new(g, &mut rng, k, n, format);
+                    let (w, wc, nw, nc, bw, bc) = (&c.w, &c.wc, &c.nw, &c.nc, &c.bw, &c.bc);
                     for (m, with_bias) in [(1, true), (5, false), (64, true), (100, false)] {
                         let (b, bcpu) = match with_bias {
-                            true => (Some(&bw), Some(&bc)),
+                            true => (Some(bw), Some(bc)),
                             false => (None, None),
                         };
-                        let values = random(&mut rng, m * k)
-                            .iter()
-                            .map(|v| v * 3.0)
-                            .collect::<Vec<_>>();
+                        let values = NormCase::x(&mut rng, m, k);
                         let x = g.tensor(values.clone(), m, k);
-                        let want = g.linear(&g.rms_norm(&x, &nw, 1e-5), &w, b);
-                        let got = g.rms_norm_linear(&x, &nw, 1e-5, &w, b);
+                        let want = g.linear(&g.rms_norm(&x, nw, 1e-5), w, b);
+                        let got = g.rms_norm_linear(&x, nw, 1e-5, w, b);
                         let (got, want) = (read(g, &got), read(g, &want));
                         let what = format!(
                             "{format:?} k={k} m={m} bias={with_bias} (cpu kernels: {cpu_kernels})"
@@ -305,7 +334,7 @@ fn rms_norm_linear_equals_linear_of_rms_norm_bit_for_bit() {
                             "{what}"
                         );
                         let xc = cpu.tensor(values, m, k);
-                        let reference = cpu.rms_norm_linear(&xc, &nc, 1e-5, &wc, bcpu);
+                        let reference = cpu.rms_norm_linear(&xc, nc, 1e-5, wc, bcpu);
                         check(&what, &got, &reference.data, 1e-5);
                     }
                 }
@@ -345,32 +374,20 @@ fn rms_norm_gated_equals_gated_of_rms_norm_linear_bit_for_bit() {
             for (k, n) in [(96, 70), (45, 34), (688, 18)] {
                 let formats = FORMATS.iter().map(|&(f, _)| Some(f)).chain([None]);
                 for format in formats {
-                    let values = random(&mut rng, n * k);
-                    let data = match format {
-                        Some(f) => WeightData::convert(values, n, k, f),
-                        None => WeightData::F32(values),
-                    };
-                    let w = g.weight_data(data.clone(), &[n, k]);
-                    let wc = cpu.weight_data(data, &[n, k]);
-                    let norm: Vec<f32> = random(&mut rng, k).iter().map(|v| 1.0 + v).collect();
-                    let (nw, nc) = (g.weight(norm.clone(), &[k]), cpu.weight(norm, &[k]));
-                    let bias = random(&mut rng, n);
-                    let (bw, bc) = (g.weight(bias.clone(), &[n]), cpu.weight(bias, &[n]));
+                    let c = NormCase::new(g, &mut rng, k, n, format);
+                    let (w, wc, nw, nc, bw, bc) = (&c.w, &c.wc, &c.nw, &c.nc, &c.bw, &c.bc);
                     for (m, with_bias) in [(1, true), (5, false), (64, true), (100, false)] {
                         let act = acts[case % acts.len()];
                         case += 1;
                         let (b, bcpu) = match with_bias {
-                            true => (Some(&bw), Some(&bc)),
+                            true => (Some(bw), Some(bc)),
                             false => (None, None),
                         };
-                        let values = random(&mut rng, m * k)
-                            .iter()
-                            .map(|v| v * 3.0)
-                            .collect::<Vec<_>>();
+                        let values = NormCase::x(&mut rng, m, k);
                         let x = g.tensor(values.clone(), m, k);
-                        let want = g.gated_stacked(&g.rms_norm_linear(&x, &nw, 1e-5, &w, b), act);
+                        let want = g.gated_stacked(&g.rms_norm_linear(&x, nw, 1e-5, w, b), act);
                         let before = g.dispatches().unwrap_or(0);
-                        let got = g.rms_norm_gated(&x, &nw, 1e-5, &w, b, act);
+                        let got = g.rms_norm_gated(&x, nw, 1e-5, w, b, act);
                         let launches = g.dispatches().unwrap_or(0) - before;
                         let what = format!(
                             "{format:?} {act:?} k={k} m={m} bias={with_bias} whole={whole} \
@@ -390,7 +407,7 @@ fn rms_norm_gated_equals_gated_of_rms_norm_linear_bit_for_bit() {
                             "{what}"
                         );
                         let xc = cpu.tensor(values, m, k);
-                        let reference = cpu.rms_norm_gated(&xc, &nc, 1e-5, &wc, bcpu, act);
+                        let reference = cpu.rms_norm_gated(&xc, nc, 1e-5, wc, bcpu, act);
                         check(&what, &got, &reference.data, 1e-5);
                     }
                 }

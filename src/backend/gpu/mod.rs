@@ -89,8 +89,6 @@ struct RopeTable {
     buf: PoolBuf,
 }
 
-/// The WebGPU executor.
-/// Largest head dim `attention_tree_f32.wgsl` keeps in registers (its `MAX_HD4` * 4).
 /// Keys per chunk of split-K attention on GPUs: a 576-token image and its prompt make 5 chunks,
 /// so a one-token pass of a 32-head model runs ~160 workgroups instead of 32.
 const ATTENTION_CHUNK: usize = 128;
@@ -98,12 +96,14 @@ const ATTENTION_CHUNK: usize = 128;
 /// Bytes of split-K partials one attention dispatch writes at most, by default.
 const SPLIT_PARTIAL_BYTES: usize = 16 << 20;
 
+/// Largest head dim `attention_tree_f32.wgsl` keeps in registers (its `MAX_HD4` * 4).
 const MAX_LANE_HEAD_DIM: usize = 128;
 
 /// Per kernel key: dispatches, total ms, fastest ms.
 #[cfg(not(target_arch = "wasm32"))]
 type ProfileTable = std::collections::BTreeMap<String, (usize, f64, f64)>;
 
+/// The WebGPU executor.
 pub struct GpuBackend {
     dev: GpuDevice,
     pool: Rc<RefCell<Pool>>,
@@ -368,6 +368,20 @@ impl GpuBackend {
         heads.head_dim.is_multiple_of(4) && heads.head_dim <= MAX_LANE_HEAD_DIM
     }
 
+    /// Tokens per workgroup (TQ) of attention_tree_f32 for `n` tokens, and its constants for
+    /// `mode` = (causal, full).
+    fn lane_attention_consts(n: usize, heads: Heads, mode: (bool, bool)) -> (usize, [Constant; 4]) {
+        let (causal, full) = mode;
+        let tq = [8, 16, 32, 64].into_iter().find(|&t| t >= n).unwrap_or(64);
+        let consts = [
+            ("CAUSAL", if causal { 1.0 } else { 0.0 }),
+            ("FULL", if full { 1.0 } else { 0.0 }),
+            ("TQ", tq as f64),
+            ("HD4", (heads.head_dim / 4) as f64),
+        ];
+        (tq, consts)
+    }
+
     /// Record one attention_tree_f32 dispatch (`lane_attention(heads)` must hold) over `bufs` =
     /// [q, k cache, v cache, mask, out] with `params` as the shader lays them out.
     fn dispatch_lane_attention(
@@ -378,14 +392,7 @@ impl GpuBackend {
         params: &[u32],
         bufs: &[&GpuBuf; 5],
     ) {
-        let (causal, full) = mode;
-        let tq = [8, 16, 32, 64].into_iter().find(|&t| t >= n).unwrap_or(64);
-        let consts = [
-            ("CAUSAL", if causal { 1.0 } else { 0.0 }),
-            ("FULL", if full { 1.0 } else { 0.0 }),
-            ("TQ", tq as f64),
-            ("HD4", (heads.head_dim / 4) as f64),
-        ];
+        let (tq, consts) = Self::lane_attention_consts(n, heads, mode);
         let groups = n.div_ceil(tq) * heads.q_heads;
         self.run(
             Kernel::AttentionTree,
@@ -419,17 +426,8 @@ impl GpuBackend {
             let row_bytes = splits * heads.q_heads * (1 + hd4) * 16;
             let slice = (self.attention_partial_bytes / row_bytes).clamp(1, n);
             let part = self.alloc(splits * slice * heads.q_heads, (1 + hd4) * 4);
-            let tq = [8, 16, 32, 64]
-                .into_iter()
-                .find(|&t| t >= slice)
-                .unwrap_or(64);
-            let consts = [
-                ("CAUSAL", if causal { 1.0 } else { 0.0 }),
-                ("FULL", 0.0),
-                ("SPLIT", 1.0),
-                ("TQ", tq as f64),
-                ("HD4", hd4 as f64),
-            ];
+            let (tq, lane) = Self::lane_attention_consts(slice, heads, (causal, false));
+            let consts = [&lane[..], &[("SPLIT", 1.0)]].concat();
             let split_bufs = [bufs[0], bufs[1], bufs[2], bufs[3], part.buffer()];
             for row0 in (0..n).step_by(slice) {
                 let rows = slice.min(n - row0);

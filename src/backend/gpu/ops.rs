@@ -14,6 +14,14 @@ use super::matmul::{Epilogue, MatmulShape};
 use super::pipelines::Kernel;
 use super::{GpuBackend, GpuCache, GpuTensor, GpuWeight, WeightDType};
 
+/// Whether `linear(rms_norm(x, norm), w, b)` has consistent shapes.
+fn norm_linear_fits(x: &GpuTensor, norm: &GpuWeight, w: &GpuWeight, b: Option<&GpuWeight>) -> bool {
+    w.shape.len() == 2
+        && w.cols == x.cols
+        && norm.cols == x.cols
+        && b.is_none_or(|b| b.cols == w.rows)
+}
+
 pub(super) fn act_id(act: Activation) -> f64 {
     match act {
         Activation::Silu => 0.0,
@@ -198,10 +206,7 @@ impl Backend for GpuBackend {
         w: &GpuWeight,
         b: Option<&GpuWeight>,
     ) -> GpuTensor {
-        let fits = w.shape.len() == 2
-            && w.cols == x.cols
-            && norm.cols == x.cols
-            && b.is_none_or(|b| b.cols == w.rows);
+        let fits = norm_linear_fits(x, norm, w, b);
         // The mat-vec (GPUs, up to 64 rows) normalises in its prologue, each workgroup summing
         // its rows' squares across its lanes. Elsewhere the norm kernel runs first (it sums in
         // the same order): before the tiled GEMM of a long prompt, and on CPU drivers, where
@@ -237,11 +242,7 @@ impl Backend for GpuBackend {
         act: Activation,
     ) -> GpuTensor {
         let w = gate_up;
-        let fits = w.shape.len() == 2
-            && w.rows.is_multiple_of(2)
-            && w.cols == x.cols
-            && norm.cols == x.cols
-            && b.is_none_or(|b| b.cols == w.rows);
+        let fits = norm_linear_fits(x, norm, w, b) && w.rows.is_multiple_of(2);
         // The batch-invariant kernels end in the activation when a column's gate and up rows
         // share one binding (a single chunk: every demo and 7B/13B gate/up in q4/q8; f16 at
         // 7B splits and takes the separate gated kernel). The mat-vec also normalises in its
