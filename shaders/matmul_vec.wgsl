@@ -4,7 +4,8 @@
 //
 // Batch-invariant: every output is summed in one fixed order, whatever m is and whichever row of x
 // it belongs to. Invocation t of a group walks the steps t, t + TPR, ... of its weight rows with
-// one fma chain per (x row, weight row); then the TPR partial sums are added serially. So a tree
+// one fma chain per (x row, weight row); then the TPR partial sums are added as a binary tree,
+// adjacent lanes first (with subgroups, its lower levels are shuffles: the same sums). So a tree
 // node verified in a batch gets exactly the logits of a one-token pass (src/speculative: greedy
 // speculative output equals plain decoding bit for bit). XR (x rows held in registers, 1 for
 // decoding, up to MAX_XR for batches) changes how many rows share each weight load, never the
@@ -54,6 +55,18 @@ const MAX_XR: u32 = 4u;
 // Partial sums: [MAX_XR x rows][RPT][WG invocations] (16 KiB, WebGPU's guaranteed minimum).
 var<workgroup> red: array<f32, 4096>;
 
+// The binary-tree sum of a group's TPR lane partials at red[base..base + TPR], whose levels below
+// `width` lanes_fold has summed already (their sums sit at multiples of width). One invocation
+// per output, in place: each output's partials are its own.
+fn tree_sum(base: u32, width: u32) -> f32 {
+    for (var w = width; w < TPR; w *= 2u) {
+        for (var s = 0u; s < TPR; s += 2u * w) {
+            red[base + s] = red[base + s] + red[base + s + w];
+        }
+    }
+    return red[base];
+}
+
 // One pass: x rows i0..i0 + XR against this invocation's weight rows (outputs of rows past m are
 // not written). Called from workgroup-uniform control flow only (it has a barrier).
 fn rows_pass(i0: u32, j0: u32, g: u32, t: u32, lid: u32, rows: array<u32, RPT>) {
@@ -102,10 +115,16 @@ fn rows_pass(i0: u32, j0: u32, g: u32, t: u32, lid: u32, rows: array<u32, RPT>) 
             }
         }
     }
+    // Each output's TPR lane partials are summed as a binary tree (adjacent lanes first): the
+    // levels inside a subgroup in registers (lanes_*.wgsl), the rest from workgroup memory.
+    let width = lanes_width();
     for (var i = 0u; i < XR; i++) {
         for (var r = 0u; r < RPT; r++) {
             let a = acc[i][r];
-            red[(i * RPT + r) * WG + lid] = (a.x + a.y) + (a.z + a.w);
+            let v = lanes_fold((a.x + a.y) + (a.z + a.w), width);
+            if t % width == 0u {
+                red[(i * RPT + r) * WG + lid] = v;
+            }
         }
     }
     workgroupBarrier();
@@ -121,14 +140,8 @@ fn rows_pass(i0: u32, j0: u32, g: u32, t: u32, lid: u32, rows: array<u32, RPT>) 
                 let il = t / 2u;
                 let gbase = (il * RPT + r) * WG + g * TPR;
                 let ubase = (il * RPT + r + 2u) * WG + g * TPR;
-                var yg = 0.0;
-                var yu = 0.0;
-                for (var s = 0u; s < TPR; s++) {
-                    yg += red[gbase + s];
-                }
-                for (var s = 0u; s < TPR; s++) {
-                    yu += red[ubase + s];
-                }
+                var yg = tree_sum(gbase, width);
+                var yu = tree_sum(ubase, width);
                 if HAS_BIAS {
                     yg += bias[j];
                     yu += bias[half + j];
@@ -144,11 +157,7 @@ fn rows_pass(i0: u32, j0: u32, g: u32, t: u32, lid: u32, rows: array<u32, RPT>) 
         let r = t % RPT;
         let j = j0 + r * GROUPS;
         if i < p.m && j < p.n {
-            let base = t * WG + g * TPR;
-            var y = 0.0;
-            for (var s = 0u; s < TPR; s++) {
-                y += red[base + s];
-            }
+            var y = tree_sum(t * WG + g * TPR, width);
             if HAS_BIAS {
                 y += bias[p.col_offset + j];
             }

@@ -20,7 +20,7 @@ use common::{gpu_each_kernel_choice, gpu_with};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use spec_llava::backend::cpu::CpuBackend;
-use spec_llava::backend::gpu::{GpuBackend, GpuOptions, WeightDType};
+use spec_llava::backend::gpu::{DeviceKernels, GpuBackend, GpuOptions, WeightDType};
 use spec_llava::backend::Backend;
 use spec_llava::config::Activation;
 use spec_llava::quant::{Format, WeightData};
@@ -417,6 +417,26 @@ fn rms_norm_gated_equals_gated_of_rms_norm_linear_bit_for_bit() {
     }
 }
 
+/// Two engines on the first adapter, one using an optional feature and one not (`opts(true)`,
+/// `opts(false)`; `uses` says whether an engine's kernels use it). `None`, with a notice, where the
+/// adapter does not offer the feature.
+fn with_and_without(
+    opts: impl Fn(bool) -> GpuOptions,
+    uses: impl Fn(DeviceKernels) -> bool,
+    feature: &str,
+) -> Option<(GpuBackend, GpuBackend)> {
+    let (with, without) = (gpu_with(opts(true))?, gpu_with(opts(false))?);
+    assert!(
+        !uses(without.device_kernels()),
+        "{feature} was not turned off"
+    );
+    if !uses(with.device_kernels()) {
+        eprintln!("skipping: {} has no {feature}", with.adapter_info());
+        return None;
+    }
+    Some((with, without))
+}
+
 /// Where the adapter offers `shader-f16`, f16 weights load as `vec4<f16>`; the portable loader
 /// unpacks u32 pairs from the same buffer. Every matmul kernel (mat-vec, `matmul_small`, the
 /// tiled GEMM) must give the same bits either way, with and without bias, at widths that are not
@@ -429,14 +449,9 @@ fn native_f16_loads_equal_the_packed_ones_bit_for_bit() {
             native_f16: Some(native_f16),
             ..GpuOptions::default()
         };
-        let (Some(native), Some(packed)) = (gpu_with(opts(true)), gpu_with(opts(false))) else {
+        let Some((native, packed)) = with_and_without(opts, |k| k.native_f16, "shader-f16") else {
             continue;
         };
-        assert!(!packed.device_kernels().native_f16);
-        if !native.device_kernels().native_f16 {
-            eprintln!("skipping: {} has no shader-f16", native.adapter_info());
-            continue;
-        }
         let mut rng = StdRng::seed_from_u64(19);
         for (k, n) in [(96, 70), (45, 33), (688, 9)] {
             let data = WeightData::convert(random(&mut rng, n * k), n, k, Format::F16);
@@ -463,4 +478,52 @@ fn native_f16_loads_equal_the_packed_ones_bit_for_bit() {
         }
         assert!(native.take_error().is_none() && packed.take_error().is_none());
     }
+}
+
+/// `matmul_vec` with subgroups (its lane partials folded by shuffles inside each subgroup, the rest
+/// in workgroup memory) equals the portable kernel (all in workgroup memory) bit for bit: both sum
+/// the same binary tree. Every weight format, one row and batches (one and several passes of x
+/// rows), and every epilogue and prologue (bias, the residual add, the norm, the gated
+/// activation). lavapipe offers subgroups of 8, so its kernels mix shuffles and memory.
+#[test]
+fn subgroup_sums_equal_the_portable_ones_bit_for_bit() {
+    let opts = |subgroups| GpuOptions {
+        cpu_kernels: Some(false),
+        subgroups: Some(subgroups),
+        ..GpuOptions::default()
+    };
+    let Some((sub, portable)) = with_and_without(opts, |k| k.subgroups, "subgroups") else {
+        return;
+    };
+    assert!(sub.adapter_info().ends_with("[subgroups]"));
+    let eps = 1e-5;
+    for format in [None, Some(Format::F16), Some(Format::Q8), Some(Format::Q4)] {
+        for (k, n) in [(45, 34), (688, 18)] {
+            for m in [1, 5, 64] {
+                let what = format!("{format:?} k={k} n={n} m={m}");
+                let outs = [&sub, &portable].map(|g| {
+                    let mut rng = StdRng::seed_from_u64(23);
+                    let c = NormCase::new(g, &mut rng, k, n, format);
+                    let x = g.tensor(NormCase::x(&mut rng, m, k), m, k);
+                    let residual = g.tensor(random(&mut rng, m * n), m, n);
+                    let outs = [
+                        g.linear(&x, &c.w, Some(&c.bw)),
+                        g.linear_add(&x, &c.w, None, residual),
+                        g.rms_norm_linear(&x, &c.nw, eps, &c.w, Some(&c.bw)),
+                        g.rms_norm_gated(&x, &c.nw, eps, &c.w, None, Activation::Silu),
+                    ];
+                    outs.map(|y| read(g, &y))
+                });
+                for (op, (a, b)) in ["linear", "linear_add", "rms_norm_linear", "rms_norm_gated"]
+                    .iter()
+                    .zip(outs[0].iter().zip(&outs[1]))
+                {
+                    assert!(!a.is_empty() && a.len() == b.len(), "{what} {op}");
+                    let same = a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits());
+                    assert!(same, "{what} {op}: the subgroup sums differ");
+                }
+            }
+        }
+    }
+    assert!(sub.take_error().is_none() && portable.take_error().is_none());
 }

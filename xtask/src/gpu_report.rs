@@ -30,6 +30,21 @@ pub fn gpu_report(root: &Path, args: &[String]) -> Result<(), String> {
         kernel_args.extend(["--filter", "m1 n", "--scenes", "1"]);
     }
     let kernels = run(&kernel_args)?;
+    // The one-row matmuls again with the portable kernels only (no shader-f16 loads, no subgroup
+    // sums), to compare each optional feature's kernels with what every device runs.
+    let portable = json_of(
+        Command::new(&bin)
+            .current_dir(root)
+            .env("SPEC_LLAVA_GPU_PORTABLE", "1")
+            .args([
+                "bench-kernels",
+                "--json",
+                "--backend",
+                "gpu",
+                "--filter",
+                "m1 n",
+            ]),
+    )?;
     let scenes = if quick { "3" } else { "10" };
     let demo = |extra: &[&str]| {
         let mut a = vec![
@@ -74,7 +89,8 @@ pub fn gpu_report(root: &Path, args: &[String]) -> Result<(), String> {
         }
         shapes.push(run(&a)?);
     }
-    let report = markdown(&kernels, &same, &cpu_draft, &shapes, quick);
+    let mut report = markdown(&kernels, &same, &cpu_draft, &shapes, quick);
+    report += &portable_table(&kernels, &portable);
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
@@ -171,6 +187,47 @@ fn markdown(
     m
 }
 
+/// The one-row matmuls with the device's optional features (shader-f16 loads, subgroup sums;
+/// the device line lists those in use) next to the portable kernels.
+fn portable_table(kernels: &Value, portable: &Value) -> String {
+    let mut m = String::new();
+    let _ = writeln!(
+        m,
+        "\n| one-row matmul | shape | dtype | ms, optional features | ms, portable | portable / optional |\n|---|---|---|---:|---:|---:|"
+    );
+    let rows = |v: &Value| v["kernels"].as_array().cloned().unwrap_or_default();
+    let key = |r: &Value| {
+        (
+            text(&r["kernel"]).to_string(),
+            text(&r["shape"]).to_string(),
+            text(&r["dtype"]).to_string(),
+        )
+    };
+    let base = rows(portable);
+    for r in rows(kernels) {
+        let Some(p) = base
+            .iter()
+            .find(|p| key(p) == key(&r) && text(&r["kernel"]) != "copy_vec4")
+        else {
+            continue;
+        };
+        let (ms, pms) = (num(&r["ms"]), num(&p["ms"]));
+        let _ = writeln!(
+            m,
+            "| {} | {} | {} | {ms:.3} | {pms:.3} | {:.2}x |",
+            text(&r["kernel"]),
+            text(&r["shape"]),
+            text(&r["dtype"]),
+            pms / ms
+        );
+    }
+    let _ = writeln!(
+        m,
+        "\nPortable: `SPEC_LLAVA_GPU_PORTABLE=1`, run after the main table (above 1.00x, the optional features are faster)."
+    );
+    m
+}
+
 fn num(v: &Value) -> f64 {
     v.as_f64().unwrap_or(f64::NAN)
 }
@@ -213,5 +270,31 @@ mod tests {
             m.contains("| llava-1.5-7b | 32 | 20.0 | 190.0 (250.0) | 1.10x / 1.60x | 2.40x |"),
             "{m}"
         );
+    }
+
+    #[test]
+    fn the_portable_table_pairs_rows_by_kernel_shape_and_dtype() {
+        let row = |kernel: &str, shape: &str, dtype: &str, ms: f64| json!({"kernel": kernel, "shape": shape, "dtype": dtype, "ms": ms});
+        let optional = json!({"kernels": [
+            row("copy_vec4", "1024 KiB", "f32", 0.1),
+            row("matmul_vec", "m1 n4096 k1024", "f16", 0.5),
+            row("matmul_vec", "m1 n4096 k1024", "q4", 0.4),
+            row("matmul_vec", "m16 n4096 k1024", "q4", 0.9)
+        ]});
+        let portable = json!({"kernels": [
+            row("copy_vec4", "1024 KiB", "f32", 0.1),
+            row("matmul_vec", "m1 n4096 k1024", "q4", 0.6),
+            row("matmul_vec", "m1 n4096 k1024", "f16", 1.0)
+        ]});
+        let m = portable_table(&optional, &portable);
+        assert!(
+            m.contains("| matmul_vec | m1 n4096 k1024 | f16 | 0.500 | 1.000 | 2.00x |"),
+            "{m}"
+        );
+        assert!(
+            m.contains("| matmul_vec | m1 n4096 k1024 | q4 | 0.400 | 0.600 | 1.50x |"),
+            "{m}"
+        );
+        assert!(!m.contains("copy_vec4") && !m.contains("m16"), "{m}");
     }
 }

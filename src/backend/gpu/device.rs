@@ -31,6 +31,10 @@ pub struct GpuOptions {
     /// Read f16 weights as f16 where the adapter offers `shader-f16` (`None`: yes); `Some(false)`
     /// keeps the portable u32-packed loads. Both give the same values; tests compare them.
     pub native_f16: Option<bool>,
+    /// Sum `matmul_vec`'s lane partials with subgroup shuffles where the adapter offers
+    /// subgroups (`None`: yes on GPUs); `Some(false)` keeps workgroup memory. Both give the same
+    /// sums; tests compare them.
+    pub subgroups: Option<bool>,
     /// Split-K attention: keys per chunk once a pass's context exceeds one chunk (`None`: 128 on
     /// GPUs, never on CPU drivers, where one workgroup per head already fills every core;
     /// `Some(0)`: never). Tests set it small to split the demo models' short contexts.
@@ -154,13 +158,19 @@ pub async fn open(opts: &GpuOptions) -> Result<GpuDevice> {
     let offered = adapter.features();
     // Native f16 loads by default on GPUs only: llvmpipe emulates f16 and its f16 mat-vec ran
     // 1.4-1.5x slower with them (bench-kernels, alternated runs).
+    // Subgroups serve `matmul_vec`, which CPU drivers do not run (they take `matmul_small`).
+    let on_gpus = !cpu && !portable_only();
     let kernels = DeviceKernels {
-        native_f16: opts.native_f16.unwrap_or(!cpu && !portable_only())
+        native_f16: opts.native_f16.unwrap_or(on_gpus)
             && offered.contains(wgpu::Features::SHADER_F16),
+        subgroups: opts.subgroups.unwrap_or(on_gpus) && offered.contains(wgpu::Features::SUBGROUP),
     };
     let mut required_features = wgpu::Features::empty();
     if kernels.native_f16 {
         required_features |= wgpu::Features::SHADER_F16;
+    }
+    if kernels.subgroups {
+        required_features |= wgpu::Features::SUBGROUP;
     }
     let (device, queue) = adapter
         .request_device(&wgpu::DeviceDescriptor {

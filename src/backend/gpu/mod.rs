@@ -198,12 +198,19 @@ impl GpuBackend {
     }
 
     /// The adapter: name, API backend, device type, driver; and the optional features the
-    /// kernels use (`[shader-f16]`).
+    /// kernels use (`[shader-f16]`, `[subgroups]`).
     pub fn adapter_info(&self) -> String {
-        match self.dev.kernels.native_f16 {
-            true => format!("{} [shader-f16]", self.dev.info),
-            false => self.dev.info.clone(),
+        let k = self.dev.kernels;
+        let mut info = self.dev.info.clone();
+        for (used, name) in [
+            (k.native_f16, " [shader-f16]"),
+            (k.subgroups, " [subgroups]"),
+        ] {
+            if used {
+                info += name;
+            }
         }
+        info
     }
 
     /// Whether the kernels chosen for CPU drivers (lavapipe, SwiftShader) are in use.

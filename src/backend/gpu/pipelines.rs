@@ -80,6 +80,10 @@ const MATMUL_SMALL: &str = include_str!("../../../shaders/matmul_small.wgsl");
 const MATMUL_X: &str = include_str!("../../../shaders/matmul_x.wgsl");
 /// Their shared parameters and x / bias / out bindings.
 const MATMUL_IO: &str = include_str!("../../../shaders/matmul_io.wgsl");
+/// How `matmul_vec` sums a group's lane partials: in workgroup memory, or its lowest levels by
+/// subgroup shuffles (the same tree, so the same bits).
+const LANES_PORTABLE: &str = include_str!("../../../shaders/lanes_portable.wgsl");
+const LANES_SUBGROUP: &str = include_str!("../../../shaders/lanes_subgroup.wgsl");
 const WEIGHTS_F32: &str = include_str!("../../../shaders/weights_f32.wgsl");
 const WEIGHTS_F16: &str = include_str!("../../../shaders/weights_f16.wgsl");
 const WEIGHTS_F16_NATIVE: &str = include_str!("../../../shaders/weights_f16_native.wgsl");
@@ -154,34 +158,22 @@ impl Kernel {
         }
     }
 
-    /// The WGSL source.
     /// The kernel as the engine compiles it on a device with `features` (the portable kernels:
     /// [`DeviceKernels::PORTABLE`]).
     pub fn source_for(self, features: DeviceKernels) -> String {
-        let f16 = features.native_f16;
-        match self {
-            Kernel::MatmulVecF16 if f16 => matmul_f16(MATMUL_VEC),
-            Kernel::MatmulSmallF16 if f16 => matmul_f16(MATMUL_SMALL),
-            Kernel::MatmulTiledF16 if f16 => matmul_f16(MATMUL_TILED),
-            _ => self.source(),
-        }
-    }
-
-    /// The portable kernel (every WebGPU device).
-    pub fn source(self) -> String {
         let own = match self {
-            Kernel::MatmulVec => return matmul(MATMUL_VEC, WEIGHTS_F32),
-            Kernel::MatmulSmall => return matmul(MATMUL_SMALL, WEIGHTS_F32),
-            Kernel::MatmulSmallF16 => return matmul(MATMUL_SMALL, WEIGHTS_F16),
-            Kernel::MatmulSmallQ8 => return matmul(MATMUL_SMALL, WEIGHTS_Q8),
-            Kernel::MatmulSmallQ4 => return matmul(MATMUL_SMALL, WEIGHTS_Q4),
-            Kernel::MatmulTiled => return matmul(MATMUL_TILED, WEIGHTS_F32),
-            Kernel::MatmulVecQ8 => return matmul(MATMUL_VEC, WEIGHTS_Q8),
-            Kernel::MatmulTiledQ8 => return matmul(MATMUL_TILED, WEIGHTS_Q8),
-            Kernel::MatmulVecQ4 => return matmul(MATMUL_VEC, WEIGHTS_Q4),
-            Kernel::MatmulTiledQ4 => return matmul(MATMUL_TILED, WEIGHTS_Q4),
-            Kernel::MatmulVecF16 => return matmul(MATMUL_VEC, WEIGHTS_F16),
-            Kernel::MatmulTiledF16 => return matmul(MATMUL_TILED, WEIGHTS_F16),
+            Kernel::MatmulVec => return matmul(MATMUL_VEC, WEIGHTS_F32, features),
+            Kernel::MatmulSmall => return matmul(MATMUL_SMALL, WEIGHTS_F32, features),
+            Kernel::MatmulSmallF16 => return matmul(MATMUL_SMALL, WEIGHTS_F16, features),
+            Kernel::MatmulSmallQ8 => return matmul(MATMUL_SMALL, WEIGHTS_Q8, features),
+            Kernel::MatmulSmallQ4 => return matmul(MATMUL_SMALL, WEIGHTS_Q4, features),
+            Kernel::MatmulTiled => return matmul(MATMUL_TILED, WEIGHTS_F32, features),
+            Kernel::MatmulVecQ8 => return matmul(MATMUL_VEC, WEIGHTS_Q8, features),
+            Kernel::MatmulTiledQ8 => return matmul(MATMUL_TILED, WEIGHTS_Q8, features),
+            Kernel::MatmulVecQ4 => return matmul(MATMUL_VEC, WEIGHTS_Q4, features),
+            Kernel::MatmulTiledQ4 => return matmul(MATMUL_TILED, WEIGHTS_Q4, features),
+            Kernel::MatmulVecF16 => return matmul(MATMUL_VEC, WEIGHTS_F16, features),
+            Kernel::MatmulTiledF16 => return matmul(MATMUL_TILED, WEIGHTS_F16, features),
             Kernel::AttentionTree => include_str!("../../../shaders/attention_tree_f32.wgsl"),
             Kernel::AttentionTreeBlock => {
                 include_str!("../../../shaders/attention_treeblock_f32.wgsl")
@@ -209,6 +201,11 @@ impl Kernel {
             Kernel::Rope | Kernel::RopeKvWrite => format!("{ROPE_FNS}\n{own}"),
             _ => own.to_string(),
         }
+    }
+
+    /// The portable kernel (every WebGPU device).
+    pub fn source(self) -> String {
+        self.source_for(DeviceKernels::PORTABLE)
     }
 
     /// Storage bindings 1.. in order (binding 0 is the uniform `Params`).
@@ -245,21 +242,28 @@ impl Kernel {
     }
 }
 
-/// A matmul kernel's source: the shared parameters and bindings, the algorithm, how it reads x,
-/// and the weight-format snippet.
-/// A matmul reading f16 weights as f16 (`shader-f16`): the directive must open the module.
-fn matmul_f16(algorithm: &str) -> String {
-    format!("enable f16;\n{}", matmul(algorithm, WEIGHTS_F16_NATIVE))
-}
-
-fn matmul(algorithm: &str, weights: &str) -> String {
+/// A matmul kernel's source on a device with `features`: the shared parameters and bindings,
+/// the algorithm, how it reads x, the weight-format snippet (f16: read as f16 with
+/// `shader-f16`, whose directive must open the module) and, for the mat-vec, how lanes fold
+/// their partial sums (with subgroups: shuffles).
+fn matmul(algorithm: &str, weights: &str, features: DeviceKernels) -> String {
+    let native_f16 = features.native_f16 && weights == WEIGHTS_F16;
+    let (enable, weights) = match native_f16 {
+        true => ("enable f16;\n", WEIGHTS_F16_NATIVE),
+        false => ("", weights),
+    };
     // The batch-invariant algorithms can end in the gated activation (GATED).
     let act = if algorithm == MATMUL_TILED {
         ""
     } else {
         ACTIVATION_FNS
     };
-    format!("{MATMUL_IO}\n{act}\n{algorithm}\n{MATMUL_X}\n{weights}")
+    let lanes = match (algorithm == MATMUL_VEC, features.subgroups) {
+        (false, _) => "",
+        (true, false) => LANES_PORTABLE,
+        (true, true) => LANES_SUBGROUP,
+    };
+    format!("{enable}{MATMUL_IO}\n{act}\n{algorithm}\n{lanes}\n{MATMUL_X}\n{weights}")
 }
 
 /// A pipeline-overridable constant and its value (WGSL bools take 0.0 / 1.0).
@@ -270,11 +274,18 @@ pub struct DeviceKernels {
     /// `shader-f16`: f16 weights load as `vec4<f16>` instead of being unpacked from u32 pairs
     /// (the same values).
     pub native_f16: bool,
+    /// `subgroups` (wgpu's SUBGROUP; native adapters only, as wgpu does not map it in the
+    /// browser): `matmul_vec` sums its lane partials with shuffles instead of workgroup memory
+    /// (the same sums).
+    pub subgroups: bool,
 }
 
 impl DeviceKernels {
     /// What every WebGPU device runs.
-    pub const PORTABLE: DeviceKernels = DeviceKernels { native_f16: false };
+    pub const PORTABLE: DeviceKernels = DeviceKernels {
+        native_f16: false,
+        subgroups: false,
+    };
 }
 
 pub type Constant = (&'static str, f64);
