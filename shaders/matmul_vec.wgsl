@@ -24,7 +24,10 @@
 // fused in, on sums that are bit for bit the ones the plain kernel would store.
 //
 // The snippet's interface is described in weights_f32.wgsl: a step of a weight row (a vec4, or a
-// whole block of 32 for q8 / q4) is loaded once and used in XS parts of 4 weights.
+// whole block of 32 for q8 / q4) is loaded once and used in XS parts of 4 weights. How a lane
+// multiplies and sums its steps is a second snippet: f32 fma chains on the dequantized weights
+// (dot_float.wgsl), or packed 8-bit dot products of q8 / q4 codes with x quantized per block
+// (dot_int8.wgsl, optional, GpuOptions::int8_dot).
 
 override HAS_BIAS: bool = false;
 // out += x W^T (+ bias): a residual add fused into the epilogue (out holds the residual; the sum
@@ -52,6 +55,9 @@ const MAX_XR: u32 = 4u;
 
 // Params and bindings 0, 1, 4, 5: matmul_io.wgsl; bindings 2, 3: the weight-format snippet.
 
+// A lane's partial sums, [x row][weight row] (dot_*.wgsl's add_step adds a step to them).
+alias Acc = array<array<vec4<f32>, RPT>, MAX_XR>;
+
 // Partial sums: [MAX_XR x rows][RPT][WG invocations] (16 KiB, WebGPU's guaranteed minimum).
 var<workgroup> red: array<f32, 4096>;
 
@@ -72,12 +78,8 @@ fn tree_sum(base: u32, width: u32) -> f32 {
 fn rows_pass(i0: u32, j0: u32, g: u32, t: u32, lid: u32, rows: array<u32, RPT>) {
     // x rows past m redo row m - 1 and write nothing.
     var xi: array<u32, MAX_XR>;
-    var acc: array<array<vec4<f32>, RPT>, MAX_XR>;
     for (var i = 0u; i < XR; i++) {
         xi[i] = min(i0 + i, p.m - 1u);
-        for (var r = 0u; r < RPT; r++) {
-            acc[i][r] = vec4<f32>(0.0);
-        }
     }
     // NORM: group i < XR sums the squares of x row i (invocation t: partial t, TPR ==
     // NORM_PARTS), then every invocation adds the partials in order (matmul_x.wgsl).
@@ -97,23 +99,14 @@ fn rows_pass(i0: u32, j0: u32, g: u32, t: u32, lid: u32, rows: array<u32, RPT>) 
         // `red` is the partial sums' next.
         workgroupBarrier();
     }
+    // This lane's partial sums over the steps t, t + TPR, ... of its weight rows.
+    var acc: Acc;
     for (var q = t; q < p.steps; q += TPR) {
         var ws: array<WStep, RPT>;
         for (var r = 0u; r < RPT; r++) {
             ws[r] = w_load(rows[r], q);
         }
-        for (var s = 0u; s < XS; s++) {
-            var xv: array<vec4<f32>, MAX_XR>;
-            for (var i = 0u; i < XR; i++) {
-                xv[i] = xn4(xi[i], x_vec(q, s), inv[i]);
-            }
-            for (var r = 0u; r < RPT; r++) {
-                let wv = w_vec(ws[r], s);
-                for (var i = 0u; i < XR; i++) {
-                    acc[i][r] = fma(xv[i], wv, acc[i][r]);
-                }
-            }
-        }
+        add_step(&acc, &ws, q, &xi, &inv);
     }
     // Each output's TPR lane partials are summed as a binary tree (adjacent lanes first): the
     // levels inside a subgroup in registers (lanes_*.wgsl), the rest from workgroup memory.

@@ -31,3 +31,11 @@ fn w_vec(ws: WStep, s: u32) -> vec4<f32> {
     let c = vec4<u32>(wd, wd >> 8u, wd >> 16u, wd >> 24u) & vec4<u32>(15u);
     return (vec4<f32>(c) - 8.0) * ws.scale;
 }
+
+// dot_int8.wgsl: part s's 4 codes as bytes (0..15, element 32q + 4s + b in byte b), to be read
+// as code - W_ZERO.
+const W_ZERO: i32 = 8;
+
+fn w_codes(ws: WStep, s: u32) -> u32 {
+    return (ws.words[s & 3u] >> (4u * (s >> 2u))) & 0x0f0f0f0fu;
+}

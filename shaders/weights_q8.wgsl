@@ -32,3 +32,10 @@ fn w_vec(ws: WStep, s: u32) -> vec4<f32> {
     let c = bitcast<vec4<i32>>(vec4<u32>(wd << 24u, wd << 16u, wd << 8u, wd)) >> vec4<u32>(24u);
     return vec4<f32>(c) * ws.scale;
 }
+
+// dot_int8.wgsl: part s's 4 int8 codes as they are stored (element 32q + 4s + b in byte b).
+const W_ZERO: i32 = 0;
+
+fn w_codes(ws: WStep, s: u32) -> u32 {
+    return select(ws.hi[s & 3u], ws.lo[s & 3u], s < 4u);
+}

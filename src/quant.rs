@@ -49,6 +49,8 @@ use half::f16;
 
 use crate::error::{Error, Result};
 
+pub mod int8;
+
 /// Input columns per quantization group.
 pub const GROUP: usize = 32;
 

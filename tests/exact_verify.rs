@@ -2,7 +2,8 @@
 //! verification pass are bit for bit those of plain one-token decoding along the same path, and
 //! the keys and values the pass leaves in the cache (kept by compaction) give the next plain step
 //! bit for bit the same logits as plain decoding. On the CPU engine and on the WebGPU engine with
-//! both kernel choices (CPU drivers, GPUs), f32 and q4 weights, Llama (GQA) and Qwen2 (biases).
+//! both kernel choices (CPU drivers, GPUs), f32 and q4 weights, Llama (GQA) and Qwen2 (biases);
+//! also with split-K attention and with packed 8-bit dot products (`GpuOptions::int8_dot`).
 //!
 //! Equality, not tolerance: greedy speculative output equals plain decoding because every kernel a
 //! tree pass runs sums each output in the order a one-token pass does (`shaders/matmul_vec.wgsl`,
@@ -326,5 +327,51 @@ fn split_attention_keeps_verified_nodes_equal_to_plain_decoding_bit_for_bit() {
             }
             assert_eq!(more - fewer, layers, "{what}: {more} vs {fewer} dispatches");
         }
+    }
+}
+
+#[test]
+fn int8_dot_products_keep_verified_nodes_equal_to_plain_decoding_bit_for_bit() {
+    // With packed 8-bit dot products (`GpuOptions::int8_dot`) every q8 / q4 mat-vec of a decoding
+    // or tree pass quantizes x per block of 32 (`shaders/dot_int8.wgsl`). A tree pass must still
+    // give plain decoding's logits bit for bit, and those logits must stay near the f32 mat-vec's
+    // without being them (the int8 kernels ran).
+    let opts = |int8_dot| GpuOptions {
+        cpu_kernels: Some(false),
+        int8_dot: Some(int8_dot),
+        ..GpuOptions::default()
+    };
+    let (Some(int8), Some(f32_engine)) = (gpu_with(opts(true)), gpu_with(opts(false))) else {
+        return;
+    };
+    if !int8.device_kernels().int8_dot {
+        eprintln!(
+            "skipping: {} has no packed 8-bit dot products",
+            int8.adapter_info()
+        );
+        return;
+    }
+    let quantized = models()
+        .into_iter()
+        .filter(|(_, _, q)| matches!(q, Some(Format::Q4 | Format::Q8)));
+    for (label, dir, quant) in quantized {
+        let run_on = |g: &GpuBackend| {
+            let c = Captioner::new(g, open(&dir, quant)).unwrap();
+            let r = run(g, &c, &image());
+            if let Some(e) = g.take_error() {
+                panic!("{label}: {e}");
+            }
+            r
+        };
+        let (a, b) = (run_on(&int8), run_on(&f32_engine));
+        assert_exact(&format!("int8 dot, {label}"), &a);
+        let mut worst = 0f32;
+        for (x, y) in a.plain.iter().zip(&b.plain) {
+            let scale = y.iter().fold(1e-3f32, |s, v| s.max(v.abs()));
+            let err = x.iter().zip(y).fold(0f32, |w, (p, q)| w.max((p - q).abs()));
+            worst = worst.max(err / scale);
+        }
+        println!("{label}: int8 logits within {worst:e} of the f32 mat-vec's");
+        assert!(worst > 0.0 && worst <= 0.1, "{label}: {worst:e}");
     }
 }

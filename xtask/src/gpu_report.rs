@@ -30,21 +30,21 @@ pub fn gpu_report(root: &Path, args: &[String]) -> Result<(), String> {
         kernel_args.extend(["--filter", "m1 n", "--scenes", "1"]);
     }
     let kernels = run(&kernel_args)?;
-    // The one-row matmuls again with the portable kernels only (no shader-f16 loads, no subgroup
-    // sums), to compare each optional feature's kernels with what every device runs.
-    let portable = json_of(
-        Command::new(&bin)
-            .current_dir(root)
-            .env("SPEC_LLAVA_GPU_PORTABLE", "1")
-            .args([
-                "bench-kernels",
-                "--json",
-                "--backend",
-                "gpu",
-                "--filter",
-                "m1 n",
-            ]),
-    )?;
+    // The one-row matmuls again with an engine switch set.
+    let one_row_matmuls = |var: &str| {
+        json_of(Command::new(&bin).current_dir(root).env(var, "1").args([
+            "bench-kernels",
+            "--json",
+            "--backend",
+            "gpu",
+            "--filter",
+            "m1 n",
+        ]))
+    };
+    // The portable kernels only (no shader-f16 loads, no subgroup sums), to compare each optional
+    // feature's kernels with what every device runs; then packed 8-bit dot products.
+    let portable = one_row_matmuls("SPEC_LLAVA_GPU_PORTABLE")?;
+    let int8 = one_row_matmuls("SPEC_LLAVA_GPU_INT8_DOT")?;
     let scenes = if quick { "3" } else { "10" };
     let demo = |extra: &[&str]| {
         let mut a = vec![
@@ -65,8 +65,7 @@ pub fn gpu_report(root: &Path, args: &[String]) -> Result<(), String> {
     };
     let same = demo(&[])?;
     let cpu_draft = demo(&["--draft-on-cpu"])?;
-    let mut shapes = Vec::new();
-    for like in ["llava-1.5-7b", "llava-1.5-13b"] {
+    let shape_args = |like: &'static str, nodes: &'static str| {
         let mut a = vec![
             "bench-shape",
             "--target-like",
@@ -76,21 +75,60 @@ pub fn gpu_report(root: &Path, args: &[String]) -> Result<(), String> {
             "--json",
         ];
         if quick {
-            a.extend([
-                "--text-layers",
-                "2",
-                "--context",
-                "32",
-                "--nodes",
-                "1,4,16,64",
-                "--scenes",
-                "3",
-            ]);
+            a.extend(["--text-layers", "2", "--context", "32", "--scenes", "3"]);
         }
-        shapes.push(run(&a)?);
+        a.extend(["--nodes", nodes]);
+        a
+    };
+    let mut shapes = Vec::new();
+    for like in ["llava-1.5-7b", "llava-1.5-13b"] {
+        let nodes = if quick {
+            "1,4,16,64"
+        } else {
+            "1,2,4,8,16,32,64"
+        };
+        shapes.push(run(&shape_args(like, nodes))?);
     }
+    // The 7B shape (one token, 64 nodes) with engine switches: split-K attention in chunks of
+    // 128 keys (of 8 in the quick run's 32-token context), never split, and the split engine with
+    // packed 8-bit dot products.
+    let split_chunk = if quick { "8" } else { "128" };
+    let seven_b = |vars: &[(&str, &str)]| {
+        let mut cmd = Command::new(&bin);
+        cmd.current_dir(root)
+            .envs(vars.iter().copied())
+            .args(shape_args("llava-1.5-7b", "1,64"));
+        json_of(&mut cmd)
+    };
+    let chunk_var = "SPEC_LLAVA_GPU_ATTENTION_CHUNK";
+    let split = seven_b(&[(chunk_var, split_chunk)])?;
+    let unsplit = seven_b(&[(chunk_var, "0")])?;
+    let split_int8 = seven_b(&[(chunk_var, split_chunk), ("SPEC_LLAVA_GPU_INT8_DOT", "1")])?;
     let mut report = markdown(&kernels, &same, &cpu_draft, &shapes, quick);
     report += &portable_table(&kernels, &portable);
+    report += &int8_table(&kernels, &int8);
+    report += &shape_pair_table(
+        &format!(
+            "attention ({}, {} tokens of context)",
+            text(&split["target"]["like"]),
+            split["context"]
+        ),
+        ["ms split-K", "ms one workgroup per head", "unsplit / split"],
+        &split,
+        &unsplit,
+    );
+    report += &format!(
+        "\nSplit-K: `SPEC_LLAVA_GPU_ATTENTION_CHUNK={split_chunk}` against `=0` (above 1.00x, splitting is faster).\n"
+    );
+    if used_int8(&split_int8) {
+        report += &shape_pair_table(
+            &format!("q4 matmuls ({})", text(&split["target"]["like"])),
+            ["ms int8 dot products", "ms f32", "f32 / int8"],
+            &split_int8,
+            &split,
+        );
+        report += "\nInt8: `SPEC_LLAVA_GPU_INT8_DOT=1` (x rounded to 7 bits per block of 32; not the default). Above 1.00x, int8 is faster.\n";
+    }
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
@@ -190,41 +228,86 @@ fn markdown(
 /// The one-row matmuls with the device's optional features (shader-f16 loads, subgroup sums;
 /// the device line lists those in use) next to the portable kernels.
 fn portable_table(kernels: &Value, portable: &Value) -> String {
+    let columns = [
+        "ms, optional features",
+        "ms, portable",
+        "portable / optional",
+    ];
+    paired_table(columns, kernels, portable, &|_| true)
+        + "\nPortable: `SPEC_LLAVA_GPU_PORTABLE=1`, run after the main table (above 1.00x, the optional features are faster).\n"
+}
+
+/// Whether a run's engine used packed 8-bit dot products (CPU drivers never do).
+fn used_int8(run: &Value) -> bool {
+    text(&run["device"]).contains("[int8 dot]")
+}
+
+const NO_INT8: &str = "\nInt8 dot products: not used on this device (CPU drivers run `matmul_small`, which has no int8 form; or WGSL lacks `packed_4x8_integer_dot_product`).\n";
+
+/// The one-row q8 / q4 matmuls with packed 8-bit dot products next to the f32 ones.
+fn int8_table(kernels: &Value, int8: &Value) -> String {
+    if !used_int8(int8) {
+        return NO_INT8.to_string();
+    }
+    let columns = ["ms, int8 dot products", "ms, f32", "f32 / int8"];
+    let blocks = |r: &Value| matches!(text(&r["dtype"]), "q8" | "q4");
+    paired_table(columns, int8, kernels, &blocks)
+        + "\nInt8: `SPEC_LLAVA_GPU_INT8_DOT=1` (above 1.00x, int8 is faster).\n"
+}
+
+/// The one-row matmuls of `a` and `b` paired by kernel, shape and dtype (not the copy, and only
+/// rows `keep` takes): ms of each, and b / a.
+fn paired_table(columns: [&str; 3], a: &Value, b: &Value, keep: &dyn Fn(&Value) -> bool) -> String {
     let mut m = String::new();
+    let [ca, cb, ratio] = columns;
     let _ = writeln!(
         m,
-        "\n| one-row matmul | shape | dtype | ms, optional features | ms, portable | portable / optional |\n|---|---|---|---:|---:|---:|"
+        "\n| one-row matmul | shape | dtype | {ca} | {cb} | {ratio} |\n|---|---|---|---:|---:|---:|"
     );
     let rows = |v: &Value| v["kernels"].as_array().cloned().unwrap_or_default();
-    let key = |r: &Value| {
-        (
-            text(&r["kernel"]).to_string(),
-            text(&r["shape"]).to_string(),
-            text(&r["dtype"]).to_string(),
-        )
-    };
-    let base = rows(portable);
-    for r in rows(kernels) {
-        let Some(p) = base
-            .iter()
-            .find(|p| key(p) == key(&r) && text(&r["kernel"]) != "copy_vec4")
-        else {
+    let key = |r: &Value| [&r["kernel"], &r["shape"], &r["dtype"]].map(|v| text(v).to_string());
+    let others = rows(b);
+    for r in rows(a) {
+        if text(&r["kernel"]) == "copy_vec4" || !keep(&r) {
+            continue;
+        }
+        let Some(o) = others.iter().find(|o| key(o) == key(&r)) else {
             continue;
         };
-        let (ms, pms) = (num(&r["ms"]), num(&p["ms"]));
+        let (ms, oms) = (num(&r["ms"]), num(&o["ms"]));
         let _ = writeln!(
             m,
-            "| {} | {} | {} | {ms:.3} | {pms:.3} | {:.2}x |",
+            "| {} | {} | {} | {ms:.3} | {oms:.3} | {:.2}x |",
             text(&r["kernel"]),
             text(&r["shape"]),
             text(&r["dtype"]),
-            pms / ms
+            oms / ms
         );
     }
+    m
+}
+
+/// One bench-shape run against another (`a`, `b`): ms for one token and for a 64-node verify
+/// pass, and b / a.
+fn shape_pair_table(title: &str, columns: [&str; 3], a: &Value, b: &Value) -> String {
+    let ms = |r: &Value, nodes: u64| {
+        r["verify"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v["nodes"].as_u64() == Some(nodes))
+            .map_or(f64::NAN, |v| num(&v["ms"]))
+    };
+    let [ca, cb, ratio] = columns;
+    let mut m = String::new();
     let _ = writeln!(
         m,
-        "\nPortable: `SPEC_LLAVA_GPU_PORTABLE=1`, run after the main table (above 1.00x, the optional features are faster)."
+        "\n| {title} | {ca} | {cb} | {ratio} |\n|---|---:|---:|---:|"
     );
+    for (label, nodes) in [("one token", 1), ("verify 64 nodes", 64)] {
+        let (x, y) = (ms(a, nodes), ms(b, nodes));
+        let _ = writeln!(m, "| {label} | {x:.2} | {y:.2} | {:.2}x |", y / x);
+    }
     m
 }
 
@@ -296,5 +379,44 @@ mod tests {
             "{m}"
         );
         assert!(!m.contains("copy_vec4") && !m.contains("m16"), "{m}");
+    }
+
+    #[test]
+    fn shape_pairs_compare_one_token_and_64_nodes() {
+        let run = |one: f64, many: f64| {
+            json!({"context": 600, "target": {"like": "llava-1.5-7b"},
+            "verify": [{"nodes": 1, "ms": one}, {"nodes": 64, "ms": many}]})
+        };
+        let columns = ["ms split-K", "ms one workgroup per head", "unsplit / split"];
+        let m = shape_pair_table("attention", columns, &run(10.0, 12.0), &run(11.0, 18.0));
+        assert!(
+            m.contains("| attention | ms split-K | ms one workgroup per head | unsplit / split |"),
+            "{m}"
+        );
+        assert!(m.contains("| one token | 10.00 | 11.00 | 1.10x |"), "{m}");
+        assert!(
+            m.contains("| verify 64 nodes | 12.00 | 18.00 | 1.50x |"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn the_int8_table_pairs_only_block_formats() {
+        let row = |dtype: &str, ms: f64| json!({"kernel": "matmul_vec", "shape": "m1 n4096 k1024", "dtype": dtype, "ms": ms});
+        let f32_run = json!({"kernels": [row("f16", 0.5), row("q4", 0.6), row("q8", 0.9)]});
+        let mut int8 = json!({"device": "gpu [subgroups]",
+            "kernels": [row("f16", 0.5), row("q4", 0.3), row("q8", 0.6)]});
+        assert_eq!(int8_table(&f32_run, &int8), NO_INT8);
+        int8["device"] = json!("gpu [subgroups] [int8 dot]");
+        let m = int8_table(&f32_run, &int8);
+        assert!(
+            m.contains("| matmul_vec | m1 n4096 k1024 | q4 | 0.300 | 0.600 | 2.00x |"),
+            "{m}"
+        );
+        assert!(
+            m.contains("| matmul_vec | m1 n4096 k1024 | q8 | 0.600 | 0.900 | 1.50x |"),
+            "{m}"
+        );
+        assert!(!m.contains("f16"), "{m}");
     }
 }

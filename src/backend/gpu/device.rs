@@ -23,7 +23,8 @@ pub struct GpuOptions {
     /// the device's own limit. Tests set it small to exercise the row-split paths.
     pub max_binding_bytes: Option<u64>,
     /// Use (true) or avoid (false) the kernels chosen for CPU drivers whatever the adapter is;
-    /// `None` detects it. Tests force both ways so every kernel runs on lavapipe.
+    /// `None` detects it (natively, `SPEC_LLAVA_GPU_CPU_KERNELS=0|1` decides first). Tests force
+    /// both ways so every kernel runs on lavapipe.
     pub cpu_kernels: Option<bool>,
     /// Load q/k/v and gate/up as separate weights instead of stacked ones
     /// (`Backend::stacks_projections`). Tests compare both ways.
@@ -35,9 +36,17 @@ pub struct GpuOptions {
     /// subgroups (`None`: yes on GPUs); `Some(false)` keeps workgroup memory. Both give the same
     /// sums; tests compare them.
     pub subgroups: Option<bool>,
+    /// Multiply q8 / q4 weights with x quantized to 8 bits per block of 32, by packed 8-bit dot
+    /// products (`matmul_vec`, where WGSL offers `packed_4x8_integer_dot_product`; not with the
+    /// kernels for CPU drivers, `matmul_small`, which has no int8 form). `None`: no,
+    /// unless `SPEC_LLAVA_GPU_INT8_DOT=1` natively. Off by default because x rounded to 7 bits
+    /// moves the logits away from the f32 reference (`crate::quant::int8`); speculative output
+    /// still equals plain decoding with it on.
+    pub int8_dot: Option<bool>,
     /// Split-K attention: keys per chunk once a pass's context exceeds one chunk (`None`: 128 on
     /// GPUs, never on CPU drivers, where one workgroup per head already fills every core;
-    /// `Some(0)`: never). Tests set it small to split the demo models' short contexts.
+    /// `Some(0)`: never; `None` also reads `SPEC_LLAVA_GPU_ATTENTION_CHUNK` natively). Tests set
+    /// it small to split the demo models' short contexts.
     pub attention_chunk: Option<usize>,
     /// Cap on the bytes of split-K partials one dispatch writes (`None`: 16 MiB); a pass with more
     /// tokens goes in slices. Tests set it small to slice short prompts.
@@ -153,6 +162,7 @@ pub async fn open(opts: &GpuOptions) -> Result<GpuDevice> {
     };
     let cpu = opts
         .cpu_kernels
+        .or_else(cpu_kernels_from_env)
         .unwrap_or(a.device_type == wgpu::DeviceType::Cpu || is_software(&info));
     let required_limits = wanted_limits(&adapter.limits());
     let offered = adapter.features();
@@ -164,6 +174,13 @@ pub async fn open(opts: &GpuOptions) -> Result<GpuDevice> {
         native_f16: opts.native_f16.unwrap_or(on_gpus)
             && offered.contains(wgpu::Features::SHADER_F16),
         subgroups: opts.subgroups.unwrap_or(on_gpus) && offered.contains(wgpu::Features::SUBGROUP),
+        // CPU drivers run `matmul_small`, which has no int8 form.
+        int8_dot: opts.int8_dot.unwrap_or_else(int8_dot_from_env)
+            && !cpu
+            && !portable_only()
+            && instance
+                .wgsl_language_features()
+                .contains(wgpu::WgslLanguageFeatures::Packed4x8IntegerDotProduct),
     };
     let mut required_features = wgpu::Features::empty();
     if kernels.native_f16 {
@@ -213,6 +230,41 @@ pub async fn open(opts: &GpuOptions) -> Result<GpuDevice> {
         },
         errors,
     })
+}
+
+/// `SPEC_LLAVA_GPU_ATTENTION_CHUNK=N` (native runs): split-K attention's keys per chunk where
+/// `GpuOptions::attention_chunk` leaves it to the engine (0: never split), to measure split
+/// against unsplit attention on one device (`cargo xtask gpu-report`).
+pub(super) fn attention_chunk_from_env() -> Option<usize> {
+    #[cfg(not(target_arch = "wasm32"))]
+    return std::env::var("SPEC_LLAVA_GPU_ATTENTION_CHUNK")
+        .ok()
+        .and_then(|v| v.trim().parse().ok());
+    #[cfg(target_arch = "wasm32")]
+    None
+}
+
+/// `SPEC_LLAVA_GPU_CPU_KERNELS=0|1` (native runs): the kernels chosen for GPUs (0) or for CPU
+/// drivers (1) where `GpuOptions::cpu_kernels` leaves it to detection, to time the GPU kernels on
+/// lavapipe.
+fn cpu_kernels_from_env() -> Option<bool> {
+    #[cfg(not(target_arch = "wasm32"))]
+    return match std::env::var("SPEC_LLAVA_GPU_CPU_KERNELS").as_deref() {
+        Ok("0") => Some(false),
+        Ok("1") => Some(true),
+        _ => None,
+    };
+    #[cfg(target_arch = "wasm32")]
+    None
+}
+
+/// `SPEC_LLAVA_GPU_INT8_DOT=1` (native runs): packed 8-bit dot products where
+/// `GpuOptions::int8_dot` leaves it open (the benchmarks and `cargo xtask gpu-report`).
+fn int8_dot_from_env() -> bool {
+    #[cfg(not(target_arch = "wasm32"))]
+    return std::env::var("SPEC_LLAVA_GPU_INT8_DOT").is_ok_and(|v| v == "1");
+    #[cfg(target_arch = "wasm32")]
+    false
 }
 
 /// `SPEC_LLAVA_GPU_PORTABLE=1` (native runs): build only the portable kernels, whatever the

@@ -166,8 +166,11 @@ impl GpuBackend {
         );
         let pool = Pool::new(dev.device.clone(), graveyard.clone());
         let default_chunk = if dev.cpu { 0 } else { ATTENTION_CHUNK };
-        let attention_chunk =
-            Some(opts.attention_chunk.unwrap_or(default_chunk)).filter(|&c| c > 0);
+        let chunk = opts
+            .attention_chunk
+            .or_else(device::attention_chunk_from_env)
+            .unwrap_or(default_chunk);
+        let attention_chunk = Some(chunk).filter(|&c| c > 0);
         let backend = GpuBackend {
             dev,
             pool,
@@ -198,13 +201,14 @@ impl GpuBackend {
     }
 
     /// The adapter: name, API backend, device type, driver; and the optional features the
-    /// kernels use (`[shader-f16]`, `[subgroups]`).
+    /// kernels use (`[shader-f16]`, `[subgroups]`, `[int8 dot]`).
     pub fn adapter_info(&self) -> String {
         let k = self.dev.kernels;
         let mut info = self.dev.info.clone();
         for (used, name) in [
             (k.native_f16, " [shader-f16]"),
             (k.subgroups, " [subgroups]"),
+            (k.int8_dot, " [int8 dot]"),
         ] {
             if used {
                 info += name;

@@ -84,6 +84,10 @@ const MATMUL_IO: &str = include_str!("../../../shaders/matmul_io.wgsl");
 /// subgroup shuffles (the same tree, so the same bits).
 const LANES_PORTABLE: &str = include_str!("../../../shaders/lanes_portable.wgsl");
 const LANES_SUBGROUP: &str = include_str!("../../../shaders/lanes_subgroup.wgsl");
+/// How a lane of `matmul_vec` multiplies and sums its steps: f32 fma chains, or packed 8-bit dot
+/// products of q8 / q4 codes with x quantized per block.
+const DOT_FLOAT: &str = include_str!("../../../shaders/dot_float.wgsl");
+const DOT_INT8: &str = include_str!("../../../shaders/dot_int8.wgsl");
 const WEIGHTS_F32: &str = include_str!("../../../shaders/weights_f32.wgsl");
 const WEIGHTS_F16: &str = include_str!("../../../shaders/weights_f16.wgsl");
 const WEIGHTS_F16_NATIVE: &str = include_str!("../../../shaders/weights_f16_native.wgsl");
@@ -245,7 +249,8 @@ impl Kernel {
 /// A matmul kernel's source on a device with `features`: the shared parameters and bindings,
 /// the algorithm, how it reads x, the weight-format snippet (f16: read as f16 with
 /// `shader-f16`, whose directive must open the module) and, for the mat-vec, how lanes fold
-/// their partial sums (with subgroups: shuffles).
+/// their partial sums (with subgroups: shuffles) and how they multiply (f32, or packed 8-bit
+/// dot products of q8 / q4 codes).
 fn matmul(algorithm: &str, weights: &str, features: DeviceKernels) -> String {
     let native_f16 = features.native_f16 && weights == WEIGHTS_F16;
     let (enable, weights) = match native_f16 {
@@ -258,12 +263,19 @@ fn matmul(algorithm: &str, weights: &str, features: DeviceKernels) -> String {
     } else {
         ACTIVATION_FNS
     };
-    let lanes = match (algorithm == MATMUL_VEC, features.subgroups) {
+    let vec = algorithm == MATMUL_VEC;
+    let lanes = match (vec, features.subgroups) {
         (false, _) => "",
         (true, false) => LANES_PORTABLE,
         (true, true) => LANES_SUBGROUP,
     };
-    format!("{enable}{MATMUL_IO}\n{act}\n{algorithm}\n{lanes}\n{MATMUL_X}\n{weights}")
+    let block_format = weights == WEIGHTS_Q8 || weights == WEIGHTS_Q4;
+    let dot = match (vec, features.int8_dot && block_format) {
+        (false, _) => "",
+        (true, false) => DOT_FLOAT,
+        (true, true) => DOT_INT8,
+    };
+    format!("{enable}{MATMUL_IO}\n{act}\n{algorithm}\n{lanes}\n{dot}\n{MATMUL_X}\n{weights}")
 }
 
 /// A pipeline-overridable constant and its value (WGSL bools take 0.0 / 1.0).
@@ -278,6 +290,11 @@ pub struct DeviceKernels {
     /// browser): `matmul_vec` sums its lane partials with shuffles instead of workgroup memory
     /// (the same sums).
     pub subgroups: bool,
+    /// Packed 8-bit dot products (WGSL's `packed_4x8_integer_dot_product`, opted into with
+    /// `GpuOptions::int8_dot`): `matmul_vec` multiplies q8 / q4 codes with x quantized per block
+    /// of 32 instead of widening the weights to f32 (`crate::quant::int8`; not the default, as
+    /// it rounds x to 7 bits).
+    pub int8_dot: bool,
 }
 
 impl DeviceKernels {
@@ -285,6 +302,7 @@ impl DeviceKernels {
     pub const PORTABLE: DeviceKernels = DeviceKernels {
         native_f16: false,
         subgroups: false,
+        int8_dot: false,
     };
 }
 

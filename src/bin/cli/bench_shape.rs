@@ -59,6 +59,8 @@ pub struct BenchShapeArgs {
 #[derive(Serialize)]
 struct Report {
     device: String,
+    /// Tokens in the cache when each timed pass runs.
+    context: usize,
     target: TargetCost,
     draft: DraftCost,
     verify: Vec<VerifyCost>,
@@ -263,6 +265,7 @@ fn measure<B: Backend>(
     let projection = project(args, ms_per_token, &verify, draft_ms)?;
     Ok(Report {
         device,
+        context: ctx,
         target: TargetCost {
             like: target_like.name(),
             text_layers: target.checkpoint.config.text.num_hidden_layers,
