@@ -160,6 +160,22 @@ impl<B: Backend> Captioner<B> {
         }
     }
 
+    /// `wanted` new tokens, cut so that the prompt and the caption stay inside the text model's
+    /// sliding window (Mistral): past it transformers masks the oldest keys, which this engine does
+    /// not, so the caption ends there instead of drifting from the reference. An error when the
+    /// prompt alone fills the window.
+    pub fn new_token_room(&self, prompt_len: usize, wanted: usize) -> Result<usize> {
+        let Some(window) = self.model.config.text.sliding_window else {
+            return Ok(wanted);
+        };
+        if prompt_len >= window {
+            return Err(Error::invalid(format!(
+                "the prompt takes {prompt_len} tokens (image included), and this model attends to {window} at most (text_config.sliding_window): use a shorter prompt"
+            )));
+        }
+        Ok(wanted.min(window - prompt_len))
+    }
+
     /// Pixel values for an image, and their prompt ids.
     pub fn prepare(
         &self,
@@ -190,7 +206,7 @@ impl<B: Backend> Captioner<B> {
             prompt_ids: &ids,
             image_features: Some(&features),
             eos: &eos,
-            max_new_tokens: req.max_new_tokens,
+            max_new_tokens: self.new_token_room(ids.len(), req.max_new_tokens)?,
             sampling: req.sampling,
         };
         let out = decode_plain(b, inputs, on_token).await?;
@@ -352,7 +368,7 @@ impl<B: Backend> Captioner<B> {
             target_features: Some(&tf),
             draft_features: Some(&df),
             eos: &eos,
-            max_new_tokens: req.max_new_tokens,
+            max_new_tokens: self.new_token_room(ids.len(), req.max_new_tokens)?,
             sampling: req.sampling,
             options,
             cost: drafter.cost.as_ref(),

@@ -108,6 +108,10 @@ pub struct TextConfig {
     pub tie_word_embeddings: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
+    /// Sliding-window attention (Mistral; Qwen2 with `use_sliding_window`): past this many
+    /// tokens, transformers masks the oldest keys. The engine has no such mask, so a caption
+    /// stops at the window (`Captioner`), where both compute the same.
+    pub sliding_window: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -337,19 +341,43 @@ fn parse_text(v: &Value, file: &str, _absent: bool) -> Result<TextConfig> {
     };
     let model_type = f.str_or("model_type", "llama")?;
     validate::text_ids(v, file)?;
+    // Mistral is Llama's decoder (no biases) with sliding-window attention (BakLLaVA).
     let kind = match model_type {
-        "llama" => TextKind::Llama,
+        "llama" | "mistral" => TextKind::Llama,
         "qwen2" => TextKind::Qwen2,
-        other => {
-            return Err(Error::file(
-                file,
-                format!("unsupported text_config.model_type \"{other}\" (expected llama or qwen2)"),
-            ))
-        }
+        other => return Err(Error::file(
+            file,
+            format!(
+                "unsupported text_config.model_type \"{other}\" (expected llama, mistral or qwen2)"
+            ),
+        )),
     };
-    let (vocab, hidden, inter, max_pos) = match kind {
-        TextKind::Llama => (32000, 4096, 11008, 2048),
-        TextKind::Qwen2 => (151936, 4096, 22016, 32768),
+    let mistral = model_type == "mistral";
+    // transformers' defaults for each model type.
+    let (vocab, hidden, inter, max_pos) = match (kind, mistral) {
+        (TextKind::Llama, false) => (32000, 4096, 11008, 2048),
+        (TextKind::Llama, true) => (32000, 4096, 14336, 32768),
+        (TextKind::Qwen2, _) => (151936, 4096, 22016, 32768),
+    };
+    let window_key = match (kind, mistral) {
+        (TextKind::Llama, true) => true,
+        (TextKind::Qwen2, _) => f.bool_or("use_sliding_window", false)?,
+        (TextKind::Llama, false) => false,
+    };
+    let sliding_window = match v.get("sliding_window") {
+        _ if !window_key => None,
+        Some(Value::Null) => None,
+        // MistralConfig's and Qwen2Config's default.
+        None => Some(4096),
+        Some(_) => match f.u64_opt("sliding_window")? {
+            Some(0) => {
+                return Err(Error::file(
+                    file,
+                    "text_config.sliding_window must be positive",
+                ))
+            }
+            n => n.map(|n| n as usize),
+        },
     };
     let hidden_size = f.usize_or("hidden_size", hidden)?;
     let heads = f.usize_or("num_attention_heads", 32)?;
@@ -361,6 +389,7 @@ fn parse_text(v: &Value, file: &str, _absent: bool) -> Result<TextConfig> {
     }
     let kv_heads = match f.u64_opt("num_key_value_heads")? {
         Some(n) => n as usize,
+        None if mistral => 8,
         None => heads,
     };
     if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
@@ -457,6 +486,7 @@ fn parse_text(v: &Value, file: &str, _absent: bool) -> Result<TextConfig> {
         tie_word_embeddings: f.bool_or("tie_word_embeddings", false)?,
         bos_token_id: f.u64_opt("bos_token_id")?.map(|n| n as u32).or(bos_default),
         eos_token_ids,
+        sliding_window,
     };
     Ok(cfg)
 }
@@ -552,6 +582,40 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("x/config.json: invalid JSON"), "{err}");
+    }
+
+    #[test]
+    fn mistral_is_llama_with_a_sliding_window() {
+        let text = |t: &str| {
+            let json = format!(r#"{{"model_type":"llava","text_config":{{{t}}}}}"#);
+            LlavaConfig::from_json(&json, "config.json").map(|c| c.text)
+        };
+        // BakLLaVA's text_config, cut to what matters.
+        let bak =
+            text(r#""model_type":"mistral","vocab_size":32002,"sliding_window":4096"#).unwrap();
+        assert_eq!(bak.kind, TextKind::Llama);
+        assert!(!bak.attention_bias);
+        assert_eq!((bak.num_key_value_heads, bak.intermediate_size), (8, 14336));
+        assert_eq!((bak.sliding_window, bak.vocab_size), (Some(4096), 32002));
+        let window = |t: &str| text(t).unwrap().sliding_window;
+        assert_eq!(window(r#""model_type":"mistral""#), Some(4096));
+        assert_eq!(
+            window(r#""model_type":"mistral","sliding_window":null"#),
+            None
+        );
+        assert_eq!(window(r#""model_type":"llama","sliding_window":16"#), None);
+        assert_eq!(window(r#""model_type":"qwen2","sliding_window":16"#), None);
+        assert_eq!(
+            window(r#""model_type":"qwen2","use_sliding_window":true,"sliding_window":16"#),
+            Some(16)
+        );
+        let zero = text(r#""model_type":"mistral","sliding_window":0"#).unwrap_err();
+        assert!(zero.to_string().contains("sliding_window"), "{zero}");
+        let other = text(r#""model_type":"gemma""#).unwrap_err();
+        assert!(
+            other.to_string().contains("llama, mistral or qwen2"),
+            "{other}"
+        );
     }
 
     #[test]

@@ -138,6 +138,22 @@ pub fn checkpoint_dir(name: &str) -> PathBuf {
     dst
 }
 
+/// A copy of the checkpoint in `src` whose config.json `edit` has changed.
+pub fn config_edited_copy(
+    src: &Path,
+    stem: &str,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> PathBuf {
+    let dst = temp_dir(&format!("spec-llava-{stem}"));
+    copy_files(src, &dst);
+    let path = dst.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut config);
+    std::fs::write(&path, config.to_string()).unwrap();
+    dst
+}
+
 /// A copy of checkpoint `name` in which every tensor whose name ends with `suffix` is filled with
 /// `value` (e.g. NaN in the final norm: a model whose logits are NaN).
 pub fn poisoned_copy(name: &str, suffix: &str, value: f32) -> PathBuf {
