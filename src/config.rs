@@ -345,12 +345,14 @@ fn parse_text(v: &Value, file: &str, _absent: bool) -> Result<TextConfig> {
     let kind = match model_type {
         "llama" | "mistral" => TextKind::Llama,
         "qwen2" => TextKind::Qwen2,
-        other => return Err(Error::file(
-            file,
-            format!(
+        other => {
+            return Err(Error::file(
+                file,
+                format!(
                 "unsupported text_config.model_type \"{other}\" (expected llama, mistral or qwen2)"
             ),
-        )),
+            ))
+        }
     };
     let mistral = model_type == "mistral";
     // transformers' defaults for each model type.

@@ -232,48 +232,45 @@ pub async fn open(opts: &GpuOptions) -> Result<GpuDevice> {
     })
 }
 
-/// `SPEC_LLAVA_GPU_ATTENTION_CHUNK=N` (native runs): split-K attention's keys per chunk where
+/// The engine switch `SPEC_LLAVA_GPU_<name>` of a native run (benchmarks, `cargo xtask
+/// gpu-report`); the browser has none.
+fn switch(name: &str) -> Option<String> {
+    #[cfg(not(target_arch = "wasm32"))]
+    return std::env::var(format!("SPEC_LLAVA_GPU_{name}")).ok();
+    #[cfg(target_arch = "wasm32")]
+    {
+        let _ = name;
+        None
+    }
+}
+
+/// `SPEC_LLAVA_GPU_ATTENTION_CHUNK=N`: split-K attention's keys per chunk where
 /// `GpuOptions::attention_chunk` leaves it to the engine (0: never split), to measure split
-/// against unsplit attention on one device (`cargo xtask gpu-report`).
+/// against unsplit attention on one device.
 pub(super) fn attention_chunk_from_env() -> Option<usize> {
-    #[cfg(not(target_arch = "wasm32"))]
-    return std::env::var("SPEC_LLAVA_GPU_ATTENTION_CHUNK")
-        .ok()
-        .and_then(|v| v.trim().parse().ok());
-    #[cfg(target_arch = "wasm32")]
-    None
+    switch("ATTENTION_CHUNK").and_then(|v| v.trim().parse().ok())
 }
 
-/// `SPEC_LLAVA_GPU_CPU_KERNELS=0|1` (native runs): the kernels chosen for GPUs (0) or for CPU
-/// drivers (1) where `GpuOptions::cpu_kernels` leaves it to detection, to time the GPU kernels on
-/// lavapipe.
+/// `SPEC_LLAVA_GPU_CPU_KERNELS=0|1`: the kernels chosen for GPUs (0) or for CPU drivers (1)
+/// where `GpuOptions::cpu_kernels` leaves it to detection, to time the GPU kernels on lavapipe.
 fn cpu_kernels_from_env() -> Option<bool> {
-    #[cfg(not(target_arch = "wasm32"))]
-    return match std::env::var("SPEC_LLAVA_GPU_CPU_KERNELS").as_deref() {
-        Ok("0") => Some(false),
-        Ok("1") => Some(true),
+    match switch("CPU_KERNELS").as_deref() {
+        Some("0") => Some(false),
+        Some("1") => Some(true),
         _ => None,
-    };
-    #[cfg(target_arch = "wasm32")]
-    None
+    }
 }
 
-/// `SPEC_LLAVA_GPU_INT8_DOT=1` (native runs): packed 8-bit dot products where
-/// `GpuOptions::int8_dot` leaves it open (the benchmarks and `cargo xtask gpu-report`).
+/// `SPEC_LLAVA_GPU_INT8_DOT=1`: packed 8-bit dot products where `GpuOptions::int8_dot` leaves
+/// it open.
 fn int8_dot_from_env() -> bool {
-    #[cfg(not(target_arch = "wasm32"))]
-    return std::env::var("SPEC_LLAVA_GPU_INT8_DOT").is_ok_and(|v| v == "1");
-    #[cfg(target_arch = "wasm32")]
-    false
+    switch("INT8_DOT").as_deref() == Some("1")
 }
 
-/// `SPEC_LLAVA_GPU_PORTABLE=1` (native runs): build only the portable kernels, whatever the
-/// adapter offers, to measure one form against the other.
+/// `SPEC_LLAVA_GPU_PORTABLE=1`: build only the portable kernels, whatever the adapter offers, to
+/// measure one form against the other.
 fn portable_only() -> bool {
-    #[cfg(not(target_arch = "wasm32"))]
-    return std::env::var("SPEC_LLAVA_GPU_PORTABLE").is_ok_and(|v| v == "1");
-    #[cfg(target_arch = "wasm32")]
-    false
+    switch("PORTABLE").as_deref() == Some("1")
 }
 
 /// The page's own adapter info (`navigator.gpu.requestAdapter()`): vendor, architecture,
