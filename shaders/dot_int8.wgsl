@@ -21,19 +21,25 @@ const MIN_EXPONENT: u32 = 7u;
 fn x_block(i: u32, q: u32, inv: f32) -> XBlock {
     var xv: array<vec4<f32>, 8>;
     var amax = 0.0;
-    // Inf and NaN, found by their exponent bits (max() may drop a NaN).
-    var special = false;
+    // Inf and NaN, found by their exponent bits (max() may drop a NaN); `special` keeps one.
+    var found = false;
+    var special = 0.0;
     let exponent = vec4<u32>(0x7f800000u);
     for (var s = 0u; s < 8u; s++) {
         xv[s] = xn4(i, x_vec(q, s), inv);
         let a = abs(xv[s]);
         amax = max(amax, max(max(a.x, a.y), max(a.z, a.w)));
-        special = special || any((bitcast<vec4<u32>>(a) & exponent) == exponent);
+        let hit = (bitcast<vec4<u32>>(a) & exponent) == exponent;
+        if any(hit) {
+            found = true;
+            special = dot(select(vec4<f32>(0.0), a, hit), vec4<f32>(1.0));
+        }
     }
     var b: XBlock;
-    if special {
-        // Zero codes and a NaN scale make every term NaN, as f32 sums would be NaN or Inf.
-        b.scale = bitcast<f32>(0x7fc00000u);
+    if found {
+        // Zero codes and an Inf or NaN scale make every term NaN (0 * Inf is NaN), as f32 sums
+        // would be NaN or Inf. (A NaN literal is not valid WGSL.)
+        b.scale = special;
         return b;
     }
     // amax = 1.f * 2^(e - 127): x * 2^(133 - e) lies in (-128, 128), exactly.

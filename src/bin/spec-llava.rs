@@ -573,18 +573,39 @@ impl Job for BenchJob {
     }
 }
 
-/// `spec-llava kernels`: the engine's WGSL sources, as compiled (shared helpers included).
+/// `spec-llava kernels`: the engine's WGSL sources, as compiled (shared helpers included): every
+/// kernel's portable form, then the forms behind a WGSL language feature (`requires`), which a
+/// browser compiles only where `navigator.gpu.wgslLanguageFeatures` has it.
 fn kernels(json: bool) -> Result<()> {
-    use spec_llava::backend::gpu::Kernel;
+    use spec_llava::backend::gpu::{DeviceKernels, Kernel};
+    let int8 = DeviceKernels {
+        int8_dot: true,
+        ..DeviceKernels::PORTABLE
+    };
+    let mut list: Vec<(String, String, Option<&str>)> = Kernel::ALL
+        .iter()
+        .map(|k| (k.name().to_string(), k.source(), None))
+        .collect();
+    for k in [Kernel::MatmulVecQ8, Kernel::MatmulVecQ4] {
+        let name = format!("{}_int8_dot", k.name());
+        list.push((
+            name,
+            k.source_for(int8),
+            Some("packed_4x8_integer_dot_product"),
+        ));
+    }
     if json {
-        let list: Vec<serde_json::Value> = Kernel::ALL
+        let list: Vec<serde_json::Value> = list
             .iter()
-            .map(|k| serde_json::json!({ "name": k.name(), "source": k.source() }))
+            .map(|(name, source, requires)| {
+                serde_json::json!({ "name": name, "source": source, "requires": requires })
+            })
             .collect();
         json_line(&list)?;
     } else {
-        for k in Kernel::ALL {
-            println!("{:<28} {:>5} lines", k.name(), k.source().lines().count());
+        for (name, source, requires) in &list {
+            let needs = requires.map_or(String::new(), |r| format!(" (needs {r})"));
+            println!("{name:<28} {:>5} lines{needs}", source.lines().count());
         }
     }
     Ok(())
