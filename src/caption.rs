@@ -196,6 +196,8 @@ impl<B: Backend> Captioner<B> {
     ) -> Result<Caption> {
         let t0 = web_time::Instant::now();
         let (pixels, ids) = self.prepare(image, req)?;
+        // Checked before the image is encoded: a refused prompt costs no vision pass.
+        let max_new_tokens = self.new_token_room(ids.len(), req.max_new_tokens)?;
         let preprocess_ms = t0.elapsed().as_secs_f64() * 1e3;
         let t1 = web_time::Instant::now();
         let features = self.model.encode_image(b, &pixels)?;
@@ -206,7 +208,7 @@ impl<B: Backend> Captioner<B> {
             prompt_ids: &ids,
             image_features: Some(&features),
             eos: &eos,
-            max_new_tokens: self.new_token_room(ids.len(), req.max_new_tokens)?,
+            max_new_tokens,
             sampling: req.sampling,
         };
         let out = decode_plain(b, inputs, on_token).await?;
@@ -330,6 +332,7 @@ impl<B: Backend> Captioner<B> {
         let (draft, shared_vision) = (&drafter.captioner, drafter.shared_vision);
         let t0 = web_time::Instant::now();
         let (pixels, ids) = self.prepare(image, req)?;
+        let max_new_tokens = self.new_token_room(ids.len(), req.max_new_tokens)?;
         let draft_ids = draft.checkpoint.prompt_ids(&self.prompt_text(req)?)?;
         let preprocess_ms = t0.elapsed().as_secs_f64() * 1e3;
         let t1 = web_time::Instant::now();
@@ -368,7 +371,7 @@ impl<B: Backend> Captioner<B> {
             target_features: Some(&tf),
             draft_features: Some(&df),
             eos: &eos,
-            max_new_tokens: self.new_token_room(ids.len(), req.max_new_tokens)?,
+            max_new_tokens,
             sampling: req.sampling,
             options,
             cost: drafter.cost.as_ref(),

@@ -206,14 +206,19 @@ impl BlockQ4 {
         BlockQ4 { d: d.to_bits(), qs }
     }
 
-    pub fn dequantize(&self) -> [f32; GROUP] {
-        let d = f16::from_bits(self.d).to_f32();
-        let mut out = [0f32; GROUP];
+    /// The 32 codes as signed values (`code - 8`, in -8..=7): the value is `d * code`.
+    pub fn codes(&self) -> [i8; GROUP] {
+        let mut out = [0i8; GROUP];
         for (i, q) in self.qs.iter().enumerate() {
-            out[i] = d * (f32::from(q & 15) - 8.0);
-            out[i + GROUP / 2] = d * (f32::from(q >> 4) - 8.0);
+            out[i] = (q & 15) as i8 - 8;
+            out[i + GROUP / 2] = (q >> 4) as i8 - 8;
         }
         out
+    }
+
+    pub fn dequantize(&self) -> [f32; GROUP] {
+        let d = f16::from_bits(self.d).to_f32();
+        self.codes().map(|q| d * f32::from(q))
     }
 }
 
@@ -343,25 +348,28 @@ impl QuantMatrix {
         Ok(())
     }
 
-    /// Block `b` of row `r`.
-    fn block(&self, r: usize, b: usize) -> [f32; GROUP] {
+    /// Block `b` of row `r` as signed codes and its scale: the values are `scale * code`.
+    fn block_codes(&self, r: usize, b: usize) -> ([i8; GROUP], f32) {
         let i = r * self.blocks_per_row() + b;
         let bytes = self.scheme.block_bytes();
         let q = &self.qs[i * bytes..(i + 1) * bytes];
-        match self.scheme {
-            Scheme::Q8 => BlockQ8 {
-                d: self.scales[i],
-                qs: bytemuck::cast_slice::<u8, i8>(q)
-                    .try_into()
-                    .unwrap_or([0; GROUP]),
-            }
-            .dequantize(),
+        let codes = match self.scheme {
+            Scheme::Q8 => bytemuck::cast_slice::<u8, i8>(q)
+                .try_into()
+                .unwrap_or([0; GROUP]),
             Scheme::Q4 => BlockQ4 {
                 d: self.scales[i],
                 qs: q.try_into().unwrap_or([0; GROUP / 2]),
             }
-            .dequantize(),
-        }
+            .codes(),
+        };
+        (codes, f16::from_bits(self.scales[i]).to_f32())
+    }
+
+    /// Block `b` of row `r`.
+    fn block(&self, r: usize, b: usize) -> [f32; GROUP] {
+        let (codes, d) = self.block_codes(r, b);
+        codes.map(|q| d * f32::from(q))
     }
 
     /// Widen to a row-major f32 matrix.

@@ -25,7 +25,7 @@
 //! (Hugging Face transformers) by ~1%, so greedy output can differ from it near ties. Speculative
 //! output still equals plain decoding bit for bit with it on: both run the same kernel.
 
-use super::{QuantMatrix, Scheme, GROUP};
+use super::{QuantMatrix, GROUP};
 
 /// One block of x as 8-bit codes: `x ≈ scale * code`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -70,29 +70,6 @@ impl ActivationBlock {
 }
 
 impl QuantMatrix {
-    /// Row `r`'s block `b` as integer codes (the value is `scale * (code - zero)`) and its scale.
-    fn codes(&self, r: usize, b: usize) -> ([i32; GROUP], f32) {
-        let i = r * self.blocks_per_row() + b;
-        let bytes = self.scheme.block_bytes();
-        let q = &self.qs[i * bytes..(i + 1) * bytes];
-        let mut codes = [0i32; GROUP];
-        match self.scheme {
-            Scheme::Q8 => {
-                for (c, &v) in codes.iter_mut().zip(q) {
-                    *c = i32::from(v as i8);
-                }
-            }
-            Scheme::Q4 => {
-                for (j, &v) in q.iter().enumerate() {
-                    codes[j] = i32::from(v & 15) - 8;
-                    codes[j + GROUP / 2] = i32::from(v >> 4) - 8;
-                }
-            }
-        }
-        let scale = half::f16::from_bits(self.scales[i]).to_f32();
-        (codes, scale)
-    }
-
     /// `x W^T` for the rows of `x` (`[m, cols]`, row-major) with x quantized in blocks: the
     /// int8 mat-vec's arithmetic, block terms added in block order.
     pub fn linear_int8(&self, x: &[f32]) -> Vec<f32> {
@@ -102,11 +79,11 @@ impl QuantMatrix {
             for r in 0..self.rows {
                 let mut acc = 0f32;
                 for (b, xb) in blocks.iter().enumerate() {
-                    let (codes, scale) = self.codes(r, b);
+                    let (codes, scale) = self.block_codes(r, b);
                     let dot: i32 = codes
                         .iter()
                         .zip(&xb.codes)
-                        .map(|(&w, &x)| w * i32::from(x))
+                        .map(|(&w, &x)| i32::from(w) * i32::from(x))
                         .sum();
                     acc = (dot as f32).mul_add(scale * xb.scale, acc);
                 }
@@ -120,6 +97,7 @@ impl QuantMatrix {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quant::Scheme;
 
     #[test]
     fn codes_use_seven_bits_and_the_scale_is_a_power_of_two() {
